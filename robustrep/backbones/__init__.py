@@ -1,0 +1,48 @@
+"""Registry of swappable encoders. Every backbone maps images to a flat feature vector and exposes
+``out_dim``.
+
+========== ===================================================================================
+name       what
+========== ===================================================================================
+``tiny``   flatten + one linear layer to 16 features (tests only)
+``mlp``    flatten + MLP (``hidden`` sizes, ReLU); CIM's Colored MNIST net is ``[1024, 512, 256]``
+``cnn``    small 3- or 4-block conv net (``width``), global average pool; fast on CPU
+``resnet18`` / ``resnet50``  torchvision ResNets; ``pretrained: true`` loads ImageNet weights from
+           the local torch cache (never downloaded in tests); ``cifar_stem: true`` swaps the stem for a
+           3x3 stride-1 conv without max-pool (small images)
+========== ===================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from robustrep.backbones.nets import CNN, MLP, Tiny, resnet
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "tiny": Tiny,
+    "mlp": MLP,
+    "cnn": CNN,
+    "resnet18": lambda image_shape, **kw: resnet("resnet18", image_shape, **kw),
+    "resnet50": lambda image_shape, **kw: resnet("resnet50", image_shape, **kw),
+}
+
+
+def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Add a backbone: ``builder(image_shape, **kwargs)`` must return a module with ``out_dim``."""
+    BACKBONES[name] = builder
+
+
+def build_backbone(name: str, image_shape: tuple[int, int, int], **kwargs) -> nn.Module:
+    """Build a registered backbone for inputs of ``image_shape`` (C, H, W)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONES))}")
+    net = BACKBONES[name](image_shape, **kwargs)
+    if not hasattr(net, "out_dim"):
+        raise TypeError(f"backbone {name!r} must set an `out_dim` attribute")
+    return net
+
+
+__all__ = ["BACKBONES", "CNN", "MLP", "Tiny", "build_backbone", "register_backbone", "resnet"]

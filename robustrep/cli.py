@@ -1,0 +1,231 @@
+"""The ``robustrep`` command (DESIGN.md, contract 5).
+
+``robustrep fit|validate|test|predict --config FILE [overrides]`` is a LightningCLI with these
+defaults: the datamodule's metadata linked into the model; a fresh run directory per run
+(``runs/<name>/<time>-s<seed>-<id>/``) holding the resolved ``config.yaml``, checkpoints, the offline
+W&B run and ``results.json``; W&B as the logger, offline unless ``WANDB_MODE`` says otherwise; after
+``fit`` a test pass on the final weights. ``robustrep data ...`` lists and checks benchmarks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import secrets
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from robustrep.errors import RobustRepError
+
+SUBCOMMANDS = {
+    "fit": "train a method (then test it) and write results.json",
+    "validate": "evaluate on the validation sets",
+    "test": "evaluate on the test sets and write results.json",
+    "predict": "write predictions",
+    "data": "list the benchmarks (`data list`) or check a copy on disk (`data check`)",
+}
+
+HELP = """usage: robustrep SUBCOMMAND [--config FILE] [overrides]
+
+Robust representation learning: methods, baselines and group-robustness evaluation.
+
+subcommands:
+{commands}
+
+examples:
+  robustrep fit --config experiments/quickstart.yaml
+  robustrep fit --config experiments/quickstart.yaml --seed_everything 1 --trainer.max_epochs 5
+  robustrep fit --help                    every argument of fit, with its default
+  robustrep fit --model ERM --model.help  the arguments of one method
+  robustrep data list
+
+Runs go to runs/<config name>/<time>-s<seed>-<id>/ (override with --output_root or --run_dir).
+W&B logs offline unless WANDB_MODE=online; sync later with `wandb sync <run dir>/wandb/offline-run-*`.
+"""
+
+
+def _quiet_third_party() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)`.*")
+    warnings.filterwarnings("ignore", message=r".*torch.distributed.nn.functional.all_gather.*")
+
+
+def _build_cli_class():
+    """Import Lightning lazily so ``robustrep --help`` and ``robustrep data`` start fast."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    import robustrep.data  # noqa: F401  (register the datamodules for class_path short names)
+    import robustrep.methods  # noqa: F401
+    from robustrep.data.base import RobustDataModule
+    from robustrep.methods.base import RobustMethod
+
+    class RobustRepCLI(LightningCLI):
+        """LightningCLI with robustrep's links, run directories, results.json and summary."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs.setdefault("model_class", RobustMethod)
+            kwargs.setdefault("datamodule_class", RobustDataModule)
+            kwargs.setdefault("subclass_mode_model", True)
+            kwargs.setdefault("subclass_mode_data", True)
+            kwargs.setdefault("seed_everything_default", 0)
+            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            defaults = {
+                "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "robustrep"}},
+                "max_epochs": 10,
+                "accelerator": "auto",
+                "devices": 1,
+            }
+            defaults.update(kwargs.pop("trainer_defaults", None) or {})
+            kwargs["trainer_defaults"] = defaults
+            self.run_dir: Path | None = None
+            self.config_digest = ""
+            super().__init__(*args, **kwargs)
+
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.add_argument("--output_root", type=str, default="runs", help="Folder under which every run gets its own directory.")
+            parser.add_argument("--run_dir", type=str | None, default=None, help="Use exactly this run directory (default: a new one under output_root).")
+            parser.add_argument(
+                "--name", type=str | None, default=None, help="Experiment name for the run directory and W&B (default: the config file's name)."
+            )
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+            for key in ("num_classes", "num_groups", "group_names", "image_shape"):
+                parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+
+        # -------------------------------------------------------------- run directory
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            self.config_digest = hashlib.sha256(self.parser.dump(self.config, skip_check=True).encode()).hexdigest()[:16]
+            name = config.get("name") or _default_name(config)
+            config["name"] = name
+            run_dir = config.get("run_dir")
+            ckpt_path = config.get("ckpt_path")
+            if run_dir is None and ckpt_path and Path(str(ckpt_path)).parent.name == "checkpoints":
+                run_dir = str(Path(str(ckpt_path)).parent.parent)  # resume into the interrupted run's directory
+            if run_dir is None:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                run_dir = str(Path(config["output_root"]) / name / f"{stamp}-s{config.get('seed_everything')}-{secrets.token_hex(2)}")
+            self.run_dir = Path(run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config["run_dir"] = str(self.run_dir)
+            config.trainer.default_root_dir = str(self.run_dir)
+            config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
+            logger = config.trainer.get("logger")
+            if logger and not isinstance(logger, bool | list) and "WandbLogger" in str(logger.get("class_path", "")):
+                logger.init_args.save_dir = str(self.run_dir)
+                logger.init_args.name = logger.init_args.get("name") or f"{name}/{self.run_dir.name}"
+
+        # -------------------------------------------------------------- after the subcommands
+        def after_fit(self) -> None:
+            if self.trainer.interrupted:
+                return
+            self.trainer.test(self.model, datamodule=self.datamodule)
+            self._finish("fit")
+
+        def after_test(self) -> None:
+            self._finish("test")
+
+        def _finish(self, stage: str) -> None:
+            if not self.trainer.is_global_zero or self.run_dir is None:
+                return
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(("test/", "probe/", "c2f/", "knn/"))}
+            config = self.config[self.subcommand]
+            results = {
+                "stage": stage,
+                "method": type(self.model).__name__,
+                "benchmark": getattr(self.datamodule, "benchmark_name", type(self.datamodule).__name__),
+                "name": config.get("name"),
+                "seed": config.get("seed_everything"),
+                "config_digest": self.config_digest,
+                "run_dir": str(self.run_dir),
+                "metrics": dict(sorted(metrics.items())),
+                "versions": _versions(),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            path = self.run_dir / "results.json"
+            path.write_text(json.dumps(results, indent=2))
+            print(_summary(results, path))
+
+    return RobustRepCLI
+
+
+def _default_name(config) -> str:
+    cfgs = config.get("config") or []
+    if cfgs:
+        return Path(str(cfgs[-1])).stem
+    model = str(config.model.get("class_path", "model")).rsplit(".", 1)[-1].lower()
+    data = str(config.data.get("class_path", "data")).rsplit(".", 1)[-1].lower()
+    return f"{model}_{data}"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("robustrep", "torch", "torchvision", "lightning", "torchmetrics", "wandb"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _summary(results: dict[str, Any], path: Path) -> str:
+    m = results["metrics"]
+    keys = [k for k in m if k.count("/") <= 2 and "group_acc/" not in k and not k.endswith("/loss")]
+    width = max([len(k) for k in keys] + [10])
+    lines = ["", f"robustrep: {results['method']} on {results['benchmark']} (seed {results['seed']})", "-" * (width + 10)]
+    lines += [f"{k:<{width}}  {m[k]:.4f}" for k in keys]
+    lines += ["-" * (width + 10), f"results: {path}", ""]
+    return "\n".join(lines)
+
+
+def _clean_message(err: BaseException) -> str:
+    """The user-facing part of an error, without DataLoader-worker traceback noise."""
+    text = str(err)
+    marker = "Original Traceback (most recent call last):"
+    if marker in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[-1] if ": " in last else last
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``robustrep`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_third_party()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP.format(commands="\n".join(f"  {k:<10} {v}" for k, v in SUBCOMMANDS.items())))
+        return 0
+    try:
+        if argv[0] == "data":
+            from robustrep.data.commands import data_command
+
+            return data_command(argv[1:])
+        cli_class = _build_cli_class()
+        cli_class(args=argv)
+    except RobustRepError as err:
+        print(f"\nrobustrep: error: {_clean_message(err)}\n", file=sys.stderr)
+        return 2
+    except Exception as err:  # errors re-raised from DataLoader workers keep their type name only
+        cause = err
+        while cause is not None and not isinstance(cause, RobustRepError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, RobustRepError):
+            print(f"\nrobustrep: error: {_clean_message(cause)}\n", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

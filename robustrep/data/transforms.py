@@ -1,0 +1,39 @@
+"""Augmentation presets shared by every benchmark.
+
+Images reach a transform as float tensors C x H x W in [0, 1]; no mean/std normalisation is applied
+(methods that want it normalise inside the model, so image-space losses such as CIM's MS-SSIM see
+pixels in [0, 1]).
+
+Presets:
+    ``none``: resize only (evaluation).
+    ``standard``: random crop with 1/8 padding + horizontal flip (supervised training).
+    ``contrastive``: RandomResizedCrop(scale 0.2-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with
+        p = 0.8 + grayscale with p = 0.2 (SimCLR / SupCon / L_spread papers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torchvision.transforms import v2
+
+PRESETS = ("none", "standard", "contrastive")
+
+
+def build_transform(preset: str, image_shape: tuple[int, int, int], image_size: int | None = None) -> Callable | None:
+    """Return the transform of a preset for images of ``image_shape`` (C, H, W), or None for identity."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augment preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    channels, height, width = image_shape
+    size = image_size or height
+    resize = [] if image_size is None or (image_size == height and image_size == width) else [v2.Resize((size, size), antialias=True)]
+    if preset == "none":
+        return v2.Compose(resize) if resize else None
+    if preset == "standard":
+        return v2.Compose([*resize, v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"), v2.RandomHorizontalFlip()])
+    ops: list = [v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    if channels == 3:
+        ops += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+    else:
+        ops += [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
+    return v2.Compose(ops)

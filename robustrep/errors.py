@@ -1,0 +1,27 @@
+"""Errors that end a run with a one-paragraph message instead of a traceback.
+
+Everything raised as a :class:`RobustRepError` is caught by :func:`robustrep.cli.main`, which prints
+the message (what went wrong and how to fix it) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class RobustRepError(Exception):
+    """Base class for user-facing errors: the message names the problem and the fix."""
+
+
+class DataNotFoundError(RobustRepError, FileNotFoundError):
+    """A dataset root or file is missing; the message names the file and the expected layout."""
+
+
+class CorruptDataError(RobustRepError):
+    """A data file exists but cannot be read (e.g. a truncated JPEG); the message names the file."""
+
+
+class NonFiniteLossError(RobustRepError):
+    """A loss became NaN or infinite; the message names the loss term and the global step."""
+
+
+class ConfigError(RobustRepError):
+    """A configuration value is inconsistent with the data or the method."""

@@ -1,0 +1,136 @@
+"""The thin base every method shares (DESIGN.md, contract 3).
+
+It builds or accepts the backbone, provides ``embed`` / ``forward``, wires the optimiser and
+scheduler given by the CLI, checks losses for NaN, and returns the evaluation outputs that
+:class:`~robustrep.callbacks.GroupMetrics` turns into ``val/acc``, ``test/worst_group_acc`` ....
+A method overrides :meth:`RobustMethod.training_step` (and, if it has no plain classifier,
+``validation_step``/``test_step``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from robustrep.backbones import build_backbone
+from robustrep.errors import ConfigError, NonFiniteLossError
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """Adam, lr 1e-3 — the default when a config names no optimizer."""
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class RobustMethod(pl.LightningModule):
+    """Shared base: backbone, linear head, optimiser wiring, evaluation outputs.
+
+    Args:
+        backbone: a registry name (``tiny``, ``mlp``, ``cnn``, ``resnet18``, ``resnet50``; see
+            :mod:`robustrep.backbones`) or a module given by ``class_path``/``init_args``.
+        backbone_kwargs: keyword arguments for a registry backbone (e.g. ``{width: 64}``).
+        num_classes, num_groups, group_names, image_shape: the benchmark's metadata; the CLI links
+            them from the datamodule, so configs never set them.
+        optimizer: optimiser factory (``--optimizer`` in the CLI); default Adam, lr 1e-3.
+        lr_scheduler: optional scheduler factory.
+    """
+
+    #: Batch keys the method reads; checked in ``setup()`` against a real batch.
+    required_keys: tuple[str, ...] = ("image", "label")
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "cnn",
+        backbone_kwargs: dict[str, Any] | None = None,
+        num_classes: int = 2,
+        num_groups: int | None = None,
+        group_names: Sequence[str] | None = None,
+        image_shape: Sequence[int] = (3, 32, 32),
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"] if isinstance(backbone, nn.Module) else ["optimizer", "lr_scheduler"])
+        self.num_classes = num_classes
+        self.num_groups = num_groups or num_classes
+        self.group_names = list(group_names) if group_names is not None else None
+        self.image_shape = tuple(image_shape)
+        self.backbone = build_backbone(backbone, self.image_shape, **(backbone_kwargs or {})) if isinstance(backbone, str) else backbone
+        self.feature_dim = self.backbone.out_dim if hasattr(self.backbone, "out_dim") else self._infer_feature_dim()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+
+    def _infer_feature_dim(self) -> int:
+        with torch.no_grad():
+            return int(self.backbone(torch.zeros(2, *self.image_shape)).flatten(1).shape[1])
+
+    # ------------------------------------------------------------------ representation
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The representation the evaluation callbacks probe (backbone features, N x D)."""
+        return self.backbone(images).flatten(1)
+
+    # ------------------------------------------------------------------ training helpers
+    def check_finite(self, loss: torch.Tensor, name: str = "loss") -> torch.Tensor:
+        """Stop with a clear message (step, loss name) when a loss is NaN or infinite."""
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"the {name} became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
+                "Lower the learning rate (--optimizer.init_args.lr), enable gradient clipping "
+                "(--trainer.gradient_clip_val 1.0) or use 32-bit precision; the checkpoints written so far are kept."
+            )
+        return loss
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "splits") and stage == "fit":
+            item = dm.train_dataset()[0]
+            missing = [k for k in self.required_keys if k not in item]
+            if missing:
+                raise ConfigError(
+                    f"{type(self).__name__} needs the batch keys {missing}, which {type(dm).__name__} does not provide "
+                    f"(it gives {sorted(item)}). Choose a benchmark with these annotations."
+                )
+
+    def configure_callbacks(self):
+        from robustrep.callbacks.group_metrics import GroupMetrics
+
+        return [GroupMetrics()]
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Logits for the group metrics; the loss is logged for the primary eval set only."""
+        logits = self(batch["image"])
+        if dataloader_idx == 0:
+            loss = nn.functional.cross_entropy(logits.float(), batch["label"])
+            self.log(f"{stage}/loss", loss, add_dataloader_idx=False, sync_dist=True, batch_size=len(logits))
+        return {"logits": logits.detach(), "label": batch["label"], "group": batch["group"]}
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return self.evaluation_step(batch, "val", dataloader_idx)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return self.evaluation_step(batch, "test", dataloader_idx)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return {"logits": self(batch["image"]), "index": batch["index"]}
+
+
+class Classifier(RobustMethod):
+    """A :class:`RobustMethod` with a linear head on ``embed``: ``forward`` returns logits."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.head = nn.Linear(self.feature_dim, self.num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(images))
