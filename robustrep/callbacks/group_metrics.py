@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 
 from robustrep.metrics import GroupAccuracy
 

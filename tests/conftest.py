@@ -1,0 +1,54 @@
+"""Shared test helpers: tiny synthetic data, a quick Trainer, the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+import lightning.pytorch as pl  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from robustrep.data import SyntheticSpurious  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def tiny_synthetic(**overrides) -> SyntheticSpurious:
+    """An 8-px synthetic benchmark small enough for a fit in about a second."""
+    kwargs = dict(size=8, train_size=64, val_size=32, test_size=32, batch_size=16, seed=0)
+    kwargs.update(overrides)
+    return SyntheticSpurious(**kwargs)
+
+
+def quick_trainer(tmp_path, **overrides) -> pl.Trainer:
+    """A CPU Trainer with no logger, no checkpoints and no progress bar."""
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def run_cli(args: list[str]) -> int:
+    """Run ``robustrep`` in-process; returns its exit status."""
+    from robustrep.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+@pytest.fixture
+def synthetic():
+    return tiny_synthetic
