@@ -1,11 +1,34 @@
 """Benchmarks as LightningDataModules (see :mod:`robustrep.data.base` for the contract)."""
 
 from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
+from robustrep.data.mnist import MNIST, ColoredMNISTCIM, ColoredMNISTIRM, FashionMNIST, GridMNIST, MFDominoes, MNISTCoarse
 from robustrep.data.synthetic import SyntheticSpurious
+
+_MNIST_FILES = "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (download: true), or digits_source: sklearn (embedded)"
 
 #: Every benchmark: name -> (class, expected files on disk, groups). Shown by `robustrep data list`.
 BENCHMARKS: dict[str, tuple[type[RobustDataModule], str, str]] = {
     "synthetic": (SyntheticSpurious, "generated in memory (no files)", "label x background colour; strata = shapes"),
+    "mnist": (MNIST, _MNIST_FILES, "10 digits (group = class)"),
+    "mnist_coarse": (MNISTCoarse, _MNIST_FILES, "0-4 vs 5-9 x digit stratum (group = digit)"),
+    "fashion_mnist": (FashionMNIST, "<root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (download: true)", "10 classes"),
+    "colored_mnist_cim": (ColoredMNISTCIM, _MNIST_FILES, "0-4 vs 5-9 x yellow/blue background"),
+    "colored_mnist_irm": (ColoredMNISTIRM, _MNIST_FILES, "noisy 0-4 vs 5-9 x red/green"),
+    "grid_mnist": (GridMNIST, _MNIST_FILES, "digit x grid cell (9)"),
+    "mf_dominoes": (MFDominoes, _MNIST_FILES + " + <root>/FashionMNIST/raw/...", "coat/dress x digit 0/1"),
 }
 
-__all__ = ["BENCHMARKS", "RobustDataModule", "Splits", "SyntheticSpurious", "TensorImageDataset"]
+__all__ = [
+    "BENCHMARKS",
+    "MNIST",
+    "ColoredMNISTCIM",
+    "ColoredMNISTIRM",
+    "FashionMNIST",
+    "GridMNIST",
+    "MFDominoes",
+    "MNISTCoarse",
+    "RobustDataModule",
+    "Splits",
+    "SyntheticSpurious",
+    "TensorImageDataset",
+]
