@@ -4,7 +4,7 @@ from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
 from robustrep.data.mnist import MNIST, ColoredMNISTCIM, ColoredMNISTIRM, FashionMNIST, GridMNIST, MFDominoes, MNISTCoarse
 from robustrep.data.synthetic import SyntheticSpurious
 
-_MNIST_FILES = "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (download: true), or digits_source: sklearn (embedded)"
+_MNIST_FILES = "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (download: true), or digits_source: sklearn (embedded)"
 
 #: Every benchmark: name -> (class, expected files on disk, groups). Shown by `robustrep data list`.
 BENCHMARKS: dict[str, tuple[type[RobustDataModule], str, str]] = {
