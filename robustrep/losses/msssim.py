@@ -1,0 +1,141 @@
+"""Multi-scale SSIM that works from 8 px up, built on ``pytorch_msssim``.
+
+``pytorch_msssim.ms_ssim`` always downsamples four times and asserts
+``min(H, W) > (win_size - 1) * 16``: at 64 px only a 3-px window runs and at 28-32 px no window
+does (METHODS.md section 1). :func:`ms_ssim` therefore follows one rule at every size:
+
+* **when the package's own ``ms_ssim`` runs** (``min(H, W) > 32``), call it with the largest odd
+  window ``<= 11`` that satisfies its assertion (3 at 33-64 px, 5 up to 96 px, 7 up to 128 px,
+  9 up to 160 px, 11 above) and its five standard scale weights;
+* **below that** (8-32 px), build the same score from the package's single-scale ``_ssim``
+  (which returns the SSIM and the contrast-structure term of one scale): contrast-structure at
+  every scale but the last, full SSIM at the last, 2x2 average pooling between scales (exactly as
+  the package pools), scores clamped at a tiny positive value and combined as a weighted
+  geometric mean. The window is the largest of 7, 5, 3 that fits at least two scales
+  (``min(H, W) >= 2 * win``), and the number of scales is the largest (at most 5) whose
+  smallest side is still ``>= win`` — the same "the coarsest scale must hold one window" rule
+  the package's assertion encodes. The weights are the first ``levels`` standard weights,
+  renormalised to sum to one.
+
+At 8 px this gives window 3 over 2 scales, at 16 px window 7 over 2, at 28 and 32 px window 7 over
+3 scales. ``multiscale_ssim`` with ``win_size=3, levels=5`` reproduces ``pytorch_msssim.ms_ssim``
+(window 3, standard weights) where both run; the tests check it.
+
+Inputs must be in ``[0, data_range]`` (robustrep's images are in [0, 1]). The computation runs in
+fp32 with autocast disabled, whatever the caller's precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ms_ssim as _package_ms_ssim
+from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
+
+#: The five scale weights of Wang et al. (2003), as used by ``pytorch_msssim``.
+STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+#: Floor for per-scale scores before the weighted geometric mean (keeps the gradient finite where
+#: the package would ReLU a score to exactly 0).
+_EPS = 1e-6
+
+
+def package_window(side: int) -> int | None:
+    """Largest odd window ``<= 11`` for which ``pytorch_msssim.ms_ssim`` runs at ``side`` px, or None."""
+    for win in (11, 9, 7, 5, 3):
+        if side > (win - 1) * 16:
+            return win
+    return None
+
+
+def small_image_scales(side: int) -> tuple[int, int]:
+    """``(win_size, levels)`` used below the package's range (see the module docstring)."""
+    if side < 3:
+        raise ValueError(f"MS-SSIM needs images of at least 3 x 3 pixels, got a smallest side of {side}")
+    win = next((w for w in (7, 5, 3) if side >= 2 * w), 3)
+    levels = 1
+    while levels < 5 and side // 2**levels >= win:
+        levels += 1
+    return win, levels
+
+
+def multiscale_ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    win_size: int,
+    levels: int,
+    weights: Sequence[float] | None = None,
+    data_range: float = 1.0,
+    win_sigma: float = 1.5,
+) -> torch.Tensor:
+    """MS-SSIM per image (N) with an explicit window and number of scales.
+
+    Args:
+        x, y: images N x C x H x W in ``[0, data_range]``.
+        win_size: odd Gaussian window size.
+        levels: number of scales (1 = single-scale SSIM).
+        weights: one weight per scale; default the first ``levels`` standard weights renormalised
+            to sum to one (exactly the standard weights when ``levels = 5``).
+        data_range: the value range of the images.
+        win_sigma: standard deviation of the Gaussian window.
+
+    Returns:
+        Tensor of shape N: the score of each image pair, averaged over channels, in fp32.
+    """
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"need two N x C x H x W tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if win_size % 2 != 1:
+        raise ValueError(f"win_size must be odd, got {win_size}")
+    if weights is None:
+        w = torch.tensor(STANDARD_WEIGHTS[:levels], dtype=torch.float32)
+        weights_t = w / w.sum()
+    else:
+        if len(weights) != levels:
+            raise ValueError(f"got {len(weights)} weights for {levels} levels")
+        weights_t = torch.tensor(list(weights), dtype=torch.float32)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        win = _fspecial_gauss_1d(win_size, win_sigma).repeat([x.shape[1], 1, 1, 1]).to(x.device)
+        scores = []
+        for level in range(levels):
+            ssim_c, cs_c = _ssim(x, y, data_range=data_range, win=win, size_average=False)
+            if level < levels - 1:
+                scores.append(cs_c)
+                padding = [s % 2 for s in x.shape[2:]]
+                x = F.avg_pool2d(x, kernel_size=2, padding=padding)
+                y = F.avg_pool2d(y, kernel_size=2, padding=padding)
+            else:
+                scores.append(ssim_c)
+        stacked = torch.stack(scores).clamp_min(_EPS)  # levels x N x C
+        value = torch.exp((weights_t.to(x.device).view(-1, 1, 1) * stacked.log()).sum(0))
+        return value.mean(1)
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int | None = None, levels: int | None = None) -> torch.Tensor:
+    """MS-SSIM per image (N) at any size >= 3 px, scales and window chosen from the image size.
+
+    Args:
+        x, y: images N x C x H x W in ``[0, data_range]``.
+        data_range: the value range of the images (1.0 for robustrep's images).
+        win_size: force a window size (odd); None = the rule in the module docstring.
+        levels: force the number of scales; None = the rule in the module docstring. Giving either
+            uses :func:`multiscale_ssim` (the package's ``ms_ssim`` only with both left None).
+
+    Returns:
+        Tensor of shape N in fp32; 1 for identical images.
+    """
+    side = min(x.shape[-2:])
+    if win_size is None and levels is None:
+        win = package_window(side)
+        if win is not None:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return _package_ms_ssim(x.float(), y.float(), data_range=data_range, size_average=False, win_size=win)
+    auto_win, auto_levels = small_image_scales(side)
+    win = win_size if win_size is not None else auto_win
+    if levels is None:
+        levels = 1
+        while levels < 5 and side // 2**levels >= win:
+            levels += 1
+    return multiscale_ssim(x, y, win_size=win, levels=levels, data_range=data_range)

@@ -1,0 +1,86 @@
+"""Triplet losses of CIM and its baselines (METHODS.md section 1), vectorised over the batch.
+
+Each loss takes an anchor batch and one positive (same class) and one negative (other class) per
+anchor and returns the mean over anchors of ``d(anchor, positive) - d(anchor, negative)``, or with a
+``margin`` the hinge ``max(0, d_pos - d_neg + margin)``. Lower is better: the loss falls as the
+anchor moves toward its positive and away from its negative.
+
+* :func:`msssim_triplet` (CIM): ``d = 1 - MS-SSIM``, i.e. ``MS(a, x-) - MS(a, x+)``. The paper's
+  Eq. 8 prints the opposite sign, which would push the morphed image away from its positives;
+  METHODS.md explains why we follow the text instead.
+* :func:`gram_triplet` (CIMg): ``d`` = squared Frobenius distance between channel Gram matrices
+  normalised by the number of pixels (style statistics).
+* :func:`feature_triplet` (SCL-E2E): ``d`` = squared Euclidean distance between feature vectors,
+  optionally L2-normalised first.
+
+Image losses run in fp32 with autocast disabled.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from robustrep.losses.msssim import ms_ssim
+
+
+def _reduce(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float | None) -> torch.Tensor:
+    diff = d_pos - d_neg
+    if margin is not None:
+        diff = F.relu(diff + margin)
+    return diff.mean()
+
+
+def msssim_triplet(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    margin: float | None = None,
+    data_range: float = 1.0,
+    win_size: int | None = None,
+    levels: int | None = None,
+) -> torch.Tensor:
+    """CIM's triplet loss ``mean(MS(a, x-) - MS(a, x+))`` on images N x C x H x W in ``[0, data_range]``.
+
+    Args:
+        anchor: the morphed images ``psi(x)``.
+        positive, negative: one same-class and one other-class image per anchor.
+        margin: None (default, the plain difference, in [-1, 1]) or a hinge margin.
+        data_range: value range of the images.
+        win_size, levels: forwarded to :func:`robustrep.losses.msssim.ms_ssim` (None = chosen from
+            the image size).
+    """
+    with torch.autocast(device_type=anchor.device.type, enabled=False):
+        a = anchor.float()
+        # One MS-SSIM call on the 2N pairs (a, x+) and (a, x-).
+        scores = ms_ssim(torch.cat([a, a]), torch.cat([positive.float(), negative.float()]), data_range=data_range, win_size=win_size, levels=levels)
+        sim_pos, sim_neg = scores.chunk(2)
+        return _reduce(1.0 - sim_pos, 1.0 - sim_neg, margin)
+
+
+def gram_matrix(images: torch.Tensor) -> torch.Tensor:
+    """Channel Gram matrices N x C x C of images N x C x H x W, divided by ``H * W``."""
+    flat = images.flatten(2)
+    return flat @ flat.transpose(1, 2) / flat.shape[-1]
+
+
+def gram_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float | None = None) -> torch.Tensor:
+    """CIMg's triplet loss on normalised channel Gram matrices (squared Frobenius distances)."""
+    with torch.autocast(device_type=anchor.device.type, enabled=False):
+        ga, gp, gn = gram_matrix(anchor.float()), gram_matrix(positive.float()), gram_matrix(negative.float())
+        return _reduce((ga - gp).square().flatten(1).sum(1), (ga - gn).square().flatten(1).sum(1), margin)
+
+
+def feature_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float | None = None, normalize: bool = True) -> torch.Tensor:
+    """SCL-E2E's triplet ``||E(x)-E(x+)||^2 - ||E(x)-E(x-)||^2`` on feature vectors N x D.
+
+    Args:
+        normalize: L2-normalise the features first (default). Without it and without a margin the
+            loss is unbounded below (the encoder can scale its features up), so turn it off only
+            together with a ``margin``.
+    """
+    with torch.autocast(device_type=anchor.device.type, enabled=False):
+        a, p, n = anchor.float().flatten(1), positive.float().flatten(1), negative.float().flatten(1)
+        if normalize:
+            a, p, n = F.normalize(a, dim=1), F.normalize(p, dim=1), F.normalize(n, dim=1)
+        return _reduce((a - p).square().sum(1), (a - n).square().sum(1), margin)

@@ -1,0 +1,74 @@
+"""MS-SSIM at every image size: agreement with pytorch_msssim where both run, and behaviour below."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pytorch_msssim import ms_ssim as package_ms_ssim
+from pytorch_msssim import ssim as package_ssim
+
+from robustrep.losses.msssim import ms_ssim, multiscale_ssim, package_window, small_image_scales
+
+
+def _pair(n: int, c: int, size: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    # Smooth images (upsampled noise) so SSIM is far from 0 and 1.
+    base = torch.nn.functional.interpolate(torch.rand(n, c, max(2, size // 4), max(2, size // 4), generator=gen), size=(size, size), mode="bilinear")
+    other = (base + noise * torch.randn(base.shape, generator=gen)).clamp(0, 1)
+    return base, other
+
+
+@pytest.mark.parametrize("size", [48, 64, 100])
+def test_auto_path_equals_package_where_it_runs(size):
+    x, y = _pair(4, 3, size, 0.15)
+    win = package_window(size)
+    expected = package_ms_ssim(x, y, data_range=1.0, size_average=False, win_size=win)
+    torch.testing.assert_close(ms_ssim(x, y), expected)
+
+
+@pytest.mark.parametrize("size", [64, 80])
+def test_small_image_construction_equals_package_ms_ssim(size):
+    """The multi-scale score built from the single-scale pieces is the package's MS-SSIM."""
+    x, y = _pair(3, 3, size, 0.2, seed=1)
+    expected = package_ms_ssim(x, y, data_range=1.0, size_average=False, win_size=3)
+    torch.testing.assert_close(multiscale_ssim(x, y, win_size=3, levels=5), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_one_scale_is_the_package_ssim():
+    x, y = _pair(4, 1, 28, 0.2, seed=2)
+    expected = package_ssim(x, y, data_range=1.0, size_average=False, win_size=7)
+    torch.testing.assert_close(multiscale_ssim(x, y, win_size=7, levels=1), expected)
+
+
+def test_scale_rule_for_small_images():
+    assert small_image_scales(8) == (3, 2)
+    assert small_image_scales(16) == (7, 2)
+    assert small_image_scales(28) == (7, 3)
+    assert small_image_scales(32) == (7, 3)
+    assert package_window(32) is None and package_window(64) == 3 and package_window(200) == 11
+
+
+@pytest.mark.parametrize("size", [8, 28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_works_at_small_sizes(size, channels):
+    x, _ = _pair(5, channels, size, 0.0, seed=3)
+    assert torch.allclose(ms_ssim(x, x), torch.ones(5), atol=1e-5)
+    scores = []
+    for noise in (0.05, 0.15, 0.4):
+        _, y = _pair(5, channels, size, noise, seed=3)
+        scores.append(ms_ssim(x, y).mean().item())
+    assert 1.0 > scores[0] > scores[1] > scores[2] >= 0.0  # more noise, less similar
+    a = x.clone().requires_grad_(True)
+    _, y = _pair(5, channels, size, 0.2, seed=4)
+    out = ms_ssim(a, y)
+    assert out.shape == (5,) and out.dtype == torch.float32
+    out.sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
+def test_runs_in_fp32_under_autocast():
+    x, y = _pair(2, 3, 32, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = ms_ssim(x.bfloat16(), y.bfloat16())
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, ms_ssim(x.bfloat16().float(), y.bfloat16().float()))
