@@ -1,6 +1,7 @@
 """Benchmarks as LightningDataModules (see :mod:`robustrep.data.base` for the contract)."""
 
 from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
+from robustrep.data.cifar import CIFAR10, CIFAR100, STL10, CIFAR10Coarse, CIFAR100Coarse, CIFAR100CoarseU
 from robustrep.data.mnist import MNIST, ColoredMNISTCIM, ColoredMNISTIRM, FashionMNIST, GridMNIST, MFDominoes, MNISTCoarse
 from robustrep.data.synthetic import SyntheticSpurious
 
@@ -16,10 +17,22 @@ BENCHMARKS: dict[str, tuple[type[RobustDataModule], str, str]] = {
     "colored_mnist_irm": (ColoredMNISTIRM, _MNIST_FILES, "noisy 0-4 vs 5-9 x red/green"),
     "grid_mnist": (GridMNIST, _MNIST_FILES, "digit x grid cell (9)"),
     "mf_dominoes": (MFDominoes, _MNIST_FILES + " + <root>/FashionMNIST/raw/...", "coat/dress x digit 0/1"),
+    "cifar10": (CIFAR10, "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} (download: true)", "10 classes"),
+    "cifar10_coarse": (CIFAR10Coarse, "<root>/cifar-10-batches-py/ (download: true)", "animal/vehicle x fine-class stratum"),
+    "cifar100": (CIFAR100, "<root>/cifar-100-python/{train,test,meta} (download: true)", "100 classes"),
+    "cifar100_coarse": (CIFAR100Coarse, "<root>/cifar-100-python/ (download: true)", "20 superclasses x 5 fine classes"),
+    "cifar100_coarse_u": (CIFAR100CoarseU, "<root>/cifar-100-python/ (download: true)", "20 superclasses x 5 fine classes (500/250/100/50/50)"),
+    "stl10": (STL10, "<root>/stl10_binary/{train,test}_{X,y}.bin [+ unlabeled_X.bin] (download: true)", "10 classes"),
 }
 
 __all__ = [
     "BENCHMARKS",
+    "CIFAR10",
+    "CIFAR100",
+    "STL10",
+    "CIFAR10Coarse",
+    "CIFAR100Coarse",
+    "CIFAR100CoarseU",
     "MNIST",
     "ColoredMNISTCIM",
     "ColoredMNISTIRM",
