@@ -1,0 +1,175 @@
+"""Chroma-VAE diagnostics (METHODS.md §2; paper figs. 3, 4b, 4c): is the shortcut isolated in z1?
+
+At the end of every ``every_n_epochs``-th validation and of every test, for a model with
+``encode``, ``decode``, ``partial_reconstruction`` and ``dim_z1`` (:class:`~robustrep.methods.ChromaVAE`):
+
+- **partial reconstructions** of a fixed set of validation images, one row per image:
+  the image, ``num_samples`` draws of ``x~1 = D([mu_1, eps])`` and of ``x~2 = D([eps, mu_2])``
+  (``<stage>/chroma/partial_reconstructions``). If the shortcut lives in z1, every x~1 keeps it and
+  x~2 varies it.
+- **counterfactual latent shift**: ``mean_x |mu(x)_i - mu(x')_i|`` per latent dimension ``i`` over up to
+  ``max_examples`` training images and their counterfactual copies ``x'`` (``swap_channels``: the two
+  channels in ``swap`` exchanged - the colour flip of red/green Colored MNIST), as a bar plot
+  (``<stage>/chroma/counterfactual_shift``) and the scalars ``<stage>/chroma/cf_shift_z1`` /
+  ``cf_shift_z2`` (mean over the dimensions of each part; the prior std is 1).
+- **attribute probe**: logistic regression predicting the binary attribute from ``mu_2`` (and ``mu_1``)
+  on the training images plus their counterfactual copies (attribute flipped), so the attribute is
+  independent of everything else; fitted on half of the pairs, scored on the other half
+  (``<stage>/chroma/attr_probe_z2``, ``attr_probe_z1``; 0.5 = not decodable).
+
+PNGs go to ``<run dir>/images``; W&B gets the same pictures (``callbacks.images``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+
+from robustrep.callbacks.images import log_figure, log_image_grid
+
+
+def to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Displayable images: 2-channel (red/green) images get a zero blue channel; 1 and 3 channels unchanged."""
+    if images.shape[1] == 2:
+        return torch.cat([images, torch.zeros_like(images[:, :1])], 1)
+    return images
+
+
+class ChromaDiagnostics(pl.Callback):
+    """Partial reconstructions, counterfactual latent shift and attribute probes of a Chroma-VAE.
+
+    Args:
+        num_images: validation images shown in the reconstruction grid.
+        num_samples: noise draws of x~1 and of x~2 per image.
+        counterfactual: ``swap_channels`` (exchange the channels in ``swap``) or ``none`` (skip the
+            shift plot and the probes).
+        swap: the two channels exchanged by ``swap_channels`` (red/green: ``[0, 1]``).
+        max_examples: training images used for the shift and the probes.
+        every_n_epochs: run after every n-th validation (tests always run).
+        seed: seed of the noise draws (the same samples every epoch).
+    """
+
+    def __init__(
+        self,
+        num_images: int = 8,
+        num_samples: int = 4,
+        counterfactual: str = "swap_channels",
+        swap: Sequence[int] = (0, 1),
+        max_examples: int = 2000,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if counterfactual not in ("swap_channels", "none"):
+            raise ValueError(f"counterfactual must be swap_channels or none, got {counterfactual!r}")
+        self.num_images, self.num_samples = num_images, num_samples
+        self.counterfactual, self.swap = counterfactual, tuple(swap)
+        self.max_examples, self.every_n_epochs, self.seed = max_examples, every_n_epochs, seed
+        self.last: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        missing = [name for name in ("encode", "decode", "partial_reconstruction", "dim_z1") if not hasattr(pl_module, name)]
+        if missing:
+            raise TypeError(f"ChromaDiagnostics needs a Chroma-VAE-like model; {type(pl_module).__name__} lacks {missing}")
+
+    # ------------------------------------------------------------------ pieces
+    def flip(self, images: torch.Tensor) -> torch.Tensor:
+        """The counterfactual copy: channels ``swap`` exchanged."""
+        a, b = self.swap
+        out = images.clone()
+        out[:, a], out[:, b] = images[:, b], images[:, a]
+        return out
+
+    @torch.no_grad()
+    def reconstruction_grid(self, pl_module, images: torch.Tensor) -> torch.Tensor:
+        """Rows: image, x~1 samples, x~2 samples (N * (1 + 2 S) images)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        rows = [images[:, None]]
+        for keep in (1, 2):
+            samples = [pl_module.partial_reconstruction(images, keep, generator=gen) for _ in range(self.num_samples)]
+            rows.append(torch.stack(samples, 1))
+        grid = torch.cat([r.float().cpu() for r in rows], 1)
+        return to_rgb(grid.flatten(0, 1))
+
+    @torch.no_grad()
+    def latent_pairs(self, pl_module, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``mu(x)``, ``mu(x')`` and the attributes of up to ``max_examples`` training images."""
+        mus, flipped, attrs = [], [], []
+        seen = 0
+        for batch in loader:
+            x = batch["image"][: self.max_examples - seen].to(pl_module.device)
+            mus.append(pl_module.encode(x)[0].float().cpu())
+            flipped.append(pl_module.encode(self.flip(x))[0].float().cpu())
+            if "attribute" in batch:
+                attrs.append(batch["attribute"][: x.shape[0]].cpu())
+            seen += x.shape[0]
+            if seen >= self.max_examples:
+                break
+        return torch.cat(mus), torch.cat(flipped), torch.cat(attrs) if attrs else None
+
+    @staticmethod
+    def probe_accuracy(features: torch.Tensor, features_cf: torch.Tensor, attributes: torch.Tensor) -> float:
+        """Held-out accuracy of a logistic regression predicting the attribute from (x, x') pairs."""
+        from sklearn.linear_model import LogisticRegression
+
+        n = features.shape[0]
+        half = n // 2
+        x = torch.cat([features, features_cf]).numpy()
+        y = torch.cat([attributes, 1 - attributes]).numpy()
+        train = list(range(half)) + list(range(n, n + half))
+        test = list(range(half, n)) + list(range(n + half, 2 * n))
+        if len(set(y[train].tolist())) < 2 or not test:
+            return float("nan")
+        clf = LogisticRegression(max_iter=1000).fit(x[train], y[train])
+        return float(clf.score(x[test], y[test]))
+
+    def shift_figure(self, shift: torch.Tensor, dim_z1: int):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.22 * len(shift)), 2.6))
+        colours = ["tab:red" if i < dim_z1 else "tab:blue" for i in range(len(shift))]
+        ax.bar(range(len(shift)), shift.numpy(), color=colours)
+        ax.axvline(dim_z1 - 0.5, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("latent dimension (red: z1, blue: z2)")
+        ax.set_ylabel("mean |mu(x) - mu(x')|")
+        ax.set_title("latent shift under the counterfactual")
+        return fig
+
+    # ------------------------------------------------------------------ running
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
+        dm = trainer.datamodule
+        was_training = pl_module.training
+        pl_module.eval()
+        values: dict[str, float] = {}
+        loaders = dm.val_dataloader()
+        val_set = loaders[0].dataset if loaders else dm.train_eval_dataset()
+        n = min(self.num_images, len(val_set))
+        images = torch.stack([val_set[i]["image"] for i in range(n)]).to(pl_module.device)
+        log_image_grid(trainer, f"{stage}/chroma/partial_reconstructions", self.reconstruction_grid(pl_module, images), nrow=1 + 2 * self.num_samples)
+        if self.counterfactual != "none":
+            mu, mu_cf, attrs = self.latent_pairs(pl_module, dm.train_eval_dataloader(shard=False))
+            shift = (mu - mu_cf).abs().mean(0)
+            d1 = pl_module.dim_z1
+            values[f"{stage}/chroma/cf_shift_z1"] = float(shift[:d1].mean())
+            values[f"{stage}/chroma/cf_shift_z2"] = float(shift[d1:].mean())
+            log_figure(trainer, f"{stage}/chroma/counterfactual_shift", self.shift_figure(shift, d1))
+            if attrs is not None and int(attrs.max()) <= 1:
+                values[f"{stage}/chroma/attr_probe_z1"] = self.probe_accuracy(mu[:, :d1], mu_cf[:, :d1], attrs)
+                values[f"{stage}/chroma/attr_probe_z2"] = self.probe_accuracy(mu[:, d1:], mu_cf[:, d1:], attrs)
+        pl_module.train(was_training)
+        for key, value in values.items():
+            pl_module.log(key, value, sync_dist=False)
+        self.last.update(values)
+        return values
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.run(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self.run(trainer, pl_module, "test")

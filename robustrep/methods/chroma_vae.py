@@ -1,0 +1,522 @@
+"""Chroma-VAE (Yang, Kirichenko, Goldblum, Wilson, NeurIPS 2022; METHODS.md §2), both stages in one module.
+
+Stage 1 trains a VAE classifier whose latent ``z = (z1, z2)`` is split by ``z_p``
+(``dim_z1 = round(z_p * dim_z)``): the decoder reconstructs from all of ``z``, a classifier (the
+*z1-classifier*) sees only ``mu_1``, the posterior mean of ``z1``. Per example the loss is
+``-log p(x|z) + beta * KL(q(z|x) || N(0, I)) + lambda * CE(y, C(mu_1))``. Because the classifier's
+gradient enters only through ``mu_1``, the shortcut (the cheapest predictive feature) is pulled into
+``z1`` and ``z2`` keeps "everything else" for the reconstruction.
+
+Stage 2 (no second script): whenever the model is evaluated after training steps, the module encodes
+the training set (evaluation transform, encoder frozen), keeps ``mu_2`` and fits the *z2-classifier*
+on it: ``knn`` (default, ``k = sqrt(N)``, brute force on the device in chunks), ``logistic``,
+``mlp``, or ``x2`` (an image classifier trained on partial reconstructions ``x~2 = D([eps, mu_2])``,
+decoded on the fly). The fitted stage 2 (kNN bank or classifier weights) is saved in checkpoints, so
+``robustrep test --ckpt_path ...`` reuses it. Validation and test report the z2-classifier through
+the standard metrics (``test/acc``, ``test/worst_group_acc``, ...) and the z1-classifier as a
+diagnostic under ``<stage>[/<set>]/z1/<metric>`` (it should behave like ERM).
+
+Architectures (the paper publishes none; ours, documented): ``backbone: vae_conv`` (default) is a
+stack of 4x4 stride-2 convolutions + ReLU (``width`` channels, doubled per layer; as many layers as
+halve the image while it stays >= 4 px, at most 4: two for 28 px, four for 64 px) and a fully
+connected layer of ``hidden`` units; any registered backbone (e.g. ``resnet18`` for large images) can
+replace it. The decoder mirrors it with transposed convolutions. Two linear heads give ``mu`` and
+``log var``.
+
+Under DDP every rank encodes the whole training set for stage 2 (no sharding), so the kNN bank and
+the seeded stage-2 classifier are identical on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robustrep.backbones import build_backbone, register_backbone
+from robustrep.errors import ConfigError
+from robustrep.losses.vae import bernoulli_log_likelihood, gaussian_kl, gaussian_log_likelihood, reparameterize
+from robustrep.methods.base import RobustMethod
+from robustrep.metrics import GroupAccuracy
+
+# ----------------------------------------------------------------------------------------- networks
+
+
+def conv_depth(image_shape: Sequence[int], max_depth: int = 4) -> int:
+    """Number of stride-2 layers: halve while both sides are even and stay >= 4 px (at most ``max_depth``)."""
+    _, h, w = image_shape
+    depth = 0
+    while depth < max_depth and h % 2 == 0 and w % 2 == 0 and h // 2 >= 4 and w // 2 >= 4:
+        h, w, depth = h // 2, w // 2, depth + 1
+    return max(depth, 1)
+
+
+class ConvEncoder(nn.Module):
+    """4x4 stride-2 convolutions + ReLU, then a fully connected layer (the ``vae_conv`` backbone).
+
+    Args:
+        image_shape: input (C, H, W).
+        width: channels of the first convolution, doubled per layer (32-64 for 28 px, 32-256 for 64 px).
+        depth: number of convolutions; None = as many as halve the image while it stays >= 4 px (max 4).
+        hidden: size of the fully connected output (``out_dim``).
+    """
+
+    def __init__(self, image_shape: Sequence[int], width: int = 32, depth: int | None = None, hidden: int = 256) -> None:
+        super().__init__()
+        depth = depth or conv_depth(image_shape)
+        c, h, w = image_shape
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Conv2d(c, width * 2**i, 4, 2, 1), nn.ReLU()]
+            c, h, w = width * 2**i, (h + 2 - 4) // 2 + 1, (w + 2 - 4) // 2 + 1
+        layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of :class:`ConvEncoder`: FC layers to a ``C x H/2^d x W/2^d`` map, then 4x4 stride-2
+    transposed convolutions; the output has the image's shape (logits or means, no activation).
+
+    Args:
+        image_shape: output (C, H, W); H and W must be divisible by ``2^depth``.
+        dim_z: latent size.
+        width, depth, hidden: as in :class:`ConvEncoder` (None = the same rule).
+    """
+
+    def __init__(self, image_shape: Sequence[int], dim_z: int, width: int = 32, depth: int | None = None, hidden: int = 256) -> None:
+        super().__init__()
+        depth = depth or conv_depth(image_shape)
+        c, h, w = image_shape
+        if h % 2**depth or w % 2**depth:
+            raise ConfigError(f"the VAE decoder needs image sides divisible by 2^{depth}; got {h}x{w}. Set decoder_kwargs.depth or data.image_size.")
+        self.start = (width * 2 ** (depth - 1), h // 2**depth, w // 2**depth)
+        self.fc = nn.Sequential(nn.Linear(dim_z, hidden), nn.ReLU(), nn.Linear(hidden, math.prod(self.start)), nn.ReLU())
+        layers: list[nn.Module] = []
+        for i in reversed(range(depth)):
+            out = c if i == 0 else width * 2 ** (i - 1)
+            layers.append(nn.ConvTranspose2d(width * 2**i, out, 4, 2, 1))
+            if i > 0:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(z).view(-1, *self.start))
+
+
+register_backbone("vae_conv", ConvEncoder)
+
+
+# ----------------------------------------------------------------------------------------- stage 2
+
+
+@torch.no_grad()
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    k: int,
+    num_classes: int,
+    bank_chunk: int = 8192,
+    query_chunk: int = 1024,
+) -> torch.Tensor:
+    """Brute-force Euclidean kNN with uniform votes, on the device of ``bank``, in chunks.
+
+    Memory is ``query_chunk x (bank_chunk + k)`` floats, so 160k-example banks fit anywhere. Matches
+    scikit-learn's ``KNeighborsClassifier(algorithm="brute")`` (ties between classes go to the lower
+    class index).
+
+    Args:
+        bank: N x D training features; bank_labels: N ints.
+        queries: M x D features to classify.
+        k: number of neighbours (clipped to N).
+        num_classes: number of classes C.
+        bank_chunk, query_chunk: chunk sizes (speed/memory trade-off only).
+
+    Returns:
+        M x C vote fractions (``predict_proba``); ``argmax`` is the prediction.
+    """
+    bank = bank.float()
+    queries = queries.to(bank.device).float()
+    labels = bank_labels.to(bank.device)
+    k = min(k, bank.shape[0])
+    bank_sq = bank.square().sum(1)
+    out = []
+    for q in queries.split(query_chunk):
+        q_sq = q.square().sum(1, keepdim=True)
+        best_d = torch.full((q.shape[0], 0), float("inf"), device=bank.device)
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=bank.device)
+        for start in range(0, bank.shape[0], bank_chunk):
+            b = bank[start : start + bank_chunk]
+            d = (q_sq - 2.0 * q @ b.T + bank_sq[start : start + bank_chunk]).clamp_min_(0.0)
+            idx = torch.arange(start, start + b.shape[0], device=bank.device).expand(q.shape[0], -1)
+            cand_d, cand_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
+            best_d, pos = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False)
+            best_i = cand_i.gather(1, pos)
+        votes = F.one_hot(labels[best_i], num_classes).sum(1).float()
+        out.append(votes / k)
+    return torch.cat(out) if out else torch.zeros(0, num_classes, device=bank.device)
+
+
+class Stage2:
+    """The z2-classifier: ``fit(features, labels)``, ``scores(features)``, a picklable ``state``."""
+
+    def __init__(self, kind: str, num_classes: int, **options: Any) -> None:
+        self.kind, self.num_classes, self.options = kind, num_classes, options
+        self.state: dict[str, Any] = {}
+        self.net: nn.Module | None = None
+
+    # kNN: the state is the bank itself.
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, decode=None) -> None:
+        opts = self.options
+        if self.kind == "knn":
+            k = opts.get("k") or max(1, round(math.sqrt(features.shape[0])))
+            self.state = {"bank": features.float(), "labels": labels.long(), "k": int(k)}
+            return
+        gen = torch.Generator(device="cpu").manual_seed(opts.get("seed", 0))
+        mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+        self.state = {"mean": mean, "std": std}
+        self.net = self._build(features.shape[1]).to(features.device)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=opts.get("lr", 1e-2 if self.kind != "x2" else 1e-3))
+        steps, batch = opts.get("steps", 500), opts.get("batch_size", 1024 if self.kind != "x2" else 128)
+        self.net.train()
+        for _ in range(steps):
+            idx = torch.randint(features.shape[0], (min(batch, features.shape[0]),), generator=gen).to(features.device)
+            inputs = self._inputs(features[idx], decode, gen)
+            loss = F.cross_entropy(self.net(inputs).float(), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        self.net.eval()
+        self.state["net"] = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def _build(self, dim: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the training RNG
+            torch.manual_seed(self.options.get("seed", 0))
+            return self._build_seeded(dim)
+
+    def _build_seeded(self, dim: int) -> nn.Module:
+        hidden = self.options.get("hidden", 128)
+        if self.kind == "logistic":
+            return nn.Linear(dim, self.num_classes)
+        if self.kind == "mlp":
+            return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, self.num_classes))
+        if self.kind == "x2":
+            image_shape = self.options["image_shape"]
+            trunk = build_backbone("cnn", image_shape, width=16, blocks=3)
+            return nn.Sequential(trunk, nn.Linear(trunk.out_dim, self.num_classes))
+        raise ConfigError(f"unknown stage2 {self.kind!r}; choose knn, logistic, mlp or x2")
+
+    def _inputs(self, feats: torch.Tensor, decode, gen: torch.Generator | None) -> torch.Tensor:
+        if self.kind == "x2":
+            with torch.no_grad():
+                return decode(feats, gen)
+        return (feats - self.state["mean"].to(feats.device)) / self.state["std"].to(feats.device)
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.state)
+
+    @torch.no_grad()
+    def scores(self, features: torch.Tensor, decode=None) -> torch.Tensor:
+        """Class scores (kNN: vote fractions; otherwise softmax probabilities), N x C."""
+        if self.kind == "knn":
+            s = self.state
+            return knn_predict(s["bank"].to(features.device), s["labels"], features, s["k"], self.num_classes, self.options.get("chunk_size", 8192))
+        if self.net is None:
+            self.net = self._build(features.shape[1])
+            self.net.load_state_dict(self.state["net"])
+            self.net.eval()
+        self.net.to(features.device)
+        gen = torch.Generator(device="cpu").manual_seed(self.options.get("seed", 0))
+        return self.net(self._inputs(features.float(), decode, gen)).float().softmax(1)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.state, self.net = dict(state), None
+
+
+# ----------------------------------------------------------------------------------------- the method
+
+
+class ChromaVAE(RobustMethod):
+    """Chroma-VAE: a VAE classifier on ``mu_1``, then a shortcut-free classifier on frozen ``mu_2``.
+
+    Args:
+        dim_z: latent size (paper, Colored MNIST: 32).
+        z_p: fraction of the latent given to ``z1``, the classifier's part (paper: 1/4); ``dim_z1 =
+            round(z_p * dim_z)``, at least 1 and at most ``dim_z - 1``.
+        beta: weight of the KL term (1 = the ELBO; the paper's Table 4 ablates 0.5-100).
+        classifier_weight: ``lambda`` on the cross-entropy. None (default) = the number of input
+            values ``C * H * W`` [ours], since ``log p(x)`` is a sum over pixels and dwarfs ``log p(y|x)``.
+        likelihood: ``bernoulli`` (decoder logits, binary cross-entropy; grey/colour MNIST-like data)
+            or ``gaussian`` (decoder means, fixed ``gaussian_std``; natural images such as CelebA).
+        gaussian_std: observation noise of the Gaussian likelihood (pixels in [0, 1]). Smaller values
+            weigh the reconstruction more against the KL.
+        classifier_hidden: hidden units of the z1-classifier; 0 (default) = linear.
+        kl_warmup_steps: linearly anneal ``beta`` from 0 over this many optimiser steps (0 = off).
+        classifier_on: ``z1`` (Chroma-VAE) or ``z`` (all of ``mu``: the Naive-VAE-Class baseline).
+        stage2: ``knn`` (default; the paper's best), ``logistic``, ``mlp``, ``x2`` (image classifier on
+            partial reconstructions) or ``none``.
+        stage2_on: ``z2`` (Chroma-VAE) or ``z`` (all of ``mu``: the Naive-Independent baseline).
+        stage2_k: neighbours of the kNN; None = ``round(sqrt(N))`` for N training examples.
+        stage2_steps, stage2_lr, stage2_batch_size, stage2_hidden: optimisation of the logistic/MLP/x2
+            stage 2 (Adam on random mini-batches of the frozen features; features standardised).
+        stage2_on_validation: refit stage 2 at every validation (so ``val/acc`` tracks the
+            z2-classifier and can drive checkpointing); False fits it once before testing.
+        predict: which classifier fills ``logits`` (``val/acc`` ...): ``stage2`` or ``classifier``
+            (the stage-1 classifier; the Naive-VAE-Class baseline).
+        decoder_kwargs: ``width``/``depth``/``hidden`` of the decoder (default: ``backbone_kwargs``
+            when the backbone is ``vae_conv``, else the encoder defaults).
+        *args, **kwargs: see ``RobustMethod`` (``backbone`` default ``vae_conv``).
+    """
+
+    def __init__(
+        self,
+        *args,
+        dim_z: int = 32,
+        z_p: float = 0.25,
+        beta: float = 1.0,
+        classifier_weight: float | None = None,
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        gaussian_std: float = 0.1,
+        classifier_hidden: int = 0,
+        kl_warmup_steps: int = 0,
+        classifier_on: Literal["z1", "z"] = "z1",
+        stage2: Literal["knn", "logistic", "mlp", "x2", "none"] = "knn",
+        stage2_on: Literal["z2", "z"] = "z2",
+        stage2_k: int | None = None,
+        stage2_steps: int = 500,
+        stage2_lr: float | None = None,
+        stage2_batch_size: int | None = None,
+        stage2_hidden: int = 128,
+        stage2_on_validation: bool = True,
+        predict: Literal["stage2", "classifier"] = "stage2",
+        decoder_kwargs: dict[str, Any] | None = None,
+        backbone: str | nn.Module = "vae_conv",
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, backbone=backbone, **kwargs)
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ConfigError(f"likelihood must be bernoulli or gaussian, got {likelihood!r}")
+        if predict == "stage2" and stage2 == "none":
+            raise ConfigError("predict: stage2 needs a stage2 classifier (knn, logistic, mlp or x2)")
+        self.dim_z = dim_z
+        self.dim_z1 = min(max(1, round(z_p * dim_z)), dim_z - 1)
+        self.beta, self.likelihood, self.gaussian_std = beta, likelihood, gaussian_std
+        self.classifier_weight = float(math.prod(self.image_shape)) if classifier_weight is None else classifier_weight
+        self.kl_warmup_steps = kl_warmup_steps
+        self.classifier_on, self.stage2_on, self.predict_with = classifier_on, stage2_on, predict
+        self.stage2_on_validation = stage2_on_validation
+        self.mu_head = nn.Linear(self.feature_dim, dim_z)
+        self.logvar_head = nn.Linear(self.feature_dim, dim_z)
+        if decoder_kwargs is None:
+            decoder_kwargs = dict(self.hparams.get("backbone_kwargs") or {}) if backbone == "vae_conv" else {}
+        self.decoder = ConvDecoder(self.image_shape, dim_z, **decoder_kwargs)
+        c_in = self.dim_z1 if classifier_on == "z1" else dim_z
+        self.classifier = (
+            nn.Linear(c_in, self.num_classes)
+            if classifier_hidden == 0
+            else nn.Sequential(nn.Linear(c_in, classifier_hidden), nn.ReLU(), nn.Linear(classifier_hidden, self.num_classes))
+        )
+        options = {"k": stage2_k, "steps": stage2_steps, "hidden": stage2_hidden, "image_shape": self.image_shape}
+        options |= {k: v for k, v in {"lr": stage2_lr, "batch_size": stage2_batch_size}.items() if v is not None}
+        self.stage2 = Stage2(stage2, self.num_classes, **options) if stage2 != "none" else None
+        self.stage2_stale = True
+        self._diag_metrics: dict[str, list[GroupAccuracy]] = {}
+
+    # ------------------------------------------------------------------ the VAE
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior means and log-variances (N x dim_z each; log-variance clamped to [-20, 10])."""
+        h = self.backbone(images).flatten(1)
+        return self.mu_head(h), self.logvar_head(h).clamp(-20.0, 10.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Image means in [0, 1] (Bernoulli: sigmoid of the logits; Gaussian: clamped means)."""
+        out = self.decoder(z).float()
+        return out.sigmoid() if self.likelihood == "bernoulli" else out.clamp(0.0, 1.0)
+
+    def classifier_features(self, mu: torch.Tensor) -> torch.Tensor:
+        return mu[:, : self.dim_z1] if self.classifier_on == "z1" else mu
+
+    def stage2_features(self, mu: torch.Tensor) -> torch.Tensor:
+        return mu[:, self.dim_z1 :] if self.stage2_on == "z2" else mu
+
+    def partial_reconstruction(self, images: torch.Tensor, keep: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x~1 = D([mu_1, eps])`` (``keep=1``) or ``x~2 = D([eps, mu_2])`` (``keep=2``), eps ~ N(0, I)."""
+        mu, _ = self.encode(images)
+        return self.decode(self._with_noise(mu, keep, generator))
+
+    def _with_noise(self, mu: torch.Tensor, keep: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if keep not in (1, 2):
+            raise ValueError(f"keep must be 1 or 2, got {keep}")
+        noise = torch.randn(mu.shape, generator=generator, device="cpu" if generator is not None else mu.device).to(mu.device, mu.dtype)
+        keep_first = torch.arange(self.dim_z, device=mu.device) < self.dim_z1
+        mask = keep_first if keep == 1 else ~keep_first
+        return torch.where(mask, mu, noise)
+
+    def _decode_x2(self, mu2: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Partial reconstructions from stored ``mu_2`` (the x~2-classifier's inputs)."""
+        noise = torch.randn(mu2.shape[0], self.dim_z1, generator=generator).to(mu2.device, mu2.dtype)
+        return self.decode(torch.cat([noise, mu2], 1))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The stage-2 features: ``mu_2`` (or all of ``mu`` with ``stage2_on: z``)."""
+        return self.stage2_features(self.encode(images)[0])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores of the predicting classifier (stage 2 unless ``predict: classifier``)."""
+        mu, _ = self.encode(images)
+        if self.predict_with == "classifier":
+            return self.classifier(self.classifier_features(mu))
+        if self.stage2 is None or not self.stage2.fitted:
+            raise RuntimeError("Chroma-VAE's stage 2 is not fitted yet: run fit (or load a checkpoint written after an evaluation)")
+        return self.stage2.scores(self.stage2_features(mu).float(), decode=self._decode_x2)
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-batch means of the reconstruction NLL, KL, classifier CE and the total loss."""
+        x, y = batch["image"], batch["label"]
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar)
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            nll = -bernoulli_log_likelihood(x, out)
+        else:
+            nll = -gaussian_log_likelihood(x, out, self.gaussian_std)
+        kl = gaussian_kl(mu, logvar)
+        beta = self.beta * min(1.0, (self.global_step + 1) / self.kl_warmup_steps) if self.kl_warmup_steps > 0 and self.training else self.beta
+        logits = self.classifier(self.classifier_features(mu))
+        ce = F.cross_entropy(logits.float(), y)
+        loss = (nll + beta * kl).mean() + self.classifier_weight * ce
+        return {"loss": loss, "nll": nll.mean(), "kl": kl.mean(), "ce": ce, "logits": logits, "mu": mu}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch)
+        loss = self.check_finite(out["loss"], "Chroma-VAE loss (-ELBO + lambda * CE)")
+        self.stage2_stale = True
+        acc = (out["logits"].argmax(1) == batch["label"]).float().mean()
+        n = len(batch["label"])
+        self.log_dict(
+            {"train/loss": loss, "train/nll": out["nll"], "train/kl": out["kl"], "train/ce": out["ce"], "train/clf_acc": acc}, prog_bar=False, batch_size=n
+        )
+        return loss
+
+    # ------------------------------------------------------------------ stage 2
+    @torch.no_grad()
+    def encode_training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mu`` of every training example (evaluation transform, eval mode) and the labels."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "train_eval_dataloader"):
+            raise ConfigError("Chroma-VAE's stage 2 needs a robustrep datamodule (it encodes the training set)")
+        was_training = self.training
+        self.eval()
+        mus, labels = [], []
+        for batch in dm.train_eval_dataloader(shard=False):
+            mus.append(self.encode(batch["image"].to(self.device))[0].float())
+            labels.append(batch["label"].to(self.device))
+        self.train(was_training)
+        return torch.cat(mus), torch.cat(labels)
+
+    def fit_stage2(self) -> None:
+        """Fit the z2-classifier on the frozen ``mu_2`` of the training set (gradients only inside)."""
+        if self.stage2 is None:
+            return
+        with torch.inference_mode(False), torch.enable_grad():
+            mu, labels = self.encode_training_set()
+            self.stage2.fit(self.stage2_features(mu).clone(), labels.clone(), decode=self._decode_x2)
+        self.stage2_stale = False
+
+    def _maybe_fit_stage2(self, stage: str) -> None:
+        if self.stage2 is None or self.trainer.sanity_checking:
+            return
+        if stage == "val" and not self.stage2_on_validation:
+            return
+        if self.stage2_stale or not self.stage2.fitted:
+            self.fit_stage2()
+
+    def on_validation_start(self) -> None:
+        self._maybe_fit_stage2("val")
+
+    def on_test_start(self) -> None:
+        self._maybe_fit_stage2("test")
+
+    def on_predict_start(self) -> None:
+        self._maybe_fit_stage2("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.stage2 is not None:
+            checkpoint["chroma_stage2"] = {"kind": self.stage2.kind, "state": self.stage2.state, "stale": self.stage2_stale}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("chroma_stage2")
+        if saved is not None and self.stage2 is not None and saved["kind"] == self.stage2.kind:
+            self.stage2.load_state(saved["state"])
+            self.stage2_stale = bool(saved["stale"]) or not self.stage2.fitted
+
+    # ------------------------------------------------------------------ evaluation
+    def _diagnostic_enabled(self) -> bool:
+        return self.predict_with == "stage2"
+
+    def _start_diag(self, stage: str) -> None:
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        n = len(loaders) if isinstance(loaders, list | tuple) else 1
+        dm = getattr(self.trainer, "datamodule", None)
+        counts = dm.group_counts("train") if dm is not None and hasattr(dm, "group_counts") else None
+        self._diag_metrics[stage] = [GroupAccuracy(self.num_groups, self._names(), counts).to(self.device) for _ in range(n)]
+
+    def _names(self) -> list[str] | None:
+        return self.group_names if self.group_names and len(self.group_names) == self.num_groups else None
+
+    def _end_diag(self, stage: str) -> None:
+        from robustrep.callbacks.group_metrics import metric_prefix
+
+        dm = getattr(self.trainer, "datamodule", None)
+        names = dm.eval_set_names(stage) if dm is not None and hasattr(dm, "eval_set_names") else [stage]
+        for idx, metric in enumerate(self._diag_metrics.get(stage, [])):
+            if metric.all_total.item() == 0 and self.trainer.world_size == 1:
+                continue
+            prefix = metric_prefix(stage, names, idx)
+            for key, value in metric.compute().items():
+                self.log(f"{prefix}/z1/{key}", float(value), add_dataloader_idx=False, sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_diag("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_diag("test")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and self._diagnostic_enabled():
+            self._end_diag("val")
+
+    def on_test_epoch_end(self) -> None:
+        if self._diagnostic_enabled():
+            self._end_diag("test")
+
+    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        out = self.losses(batch)
+        n = len(batch["label"])
+        if dataloader_idx == 0:
+            values = {f"{stage}/vae_loss": out["loss"], f"{stage}/nll": out["nll"], f"{stage}/kl": out["kl"]}
+            if self.classifier_weight > 0:
+                values[f"{stage}/z1/ce" if self.classifier_on == "z1" else f"{stage}/clf_ce"] = out["ce"]
+            self.log_dict(values, add_dataloader_idx=False, sync_dist=True, batch_size=n)
+        metrics = self._diag_metrics.get(stage)
+        if metrics is not None and dataloader_idx < len(metrics):
+            metrics[dataloader_idx].update(out["logits"].detach(), batch["label"], batch["group"])
+        if self.predict_with == "classifier" or self.trainer.sanity_checking:
+            scores = out["logits"]
+        elif self.stage2 is None or self.stage2_stale or not self.stage2.fitted:
+            return {}  # stage 2 not (re)fitted for this evaluation: only the z1 diagnostic is logged
+        else:
+            scores = self.stage2.scores(self.stage2_features(out["mu"]).float(), decode=self._decode_x2)
+        return {"logits": scores.detach(), "label": batch["label"], "group": batch["group"]}
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        return {"logits": self(batch["image"]), "index": batch["index"]}
