@@ -1,9 +1,11 @@
 """Benchmarks as LightningDataModules (see :mod:`robustrep.data.base` for the contract)."""
 
 from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
+from robustrep.data.celeba import CelebA
 from robustrep.data.cifar import CIFAR10, CIFAR100, STL10, CIFAR10Coarse, CIFAR100Coarse, CIFAR100CoarseU
 from robustrep.data.mnist import MNIST, ColoredMNISTCIM, ColoredMNISTIRM, FashionMNIST, GridMNIST, MFDominoes, MNISTCoarse
 from robustrep.data.synthetic import SyntheticSpurious
+from robustrep.data.waterbirds import Waterbirds
 
 _MNIST_FILES = "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (download: true), or digits_source: sklearn (embedded)"
 
@@ -23,10 +25,18 @@ BENCHMARKS: dict[str, tuple[type[RobustDataModule], str, str]] = {
     "cifar100_coarse": (CIFAR100Coarse, "<root>/cifar-100-python/ (download: true)", "20 superclasses x 5 fine classes"),
     "cifar100_coarse_u": (CIFAR100CoarseU, "<root>/cifar-100-python/ (download: true)", "20 superclasses x 5 fine classes (500/250/100/50/50)"),
     "stl10": (STL10, "<root>/stl10_binary/{train,test}_{X,y}.bin [+ unlabeled_X.bin] (download: true)", "10 classes"),
+    "celeba": (
+        CelebA,
+        "<root>/celeba/{list_attr_celeba.txt,list_eval_partition.txt,img_align_celeba/} or the Kaggle CSVs",
+        "target x spurious attribute (default Blond_Hair x Male)",
+    ),
+    "waterbirds": (Waterbirds, "<root>/waterbird_complete95_forest2water2/{metadata.csv,<species>/*.jpg}", "landbird/waterbird x land/water"),
 }
 
 __all__ = [
     "BENCHMARKS",
+    "CelebA",
+    "Waterbirds",
     "CIFAR10",
     "CIFAR100",
     "STL10",

@@ -71,12 +71,18 @@ def find_idx(folder: Path, name: str, layout: str, source: str, hint: str = "") 
 
 
 # --------------------------------------------------------------------------------------- images
-def decode_image(path: str | Path, channels: int = 3) -> torch.Tensor:
-    """Decode one image file to uint8 C x H x W (RGB or grey); unreadable files raise CorruptDataError."""
+def decode_image(path: str | Path, channels: int = 3, draft: tuple[int, int] | None = None) -> torch.Tensor:
+    """Decode one image file to uint8 C x H x W (RGB or grey); unreadable files raise CorruptDataError.
+
+    ``draft`` = (width, height): let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while both sides
+    stay at least this large (much faster when the image is resized down afterwards anyway).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB" if channels == 3 else "L", draft)
             img = img.convert("RGB" if channels == 3 else "L")
             array = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError as err:
@@ -87,14 +93,25 @@ def decode_image(path: str | Path, channels: int = 3) -> torch.Tensor:
     return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def resize_uint8(image: torch.Tensor, size: tuple[int, int] | None, center_crop: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """Optional centre crop then antialiased resize of a uint8 C x H x W image (stays uint8)."""
+def resize_uint8(
+    image: torch.Tensor,
+    size: tuple[int, int] | None,
+    center_crop: int | tuple[int, int] | str | None = None,
+    final_crop: int | tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Crop/resize a uint8 C x H x W image (stays uint8): optional centre crop (``"square"`` = the
+    largest centred square), antialiased resize to ``size``, optional centre crop after resizing."""
     from torchvision.transforms.v2 import functional as F
 
-    if center_crop is not None:
+    if center_crop == "square":
+        side = min(image.shape[-2:])
+        image = F.center_crop(image, [side, side])
+    elif center_crop is not None:
         image = F.center_crop(image, list(center_crop) if isinstance(center_crop, tuple) else [center_crop, center_crop])
     if size is not None and tuple(image.shape[-2:]) != tuple(size):
         image = F.resize(image, list(size), antialias=True)
+    if final_crop is not None:
+        image = F.center_crop(image, list(final_crop) if isinstance(final_crop, tuple) else [final_crop, final_crop])
     return image
 
 
@@ -110,7 +127,9 @@ class ImageFileDataset(Dataset):
         groups: int groups (length N) or None (every group -1).
         size: (H, W) every image is resized to after decoding; None keeps the file's size (only safe
             when every file has the same size).
-        center_crop: crop this square (or (H, W)) from the centre before resizing; None = no crop.
+        center_crop: crop this square (or (H, W), or ``"square"`` = the largest centred square) from
+            the centre before resizing; None = no crop.
+        final_crop: centre crop after resizing (e.g. resize 256 then crop 224); None = no crop.
         channels: 3 (RGB) or 1 (grey).
         transform: applied to the float image in [0, 1].
         num_views: independently transformed views returned under ``views`` (1 = none).
@@ -125,7 +144,8 @@ class ImageFileDataset(Dataset):
         labels: torch.Tensor | Sequence[int],
         groups: torch.Tensor | Sequence[int] | None = None,
         size: tuple[int, int] | None = None,
-        center_crop: int | tuple[int, int] | None = None,
+        center_crop: int | tuple[int, int] | str | None = None,
+        final_crop: int | tuple[int, int] | None = None,
         channels: int = 3,
         transform: Callable | None = None,
         num_views: int = 1,
@@ -142,6 +162,7 @@ class ImageFileDataset(Dataset):
                 raise ValueError(f"{name} has {t.shape[0]} entries but there are {n} image paths")
         self.size = size
         self.center_crop = center_crop
+        self.final_crop = final_crop
         self.channels = channels
         self.transform = transform
         self.num_views = num_views
@@ -160,7 +181,10 @@ class ImageFileDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The uint8 image of example ``index`` after decoding, cropping, resizing and ``edit``."""
-        image = resize_uint8(decode_image(self.paths[index], self.channels), self.size, self.center_crop)
+        draft = None
+        if self.size is not None and self.center_crop in (None, "square"):
+            draft = (max(self.size), max(self.size))  # any aspect ratio keeps both sides >= the target
+        image = resize_uint8(decode_image(self.paths[index], self.channels, draft), self.size, self.center_crop, self.final_crop)
         if self.edit is not None:
             image = self.edit(image, index)
         return image

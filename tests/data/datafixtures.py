@@ -202,3 +202,103 @@ def write_stl10(root: Path, n_train: int = 20, n_test: int = 10, size: int = 96)
         images.tofile(folder / f"{split}_X.bin")
         labels.tofile(folder / f"{split}_y.bin")
     (folder / "class_names.txt").write_text("\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]) + "\n")
+
+
+CELEBA_ATTRS = [
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
+]
+
+
+def write_celeba(
+    root: Path, n: int = 40, fmt: str = "txt", nested: bool = False, size: tuple[int, int] = (22, 18), seed: int = 0, attrs: np.ndarray | None = None
+) -> np.ndarray:
+    """CelebA annotations in the official txt layout (or the Kaggle CSVs) plus tiny JPEGs.
+    Returns the attribute matrix (n x 40, values -1/1); partition = i % 3."""
+    rng = np.random.default_rng(seed)
+    if attrs is None:
+        attrs = np.where(rng.random((n, 40)) < 0.5, 1, -1)
+    n = len(attrs)
+    folder = root / "celeba"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    if fmt == "txt":
+        lines = [str(n), " ".join(CELEBA_ATTRS) + " "]
+        lines += [name + " " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, attrs)]  # the real file pads with spaces
+        (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+        (folder / "list_eval_partition.txt").write_text("".join(f"{name} {i % 3}\n" for i, name in enumerate(names)))
+    else:
+        header = "image_id," + ",".join(CELEBA_ATTRS)
+        rows = [name + "," + ",".join(str(v) for v in row) for name, row in zip(names, attrs)]
+        (folder / "list_attr_celeba.csv").write_text("\n".join([header, *rows]) + "\n")
+        (folder / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(f"{name},{i % 3}\n" for i, name in enumerate(names)))
+    images = folder / "img_align_celeba"
+    if nested:
+        images = images / "img_align_celeba"
+    for i, name in enumerate(names):
+        save_image(images / name, size=size, colour=(40 + 5 * (i % 30), 90, 150), seed=i)
+    return attrs
+
+
+def write_waterbirds(root: Path, per_group: dict[int, list[int]], size: tuple[int, int] = (20, 24), quality: int = 90) -> Path:
+    """``root/waterbird_complete95_forest2water2/`` with metadata.csv and JPEGs. ``per_group[split]``
+    = examples of groups 0-3 (g = 2y + place) in that split."""
+    folder = root / "waterbird_complete95_forest2water2"
+    rows = ["img_id,img_filename,y,split,place,place_filename"]
+    img_id = 1
+    for split, counts in per_group.items():
+        for g, count in enumerate(counts):
+            y, place = divmod(g, 2)
+            for _ in range(count):
+                species = "001.Black_footed_Albatross" if y else "002.Laysan_Albatross"
+                fname = f"{species}/{species.split('.')[1]}_{img_id:04d}_{g}.jpg"
+                colour = (30, 80 + 100 * place, 200 - 100 * place)
+                path = folder / fname
+                path.parent.mkdir(parents=True, exist_ok=True)
+                rng = np.random.default_rng(img_id)
+                array = np.clip(np.array(colour)[None, None] + rng.integers(-20, 20, size=(*size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(array).save(path, quality=quality)
+                place_dir = "/o/ocean/00001.jpg" if place else "/b/bamboo_forest/00001.jpg"
+                rows.append(f"{img_id},{fname},{y},{split},{place},{place_dir}")
+                img_id += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return folder
