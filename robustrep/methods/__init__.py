@@ -2,9 +2,10 @@
 
 from robustrep.methods.base import Classifier, RobustMethod
 from robustrep.methods.chroma_vae import ChromaVAE
+from robustrep.methods.cim import CIM
 from robustrep.methods.erm import ERM
 from robustrep.methods.group_dro import GroupDRO
 from robustrep.methods.jtt import JTT
 from robustrep.methods.naive_vae import NaiveIndependent, NaiveVAEClass
 
-__all__ = ["ChromaVAE", "NaiveIndependent", "NaiveVAEClass", "ERM", "JTT", "Classifier", "GroupDRO", "RobustMethod"]
+__all__ = ["ChromaVAE", "NaiveIndependent", "NaiveVAEClass", "CIM", "ERM", "JTT", "Classifier", "GroupDRO", "RobustMethod"]

@@ -1,0 +1,410 @@
+"""CIM — Contrastive Input Morphing (Taghanaki et al., ICML 2021), its variants and baselines.
+
+A Transformation Network (TN), a small convolutional autoencoder, turns an image ``x`` into a
+one-channel mask ``m = sigmoid(TN(x))`` in (0, 1); the classifier (backbone + linear head) is
+trained with cross-entropy on the morphed image ``psi(x) = m * x``, and the CE gradient reaches the
+TN through ``psi``. A triplet loss with weight ``lam`` pulls ``psi(x)`` toward a same-class training
+image ``x+`` and away from an other-class one ``x-`` in MS-SSIM (``L_con = MS(psi(x), x-) -
+MS(psi(x), x+)``; METHODS.md section 1 explains the sign). Total loss
+``CE + lam * L_con (+ vib_beta * KL)``.
+
+One module covers every row of the paper's tables:
+
+================  ===========================================================================
+configuration     arguments
+================  ===========================================================================
+CIM               ``variant: mask`` (default), ``lam > 0``
+CIMg              ``variant: gram`` — normalised channel Gram matrices instead of MS-SSIM
+CIMf              ``variant: feature`` — the TN morphs ``x+`` and ``x-`` too
+X + VIB           any of the above with ``vib_beta > 0``
+VIB               ``transform_network: false, lam: 0, vib_beta > 0``
+only m            ``lam: 0`` (TN trained by CE alone)
+SCL-E2E           ``transform_network: false, variant: scl, lam > 0`` — CE + triplet on backbone
+                  features ``||E(x)-E(x+)||^2 - ||E(x)-E(x-)||^2``
+ERM               ``transform_network: false, lam: 0, vib_beta: 0`` (identical to
+                  :class:`~robustrep.methods.ERM` on the same seed)
+================  ===========================================================================
+
+Triplets come from the *training set*, not the batch: in ``setup()`` the module builds a
+label-indexed view of ``datamodule.train_dataset()`` (labels read from the dataset's metadata, no
+image decoded) and, every step, draws for each anchor one positive (same class, never the anchor
+itself) and one negative (another class) with index arithmetic on the device. The draw uses a
+generator seeded from ``triplet_seed``, the process rank and the epoch, so under DDP each rank draws
+for its own anchors, and a run resumed at an epoch boundary draws the same triplets. Only the
+``2 * batch`` sampled images are read (directly from the uint8 tensor of in-memory benchmarks).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from robustrep.data.base import TensorImageDataset
+from robustrep.distributed import rank as process_rank
+from robustrep.errors import ConfigError
+from robustrep.losses.triplet import feature_triplet, gram_triplet, msssim_triplet
+from robustrep.losses.vib import gaussian_kl, reparameterize
+from robustrep.methods.base import RobustMethod
+
+VARIANTS = ("mask", "gram", "feature", "scl")
+
+
+class TransformationNetwork(nn.Module):
+    """CIM's TN: a convolutional encoder-decoder that outputs a one-channel mask in (0, 1).
+
+    The encoder halves the resolution ``depth`` times (3x3 stride-2 convs, width doubling up to
+    ``8 * width``); the decoder upsamples back to every encoder size (bilinear + 3x3 conv), adding
+    the encoder feature of that size when ``skip`` is on; a zero-initialised 1x1 conv gives the mask
+    logits, so training starts from the uniform mask ``sigmoid(mask_bias_init)``.
+
+    Args:
+        in_channels: image channels.
+        image_size: smallest image side, used for the defaults.
+        width: channels of the first level; None = 16 up to 32 px, 32 above [ours].
+        depth: number of downsamplings; None = ``clamp(floor(log2(side / 4)), 1, 4)``
+            (1 at 8 px, 2 at 28 px, 3 at 32-64 px, 4 from 128 px) [ours].
+        skip: add encoder features to the decoder (U-Net style) so the mask can be sharp.
+        mask_bias_init: initial mask logit (0 = every pixel weighted 0.5; larger starts closer to
+            the identity transformation).
+    """
+
+    def __init__(
+        self, in_channels: int, image_size: int, width: int | None = None, depth: int | None = None, skip: bool = True, mask_bias_init: float = 0.0
+    ) -> None:
+        super().__init__()
+        width = width or (16 if image_size <= 32 else 32)
+        depth = depth or int(min(4, max(1, math.floor(math.log2(max(image_size, 8) / 4)))))
+        widths = [min(width * 2**i, width * 8) for i in range(depth + 1)]
+        self.skip = skip
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.ReLU(inplace=True))
+        self.down = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1), nn.ReLU(inplace=True)) for i in range(depth))
+        self.up = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1), nn.ReLU(inplace=True)) for i in reversed(range(depth)))
+        self.out = nn.Conv2d(widths[0], 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, mask_bias_init)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Mask logits N x 1 x H x W."""
+        h = self.stem(x)
+        features = [h]
+        for block in self.down:
+            h = block(h)
+            features.append(h)
+        for block, feat in zip(self.up, reversed(features[:-1])):
+            h = block(F.interpolate(h, size=feat.shape[-2:], mode="bilinear", align_corners=False))
+            if self.skip:
+                h = h + feat
+        return self.out(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The mask ``sigmoid(logits)`` in fp32, N x 1 x H x W."""
+        return torch.sigmoid(self.logits(x).float())
+
+
+class TripletSource:
+    """A label-indexed view of a training set that draws one positive and one negative per anchor.
+
+    Labels come from the dataset's metadata (``TensorImageDataset.labels``, a ``labels`` or
+    ``targets`` attribute, through ``Subset`` wrappers); only when none exists are the items read once.
+    Images are read only for the drawn indices: sliced from the uint8 tensor of an in-memory
+    dataset (then its transform, if any, applied per image), otherwise ``dataset[i]["image"]``.
+
+    Args:
+        dataset: the training dataset (items are dicts with ``image``, ``label``, ``index``).
+        device: where the index tensors live and the drawing happens.
+    """
+
+    def __init__(self, dataset: Dataset, device: torch.device | str = "cpu") -> None:
+        self.dataset = dataset
+        self.device = torch.device(device)
+        labels, keys = _labels_and_keys(dataset)
+        n = labels.shape[0]
+        num_classes = int(labels.max()) + 1
+        counts = torch.bincount(labels, minlength=num_classes)
+        if int((counts > 0).sum()) < 2:
+            raise ConfigError("CIM's triplets need at least two classes in the training set")
+        offsets = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(labels, stable=True)
+        rank_in_class = torch.empty(n, dtype=torch.long)
+        rank_in_class[order] = torch.arange(n) - offsets[labels[order]]
+        key_to_rank = torch.full((int(keys.max()) + 1,), -1, dtype=torch.long)
+        key_to_rank[keys] = rank_in_class
+        self.size = n
+        self.sorted_positions = order.to(self.device)
+        self.counts = counts.to(self.device)
+        self.offsets = offsets.to(self.device)
+        self.key_to_rank = key_to_rank.to(self.device)
+        self.labels = labels.to(self.device)
+        self._images, self._positions_map, self._transform = _in_memory_images(dataset)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0)
+
+    def to(self, device: torch.device | str) -> TripletSource:
+        """Move the index tensors (and the generator) to ``device``; returns self."""
+        device = torch.device(device)
+        if device != self.device:
+            for name in ("sorted_positions", "counts", "offsets", "key_to_rank", "labels"):
+                setattr(self, name, getattr(self, name).to(device))
+            self.device = device
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(0)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:  # generators do not pickle (ddp_spawn pickles the module)
+        state = dict(self.__dict__)
+        state["generator"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the draw from ``seed`` (the module uses ``(triplet_seed, rank, epoch)``)."""
+        self.generator.manual_seed(int(seed))
+
+    def sample(self, labels: torch.Tensor, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dataset positions of one positive and one negative per anchor (vectorised).
+
+        Args:
+            labels: anchor labels (N).
+            keys: the anchors' ``index`` values; the positive is never the anchor itself (unless it is
+                alone in its class). None = no exclusion.
+        """
+        labels = labels.to(self.device)
+        if int(labels.max()) >= self.counts.shape[0] or bool((self.counts[labels] == 0).any()):
+            raise ConfigError("an anchor's label does not occur in the training set the triplets are drawn from")
+        count, offset = self.counts[labels], self.offsets[labels]
+        if keys is None:
+            anchor_rank = torch.full_like(labels, -1)
+        else:
+            keys = keys.to(self.device)
+            inside = (keys >= 0) & (keys < self.key_to_rank.shape[0])
+            anchor_rank = torch.where(inside, self.key_to_rank[keys.clamp(0, self.key_to_rank.shape[0] - 1)], -1)
+        exclude = (anchor_rank >= 0) & (count > 1)
+        n_pos = torch.where(exclude, count - 1, count)
+        u = (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_pos).long().clamp_max(n_pos - 1)
+        u = torch.where(exclude & (u >= anchor_rank), u + 1, u)
+        n_neg = self.size - count
+        v = (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_neg).long().clamp_max(n_neg - 1)
+        v = torch.where(v >= offset, v + count, v)
+        return self.sorted_positions[offset + u], self.sorted_positions[v]
+
+    def images(self, positions: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        """The (transformed) training images at ``positions`` as a float batch on ``device``."""
+        if self._images is not None:
+            rows = positions.cpu()
+            if self._positions_map is not None:
+                rows = self._positions_map[rows]
+            batch = self._images[rows].float().div_(255.0)
+            if self._transform is not None:
+                batch = torch.stack([self._transform(img) for img in batch])
+            return batch.to(device, non_blocking=True)
+        return torch.stack([self.dataset[int(i)]["image"] for i in positions.tolist()]).to(device, non_blocking=True)
+
+
+def _labels_and_keys(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels of every position and the ``index`` value each item reports, without decoding images."""
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.labels.long(), torch.arange(len(dataset))
+    if isinstance(dataset, Subset):
+        inner_labels, inner_keys = _labels_and_keys(dataset.dataset)
+        idx = torch.as_tensor(list(dataset.indices), dtype=torch.long)
+        return inner_labels[idx], inner_keys[idx]
+    for attr in ("labels", "targets"):
+        if hasattr(dataset, attr):
+            labels = torch.as_tensor(getattr(dataset, attr), dtype=torch.long)
+            if labels.dim() == 1 and labels.shape[0] == len(dataset):  # type: ignore[arg-type]
+                return labels, torch.arange(labels.shape[0])
+    warnings.warn(f"{type(dataset).__name__} exposes no `labels` tensor; reading every item once to index the training set for CIM's triplets", stacklevel=3)
+    items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return torch.tensor([it["label"] for it in items]), torch.tensor([it["index"] for it in items])
+
+
+def _in_memory_images(dataset: Dataset) -> tuple[torch.Tensor | None, torch.Tensor | None, Any]:
+    """(uint8 images, position -> row map or None, per-image transform) of an in-memory dataset."""
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.images, None, dataset.transform
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorImageDataset):
+        return dataset.dataset.images, torch.as_tensor(list(dataset.indices), dtype=torch.long), dataset.dataset.transform
+    return None, None, None
+
+
+class CIM(RobustMethod):
+    """Contrastive Input Morphing and its baselines (table in the module docstring).
+
+    Args:
+        variant: ``mask`` (CIM: MS-SSIM triplet of ``psi(x)`` against raw ``x+``/``x-``), ``gram``
+            (CIMg: Gram-matrix triplet), ``feature`` (CIMf: MS-SSIM triplet against the morphed
+            ``psi(x+)``/``psi(x-)``) or ``scl`` (SCL-E2E: feature triplet on backbone features).
+        lam: ``lambda``, the weight of the triplet loss; 0 turns it off (and skips the sampling).
+        margin: hinge margin of the triplet loss; None (default) = the plain difference.
+        transform_network: use the TN (False for the ERM, VIB and SCL-E2E baselines).
+        tn_width, tn_depth, tn_skip, mask_bias_init: the TN's shape, see
+            :class:`TransformationNetwork` (None = chosen from the image size).
+        vib_beta: weight of the VIB KL term; > 0 adds one linear layer after the backbone to
+            ``(mu, log var)`` of ``vib_dim`` dimensions, the head classifies a reparameterised sample
+            in training and ``mu`` at evaluation (the paper's VIB setting "(c)").
+        vib_dim: the VIB bottleneck size.
+        feature_normalize: SCL-E2E only: L2-normalise features before the squared distances
+            (default; without a margin the raw loss is unbounded below) [ours].
+        msssim_win_size, msssim_levels: override the MS-SSIM window / number of scales (None =
+            chosen from the image size, see :mod:`robustrep.losses.msssim`).
+        triplet_seed: seed of the triplet draw (combined with rank and epoch).
+        *args, **kwargs: see :class:`~robustrep.methods.base.RobustMethod` (backbone, optimizer, ...).
+    """
+
+    required_keys = ("image", "label", "index")
+
+    def __init__(
+        self,
+        *args,
+        variant: Literal["mask", "gram", "feature", "scl"] = "mask",
+        lam: float = 1.0,
+        margin: float | None = None,
+        transform_network: bool = True,
+        tn_width: int | None = None,
+        tn_depth: int | None = None,
+        tn_skip: bool = True,
+        mask_bias_init: float = 0.0,
+        vib_beta: float = 0.0,
+        vib_dim: int = 256,
+        feature_normalize: bool = True,
+        msssim_win_size: int | None = None,
+        msssim_levels: int | None = None,
+        triplet_seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if variant not in VARIANTS:
+            raise ConfigError(f"CIM variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if lam < 0 or vib_beta < 0:
+            raise ConfigError(f"lam and vib_beta must be >= 0, got lam={lam}, vib_beta={vib_beta}")
+        if lam > 0 and variant != "scl" and not transform_network:
+            raise ConfigError(f"variant {variant!r} trains the Transformation Network; with transform_network: false use lam: 0 or variant: scl")
+        self.variant = variant
+        self.lam = lam
+        self.margin = margin
+        self.vib_beta = vib_beta
+        self.feature_normalize = feature_normalize
+        self.msssim_win_size = msssim_win_size
+        self.msssim_levels = msssim_levels
+        self.triplet_seed = triplet_seed
+        # Creation order backbone -> head matches ERM, so lam=0 without TN/VIB reproduces it exactly.
+        self.vib = nn.Linear(self.feature_dim, 2 * vib_dim) if vib_beta > 0 else None
+        self.head = nn.Linear(vib_dim if self.vib is not None else self.feature_dim, self.num_classes)
+        channels, height, width = self.image_shape
+        self.tn = (
+            TransformationNetwork(channels, min(height, width), width=tn_width, depth=tn_depth, skip=tn_skip, mask_bias_init=mask_bias_init)
+            if transform_network
+            else None
+        )
+        self.triplets: TripletSource | None = None
+
+    # ------------------------------------------------------------------ model
+    def mask(self, images: torch.Tensor) -> torch.Tensor:
+        """The TN's mask N x 1 x H x W in (0, 1) (all ones without a TN)."""
+        if self.tn is None:
+            return torch.ones_like(images[:, :1])
+        return self.tn(images)
+
+    def morph(self, images: torch.Tensor) -> torch.Tensor:
+        """``psi(x) = m * x`` (the images themselves without a TN)."""
+        return images if self.tn is None else self.tn(images) * images
+
+    def _bottleneck(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.vib(features).chunk(2, dim=1)  # type: ignore[misc]
+        return mu, logvar
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of the morphed images; with VIB, the bottleneck mean ``mu``."""
+        features = self.backbone(self.morph(images)).flatten(1)
+        return self._bottleneck(features)[0] if self.vib is not None else features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(images))
+
+    # ------------------------------------------------------------------ triplets
+    def set_triplet_source(self, dataset: Dataset) -> None:
+        """Draw triplets from ``dataset`` (done automatically from the datamodule in ``setup``)."""
+        self.triplets = TripletSource(dataset, self.device)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage != "fit" or self.lam == 0 or self.triplets is not None:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "train_dataset"):
+            raise ConfigError("CIM draws its triplets from the training set: fit it with a robustrep datamodule, or call set_triplet_source(dataset) first")
+        self.set_triplet_source(dm.train_dataset())
+
+    def on_train_epoch_start(self) -> None:
+        if self.triplets is not None:
+            self.triplets.to(self.device)
+            self.triplets.reseed(self.triplet_seed * 1_000_003 + process_rank() * 10_007 + self.current_epoch)
+
+    def draw_triplets(self, labels: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive and negative images for a batch of anchors, on the module's device."""
+        if self.triplets is None:
+            raise ConfigError("no triplet source: fit with a datamodule or call set_triplet_source(dataset)")
+        pos, neg = self.triplets.sample(labels, keys)
+        both = self.triplets.images(torch.cat([pos, neg]), self.device)
+        return both.chunk(2)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch["image"], batch["label"]
+        n = images.shape[0]
+        logs: dict[str, torch.Tensor] = {}
+        if self.tn is not None:
+            mask = self.tn(images)
+            morphed = mask * images
+            logs["train/mask_mean"] = mask.detach().mean()
+        else:
+            morphed = images
+        positive = negative = None
+        if self.lam > 0:
+            positive, negative = self.draw_triplets(labels, batch.get("index"))
+        if self.variant == "scl" and self.lam > 0:
+            # SCL-E2E encodes x, x+ and x- (a batch of 3n) and contrasts backbone features.
+            others = torch.cat([positive, negative])
+            feats_all = self.backbone(torch.cat([morphed, self.morph(others)])).flatten(1)
+            features = feats_all[:n]
+            f_pos, f_neg = feats_all[n:].chunk(2)
+            contrastive = feature_triplet(features, f_pos, f_neg, self.margin, self.feature_normalize)
+        else:
+            features = self.backbone(morphed).flatten(1)
+            contrastive = None
+            if self.lam > 0:
+                contrastive = self._image_triplet(morphed, positive, negative)
+        if self.vib is not None:
+            mu, logvar = self._bottleneck(features)
+            logits = self.head(reparameterize(mu, logvar))
+            kl = gaussian_kl(mu, logvar)
+            logs["train/kl"] = kl
+        else:
+            logits = self.head(features)
+        ce = self.check_finite(F.cross_entropy(logits.float(), labels), "cross-entropy")
+        loss = ce
+        if self.vib is not None:
+            loss = loss + self.vib_beta * self.check_finite(kl, "VIB KL")
+        if contrastive is not None:
+            loss = loss + self.lam * self.check_finite(contrastive, "triplet loss")
+            logs["train/triplet"] = contrastive
+        logs.update({"train/loss": loss, "train/ce": ce, "train/acc": (logits.argmax(1) == labels).float().mean()})
+        self.log_dict(logs, prog_bar=True, batch_size=n)
+        return loss
+
+    def _image_triplet(self, morphed: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        if self.variant == "gram":
+            return gram_triplet(morphed, positive, negative, self.margin)
+        if self.variant == "feature":
+            positive, negative = self.morph(torch.cat([positive, negative])).chunk(2)
+        return msssim_triplet(morphed, positive, negative, self.margin, win_size=self.msssim_win_size, levels=self.msssim_levels)

@@ -1,0 +1,195 @@
+"""CIM: the TN's mask, triplet sampling, the ERM/VIB/SCL-E2E baselines from one module, precisions, DDP."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import quick_trainer, tiny_synthetic
+
+from robustrep.data.base import TensorImageDataset
+from robustrep.errors import ConfigError
+from robustrep.methods import CIM, ERM
+from robustrep.methods.cim import TransformationNetwork, TripletSource
+
+
+def _cim(size: int = 8, **kwargs) -> CIM:
+    kwargs.setdefault("backbone", "tiny")
+    return CIM(num_classes=2, num_groups=4, image_shape=(3, size, size), **kwargs)
+
+
+@pytest.mark.parametrize("size", [8, 28, 32, 64])
+def test_mask_lies_in_open_unit_interval_and_keeps_the_image_size(size):
+    torch.manual_seed(0)
+    tn = TransformationNetwork(3, size)
+    with torch.no_grad():  # perturb the zero-initialised output layer so the mask is not constant
+        tn.out.weight.normal_(0, 1.0)
+    images = torch.rand(4, 3, size, size)
+    mask = tn(images)
+    assert mask.shape == (4, 1, size, size)
+    assert mask.min() > 0 and mask.max() < 1 and mask.std() > 0
+    model = _cim(size)
+    assert torch.allclose(model.mask(images), torch.full((4, 1, size, size), 0.5))  # sigmoid(0) at init
+    torch.testing.assert_close(model.morph(images), 0.5 * images)
+
+
+def _labelled_dataset(n: int = 60, num_classes: int = 3) -> TensorImageDataset:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % num_classes
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    return TensorImageDataset(images, labels)
+
+
+def test_triplet_sampling_respects_labels_excludes_the_anchor_and_is_seeded():
+    ds = _labelled_dataset()
+    source = TripletSource(ds)
+    labels = ds.labels.repeat(20)
+    keys = torch.arange(60).repeat(20)
+    source.reseed(3)
+    pos, neg = source.sample(labels, keys)
+    assert (ds.labels[pos] == labels).all() and (pos != keys).all()
+    assert (ds.labels[neg] != labels).all()
+    # every same-class example is reachable as a positive, every other-class one as a negative
+    assert set(pos[labels == 0].tolist()) == set(range(0, 60, 3)) - set()  # 1200 draws cover 20 candidates
+    assert set(neg[labels == 0].tolist()) == {i for i in range(60) if i % 3 != 0}
+    source.reseed(3)
+    pos2, neg2 = source.sample(labels, keys)
+    assert torch.equal(pos, pos2) and torch.equal(neg, neg2)
+    source.reseed(4)  # another rank / epoch draws differently
+    assert not torch.equal(source.sample(labels, keys)[0], pos)
+    # images are the dataset's own items
+    batch = source.images(pos[:5], "cpu")
+    torch.testing.assert_close(batch, torch.stack([ds[int(i)]["image"] for i in pos[:5]]))
+
+
+def test_triplet_sampling_through_a_subset_maps_index_keys():
+    ds = _labelled_dataset()
+    sub = torch.utils.data.Subset(ds, list(range(1, 60, 2)))  # items report the inner index as `index`
+    source = TripletSource(sub)
+    items = [sub[i] for i in range(len(sub))]
+    labels = torch.tensor([it["label"] for it in items]).repeat(10)
+    keys = torch.tensor([it["index"] for it in items]).repeat(10)
+    pos, neg = source.sample(labels, keys)
+    pos_items = [sub[int(p)] for p in pos]
+    assert all(it["label"] == int(y) for it, y in zip(pos_items, labels))
+    assert all(it["index"] != int(k) for it, k in zip(pos_items, keys))
+    assert all(sub[int(n)]["label"] != int(y) for n, y in zip(neg, labels))
+    torch.testing.assert_close(source.images(pos[:4], "cpu"), torch.stack([it["image"] for it in pos_items[:4]]))
+
+
+def test_lambda_zero_without_tn_equals_erm_on_the_same_seed(tmp_path):
+    def train(cls, **kw):
+        pl.seed_everything(7)
+        model = cls(backbone="cnn", backbone_kwargs={"width": 4, "blocks": 2}, num_classes=2, num_groups=4, image_shape=(3, 8, 8), **kw)
+        quick_trainer(tmp_path, max_epochs=2).fit(model, datamodule=tiny_synthetic())
+        return model
+
+    erm = train(ERM)
+    cim = train(CIM, lam=0.0, transform_network=False)
+    erm_state, cim_state = erm.state_dict(), cim.state_dict()
+    assert set(erm_state) == set(cim_state)
+    for key, value in erm_state.items():
+        torch.testing.assert_close(cim_state[key], value, rtol=0, atol=0, msg=key)
+    assert not torch.equal(erm_state["head.weight"], train(ERM).state_dict()["head.weight"] * 0)  # it did train
+
+
+def test_ce_gradient_reaches_the_tn_and_the_triplet_only_trains_the_tn():
+    torch.manual_seed(0)
+    model = _cim(8, lam=0.0)
+    images, labels = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 0, 1, 0, 1])
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    assert model.tn.out.weight.grad.abs().sum() > 0  # "only m": CE alone trains the mask
+    model.zero_grad()
+    from robustrep.losses.triplet import msssim_triplet
+
+    msssim_triplet(model.morph(images), torch.rand(6, 3, 8, 8), torch.rand(6, 3, 8, 8)).backward()
+    assert model.tn.out.weight.grad.abs().sum() > 0
+    assert model.head.weight.grad is None or model.head.weight.grad.abs().sum() == 0
+
+
+VARIANTS = {
+    "mask": dict(),
+    "gram": dict(variant="gram"),
+    "feature": dict(variant="feature"),
+    "mask+vib": dict(vib_beta=0.01, vib_dim=8),
+    "vib": dict(transform_network=False, lam=0.0, vib_beta=0.01, vib_dim=8),
+    "only_m": dict(lam=0.0),
+    "scl": dict(transform_network=False, variant="scl"),
+}
+
+
+def test_variants_run_and_differ(tmp_path):
+    finals = {}
+    for name, kw in VARIANTS.items():
+        pl.seed_everything(0)
+        model = _cim(8, **kw)
+        trainer = quick_trainer(tmp_path, max_epochs=1, limit_train_batches=3)
+        trainer.fit(model, datamodule=tiny_synthetic())
+        metrics = trainer.callback_metrics
+        assert torch.isfinite(metrics["train/loss"]), name
+        if kw.get("lam", 1.0) > 0:
+            assert "train/triplet" in metrics, name
+        if kw.get("vib_beta"):
+            assert metrics["train/kl"] > 0
+        finals[name] = float(metrics["train/triplet"]) if "train/triplet" in metrics else None
+        if name == "mask":
+            mask_state = model.tn.state_dict()
+        if name in ("gram", "feature"):
+            differs = any(not torch.equal(v, mask_state[k]) for k, v in model.tn.state_dict().items())
+            assert differs, f"{name} trained the TN exactly like mask"
+    assert len({finals["mask"], finals["gram"], finals["feature"]}) == 3
+
+
+def test_vib_uses_mu_at_evaluation_and_samples_in_training():
+    torch.manual_seed(0)
+    model = _cim(8, transform_network=False, lam=0.0, vib_beta=0.1, vib_dim=5)
+    images = torch.rand(4, 3, 8, 8)
+    assert model.embed(images).shape == (4, 5)
+    model.eval()
+    torch.testing.assert_close(model(images), model(images))
+    assert model.head.in_features == 5
+
+
+def test_bad_configurations_are_config_errors():
+    with pytest.raises(ConfigError, match="variant"):
+        _cim(variant="pixels")
+    with pytest.raises(ConfigError, match="transform_network"):
+        _cim(transform_network=False, variant="mask", lam=1.0)
+    with pytest.raises(ConfigError, match=">= 0"):
+        _cim(lam=-1.0)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fit_and_test_end_to_end(tmp_path, precision):
+    pl.seed_everything(0)
+    model = _cim(8, backbone="cnn", backbone_kwargs={"width": 4, "blocks": 2}, vib_beta=0.01, vib_dim=8)
+    trainer = quick_trainer(tmp_path, max_epochs=1, precision=precision)
+    dm = tiny_synthetic()
+    trainer.fit(model, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["train/triplet"])
+    results = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert 0.0 <= results["test/acc"] <= 1.0 and "test/worst_group_acc" in results
+
+
+def test_cim_learns_the_toy_problem(tmp_path):
+    pl.seed_everything(0)
+    dm = tiny_synthetic(train_size=512, val_size=64, test_size=256, batch_size=32, correlation=0.5, noise=0.05)
+    model = CIM(backbone="cnn", backbone_kwargs={"width": 8, "blocks": 2}, num_classes=2, num_groups=4, image_shape=(3, 8, 8), lam=0.5)
+    trainer = quick_trainer(tmp_path, max_epochs=4)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.callback_metrics["train/triplet"] < 0  # morphed images closer to positives than negatives
+    assert trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"] > 0.85
+
+
+@pytest.mark.slow
+def test_ddp_spawn_two_processes(tmp_path):
+    """fit (with its validation pass through GroupMetrics) under ddp_spawn, then test in-process."""
+    pl.seed_everything(0)
+    model = _cim(8, vib_beta=0.01, vib_dim=8)
+    dm = tiny_synthetic()
+    trainer = quick_trainer(tmp_path, max_epochs=1, devices=2, strategy="ddp_spawn", limit_train_batches=2)
+    trainer.fit(model, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["train/triplet"])
+    assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
+    results = quick_trainer(tmp_path).test(model, datamodule=dm, verbose=False)[0]  # weights came back from the workers
+    assert 0.0 <= results["test/acc"] <= 1.0
