@@ -1,6 +1,8 @@
 """Evaluation callbacks; each depends only on a method's ``embed``/``forward``."""
 
+from robustrep.callbacks.background_gap import BackgroundGap
 from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
+from robustrep.callbacks.cim_images import CIMImages
 from robustrep.callbacks.group_metrics import GroupMetrics
 
-__all__ = ["ChromaDiagnostics", "GroupMetrics"]
+__all__ = ["BackgroundGap", "CIMImages", "ChromaDiagnostics", "GroupMetrics"]
