@@ -20,6 +20,7 @@ from collections.abc import Callable
 from torch import nn
 
 from robustrep.backbones.nets import CNN, MLP, Tiny, resnet
+from robustrep.backbones.vit import ViT
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "tiny": Tiny,
@@ -27,6 +28,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "cnn": CNN,
     "resnet18": lambda image_shape, **kw: resnet("resnet18", image_shape, **kw),
     "resnet50": lambda image_shape, **kw: resnet("resnet50", image_shape, **kw),
+    "vit": ViT,
 }
 
 

@@ -7,5 +7,6 @@ from robustrep.methods.erm import ERM
 from robustrep.methods.group_dro import GroupDRO
 from robustrep.methods.jtt import JTT
 from robustrep.methods.naive_vae import NaiveIndependent, NaiveVAEClass
+from robustrep.methods.spread_supcon import SpreadSupCon
 
-__all__ = ["ChromaVAE", "NaiveIndependent", "NaiveVAEClass", "CIM", "ERM", "JTT", "Classifier", "GroupDRO", "RobustMethod"]
+__all__ = ["ChromaVAE", "NaiveIndependent", "NaiveVAEClass", "CIM", "ERM", "JTT", "Classifier", "GroupDRO", "RobustMethod", "SpreadSupCon"]

@@ -1,0 +1,183 @@
+"""SpreadSupCon end to end on tiny data: both settings, bf16, noisy contrastive labels, the ViT, DDP, configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import quick_trainer, run_cli, tiny_synthetic
+
+from robustrep.backbones import build_backbone
+from robustrep.callbacks import CoarseToFine, LinearProbe
+from robustrep.errors import ConfigError
+from robustrep.methods import SpreadSupCon
+from robustrep.methods.spread_supcon import symmetric_noise
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def make(dm, **kw) -> SpreadSupCon:
+    kw.setdefault("backbone", "tiny")
+    return SpreadSupCon(num_classes=dm.num_classes, num_groups=dm.num_groups, group_names=dm.group_names, image_shape=dm.image_shape, **kw)
+
+
+def two_view_data(**kw):
+    kw.setdefault("augment", "contrastive")
+    return tiny_synthetic(num_views=2, **kw)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fit_and_test_with_ce_head(tmp_path, precision):
+    dm = two_view_data()
+    model = make(dm, loss="spread", alpha=0.25)
+    trainer = quick_trainer(tmp_path, max_epochs=1, precision=precision)
+    trainer.fit(model, dm)
+    assert torch.isfinite(trainer.callback_metrics["train/contrastive_loss"])
+    metrics = trainer.test(model, dm, verbose=False)[0]
+    assert {"test/acc", "test/worst_group_acc"} <= set(metrics)
+
+
+def test_contrastive_only_logs_probe_metrics_not_logits(tmp_path):
+    dm = two_view_data(num_attributes=1, strata_per_class=2)
+    model = make(dm, loss="supcon", ce_head=False, projection_dim=8)
+    trainer = quick_trainer(tmp_path, max_epochs=1, callbacks=[LinearProbe(every_n_epochs=1), CoarseToFine()])
+    trainer.fit(model, dm)
+    assert "val/probe/acc" in trainer.callback_metrics
+    metrics = trainer.test(model, dm, verbose=False)[0]
+    assert "test/acc" not in metrics and {"probe/acc", "c2f/acc"} <= set(metrics)
+    with pytest.raises(ConfigError, match="no classifier"):
+        model(torch.zeros(1, *dm.image_shape))
+
+
+def test_training_lowers_the_contrastive_loss(tmp_path):
+    torch.manual_seed(0)
+    dm = two_view_data(augment="none", train_size=128)
+    model = make(dm, loss="spread", ce_head=False)
+    batch = next(iter(dm.train_dataloader()))
+    from robustrep.losses.contrastive import contrastive_loss, stack_views
+
+    def loss_now():
+        with torch.no_grad():
+            z = [model.embed(v) for v in batch["views"]]
+            return contrastive_loss(*stack_views(z, batch["label"]), loss="spread").item()
+
+    before = loss_now()
+    quick_trainer(tmp_path, max_epochs=15, limit_val_batches=0).fit(model, dm)
+    assert loss_now() < before - 0.1
+
+
+def test_noisy_contrastive_labels_are_stored_in_checkpoints(tmp_path):
+    dm = two_view_data()
+    model = make(dm, contrastive_label_noise=0.25, noise_seed=3)
+    trainer = quick_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, dm)
+    labels = dm.splits.train.labels
+    assert (model.noisy_labels != labels).sum().item() == 16  # exactly 25% of 64 flipped
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SpreadSupCon.load_from_checkpoint(path)
+    assert torch.equal(loaded.noisy_labels, model.noisy_labels)
+
+
+def test_symmetric_noise_never_keeps_a_flipped_label():
+    labels = torch.arange(1000) % 4
+    noisy = symmetric_noise(labels, 0.3, 4, seed=1)
+    assert (noisy != labels).sum() == 300 and noisy.max() < 4
+
+
+def test_needs_two_views(tmp_path):
+    dm = tiny_synthetic()
+    with pytest.raises(ConfigError, match="views"):
+        quick_trainer(tmp_path).fit(make(dm), dm)
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError):
+        SpreadSupCon(backbone="tiny", loss="nope")
+    with pytest.raises(ConfigError):
+        SpreadSupCon(backbone="tiny", alpha=1.5)
+
+
+def test_vit_backbone_shapes_and_registry():
+    net = build_backbone("vit", (3, 32, 32))
+    assert net.out_dim == 256 and len(net.blocks) == 7 and net.pos.shape[1] == 65
+    assert net.blocks[0].attn.num_heads == 8 and net.blocks[0].mlp[0].out_features == 512
+    small = build_backbone("vit", (1, 28, 28), width=32, depth=2, heads=4, mlp_dim=64)
+    assert small(torch.randn(3, 1, 28, 28)).shape == (3, 32)
+    with pytest.raises(ConfigError, match="multiple"):
+        build_backbone("vit", (1, 30, 30))
+
+
+def test_vit_setting_fits(tmp_path):
+    dm = two_view_data(size=8)
+    model = make(dm, backbone="vit", backbone_kwargs={"width": 16, "depth": 1, "heads": 2, "mlp_dim": 32}, loss="attract")
+    trainer = quick_trainer(tmp_path, max_epochs=1, limit_train_batches=2)
+    trainer.fit(model, dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+# ------------------------------------------------------------------ configs
+OUR_CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.yaml") if p.stem.split("_", 1)[0] in ("spread", "supcon", "simclr", "attract"))
+TINY_VIT = '{"width": 16, "depth": 1, "heads": 2, "mlp_dim": 16}'
+
+
+def instantiate(spec):
+    """Build ``class_path``/``init_args`` objects (recursively) like the CLI does, without the parser."""
+    import importlib
+
+    if isinstance(spec, dict) and "class_path" in spec:
+        module, _, name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        args = {k: v for k, v in (spec.get("init_args") or {}).items() if k not in ("optimizer", "lr_scheduler")}
+        return cls(**{k: instantiate(v) for k, v in args.items()})
+    return spec
+
+
+def test_every_config_instantiates():
+    import yaml
+
+    assert len(OUR_CONFIGS) == 4 * 8  # 4 losses x (5 CIFAR variants, MNIST, MNIST-Coarse, synthetic strata)
+    for path in OUR_CONFIGS:
+        cfg = yaml.safe_load(path.read_text())
+        dm = instantiate(cfg["data"])
+        assert dm.num_views == 2 and dm.augment == "contrastive", path.name
+        model_spec = {**cfg["model"], "init_args": {**cfg["model"]["init_args"], "image_shape": dm.image_shape, "num_classes": dm.num_classes}}
+        if model_spec["init_args"]["backbone"] == "vit":
+            model_spec["init_args"]["backbone_kwargs"] = {"width": 16, "depth": 1, "heads": 2, "mlp_dim": 16}
+        model = instantiate(model_spec)
+        assert model.loss_name == path.stem.split("_", 1)[0]
+        callbacks = [instantiate(c) for c in cfg["trainer"]["callbacks"]]
+        assert any(isinstance(c, CoarseToFine) for c in callbacks) == ("coarse" in path.stem or "strata" in path.stem), path.name
+
+
+@pytest.mark.parametrize("config", ["spread_synthetic_strata", "supcon_mnist_coarse"])
+def test_config_runs_fast_dev_run(tmp_path, config):
+    args = ["fit", "--config", str(EXPERIMENTS / f"{config}.yaml"), "--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--output_root", str(tmp_path)]
+    if "mnist" in config:
+        args += ["--data.init_args.digits_source", "sklearn", "--data.init_args.batch_size", "8", "--model.init_args.backbone_kwargs", TINY_VIT]
+    else:
+        args += [
+            "--data.init_args.train_size",
+            "64",
+            "--data.init_args.test_size",
+            "32",
+            "--data.init_args.val_size",
+            "32",
+            "--data.init_args.batch_size",
+            "16",
+        ]
+    args += ["--data.init_args.eval_batch_size", "512"]
+    assert run_cli(args) == 0
+    results = json.loads(next(tmp_path.rglob("results.json")).read_text())["metrics"]
+    assert {"probe/acc", "c2f/acc"} <= set(results)
+
+
+@pytest.mark.slow
+def test_ddp_spawn_two_processes(tmp_path):
+    dm = two_view_data(train_size=32, val_size=16, test_size=16, batch_size=8)
+    model = make(dm, backbone="cnn", backbone_kwargs={"width": 4, "batch_norm": False}, loss="spread")
+    trainer = quick_trainer(tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1)
+    trainer.fit(model, dm)
+    assert trainer.state.finished
