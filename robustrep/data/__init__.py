@@ -2,9 +2,14 @@
 
 from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
 from robustrep.data.celeba import CelebA
+from robustrep.data.chestxray import ChestXray
 from robustrep.data.cifar import CIFAR10, CIFAR100, STL10, CIFAR10Coarse, CIFAR100Coarse, CIFAR100CoarseU
+from robustrep.data.imagenet9 import BackgroundChallenge
+from robustrep.data.isic import ISIC
 from robustrep.data.mnist import MNIST, ColoredMNISTCIM, ColoredMNISTIRM, FashionMNIST, GridMNIST, MFDominoes, MNISTCoarse
 from robustrep.data.synthetic import SyntheticSpurious
+from robustrep.data.vipriors import VIPriors
+from robustrep.data.vlcs import VLCS
 from robustrep.data.waterbirds import Waterbirds
 
 _MNIST_FILES = "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (download: true), or digits_source: sklearn (embedded)"
@@ -31,10 +36,28 @@ BENCHMARKS: dict[str, tuple[type[RobustDataModule], str, str]] = {
         "target x spurious attribute (default Blond_Hair x Male)",
     ),
     "waterbirds": (Waterbirds, "<root>/waterbird_complete95_forest2water2/{metadata.csv,<species>/*.jpg}", "landbird/waterbird x land/water"),
+    "background_challenge": (
+        BackgroundChallenge,
+        "<root>/bg_challenge/<variant>/val/<class>/ + <root>/original/train/<class>/ (IN-9 training data)",
+        "9 classes; test sets original, mixed_same, mixed_rand, only_fg, no_fg",
+    ),
+    "vlcs": (VLCS, "<root>/VLCS/{Caltech101,LabelMe,SUN09,VOC2007}/{bird,car,chair,dog,person}/ (DomainBed)", "5 classes x 4 domains"),
+    "isic": (ISIC, "<root>/isic/{labels.csv,images/} (GEORGE)", "benign/malignant x patch"),
+    "chest_xray": (
+        ChestXray,
+        "<root>/nih/{Data_Entry_2017.csv,images*/} + <root>/CheXpert-v1.0-small/{train.csv,train/}",
+        "pneumonia x hospital (NIH/CheXpert)",
+    ),
+    "vipriors": (VIPriors, "<root>/imagenet_50/{train,val}/<wnid>/ + test/imgs/", "1000 classes"),
 }
 
 __all__ = [
     "BENCHMARKS",
+    "BackgroundChallenge",
+    "ChestXray",
+    "ISIC",
+    "VIPriors",
+    "VLCS",
     "CelebA",
     "Waterbirds",
     "CIFAR10",

@@ -28,19 +28,21 @@ FOLDERS = ("celeba", "celebA/data", "celebA_v1.0", ".", "celeba-dataset")
 
 
 class _Patch:
-    """Paint a filled square of ``colour`` in the top-left area of the images whose mask is set."""
+    """Paint a filled ``size`` px square of ``colour`` into the bottom-right corner of the images whose
+    mask is set (where Chroma-VAE's figures show it)."""
 
-    def __init__(self, mask: torch.Tensor, size: int, offset: int, colour: tuple[int, int, int]) -> None:
+    def __init__(self, mask: torch.Tensor, size: int, colour: tuple[int, int, int] = (0, 0, 255)) -> None:
         self.mask = mask
         self.size = size
-        self.offset = offset
         self.colour = torch.tensor(colour, dtype=torch.uint8)[:, None, None]
+
+    def select(self, indices: torch.Tensor) -> _Patch:
+        return _Patch(self.mask[indices], self.size, tuple(self.colour.flatten().tolist()))
 
     def __call__(self, image: torch.Tensor, index: int) -> torch.Tensor:
         if self.mask[index]:
             image = image.clone()
-            o, s = self.offset, self.size
-            image[:, o : o + s, o : o + s] = self.colour[: image.shape[0]]
+            image[:, -self.size :, -self.size :] = self.colour[: image.shape[0]]
         return image
 
 
@@ -99,7 +101,7 @@ class CelebA(RobustDataModule):
         off the training split: the direction of the association (odds ratio) of label and
         attribute, e.g. for Blond/Male the kept groups are non-blond male and blond female.
         ``patch_probability``: Chroma-VAE's synthetic shortcut - a ``patch_size`` px blue square
-        (top-left, ``patch_size // 2`` px from the corner) painted on this fraction of the positive
+        in the bottom-right corner, painted on this fraction of the positive
         images in train and val (none on negatives); on the test set each image gets the patch
         with probability ``patch_test_probability`` regardless of its label. Seeded.
 
@@ -194,7 +196,7 @@ class CelebA(RobustDataModule):
                 groups[idx],
                 size=(res, res) if res else None,
                 center_crop="square" if res else None,
-                edit=_Patch(patched[idx], self.patch_size, self.patch_size // 2, (0, 0, 255)) if self.patch_probability > 0 else None,
+                edit=_Patch(patched[idx], self.patch_size) if self.patch_probability > 0 else None,
                 attribute=attrs[idx],
             )
 

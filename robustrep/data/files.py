@@ -134,7 +134,8 @@ class ImageFileDataset(Dataset):
         transform: applied to the float image in [0, 1].
         num_views: independently transformed views returned under ``views`` (1 = none).
         edit: optional picklable callable ``edit(uint8 image, index) -> uint8 image`` applied after
-            resizing (e.g. CelebA's synthetic patch).
+            resizing (e.g. CelebA's synthetic patch); give it a ``select(indices)`` method if it
+            holds per-example state, so :meth:`select` can subset it.
         **metadata: int tensors of length N (``attribute``, ``fine_label``, ``domain``).
     """
 
@@ -179,6 +180,18 @@ class ImageFileDataset(Dataset):
         clone.num_views = num_views
         return clone
 
+    def select(self, indices: torch.Tensor | Sequence[int]) -> ImageFileDataset:
+        """A new dataset with only these examples (re-indexed from 0, so ``index`` stays the position)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        clone = self.with_transform(self.transform, self.num_views)
+        clone.paths = [self.paths[i] for i in idx.tolist()]
+        clone.labels = self.labels[idx]
+        clone.groups = self.groups[idx]
+        clone.metadata = {k: v[idx] for k, v in self.metadata.items()}
+        if self.edit is not None and hasattr(self.edit, "select"):
+            clone.edit = self.edit.select(idx)
+        return clone
+
     def load(self, index: int) -> torch.Tensor:
         """The uint8 image of example ``index`` after decoding, cropping, resizing and ``edit``."""
         draft = None
@@ -201,6 +214,17 @@ class ImageFileDataset(Dataset):
         else:
             item["image"] = self.transform(image) if self.transform is not None else image
         return item
+
+
+def concat_images(parts: Sequence[ImageFileDataset]) -> ImageFileDataset:
+    """Concatenate image datasets that share their decoding settings (size, crops, channels)."""
+    first = parts[0]
+    out = first.select(torch.arange(len(first)))
+    out.paths = [p for ds in parts for p in ds.paths]
+    out.labels = torch.cat([ds.labels for ds in parts])
+    out.groups = torch.cat([ds.groups for ds in parts])
+    out.metadata = {k: torch.cat([ds.metadata[k] for ds in parts]) for k in first.metadata}
+    return out
 
 
 def list_image_folder(folder: Path, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")) -> tuple[list[Path], list[int], list[str]]:

@@ -384,7 +384,7 @@ def cell_box(cell: int | torch.Tensor, cell_size: int = 28) -> torch.Tensor:
 
 
 class GridMNIST(_DigitsModule):
-    """A digit in one of the 9 cells of an empty 84 x 84 canvas (CRL-TAC, Lu et al.).
+    """A digit in one of the 9 cells of an empty 84 x 84 canvas (the CRL-TAC paper's grid MNIST).
 
     Input: 1 x 84 x 84, black except for one 28 x 28 digit placed in a cell of the 3 x 3 grid.
     Label: the digit. Attribute: the cell (0-8, row-major), drawn uniformly at random per example

@@ -302,3 +302,61 @@ def write_waterbirds(root: Path, per_group: dict[int, list[int]], size: tuple[in
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
     return folder
+
+
+IN9_FOLDERS = ["00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", "04_carnivore", "05_insect", "06_musical instrument", "07_primate", "08_fish"]
+
+
+def write_image_folder(folder: Path, classes: list[str], per_class: int, ext: str = ".JPEG", size: tuple[int, int] = (12, 12), tag: int = 0) -> None:
+    """ImageFolder layout ``folder/<class>/<n>.<ext>``; the red channel encodes the class index."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            save_image(folder / name / f"img_{tag}_{c}_{i}{ext}", size=size, colour=(20 * c + 20, 100, 100), seed=1000 * tag + 10 * c + i)
+
+
+def write_isic(root: Path, rows: list[tuple[str, str, int, str]]) -> None:
+    """``root/isic/labels.csv`` (GEORGE columns) + ``images/``; rows = (name, benign_malignant, patch, fold)."""
+    folder = root / "isic"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["Image Index,benign_malignant,Diagnosis,patch,diagnosis_confirm_type,fold"]
+    for i, (name, bm, patch, fold) in enumerate(rows):
+        lines.append(f"{name},{bm},{int(bm == 'malignant')},{patch},histopathology,{fold}")
+        save_image(folder / "images" / (name if "." in name else name + ".jpg"), size=(14, 14), seed=i)
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+NIH_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
+CHEXPERT_HEADER = (
+    "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,"
+    "Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+)
+
+
+def write_chest_xray(root: Path, nih_labels: list[int], chexpert_values: list[str], lateral_every: int = 0) -> None:
+    """NIH ``nih/Data_Entry_2017.csv`` + PNGs in ``nih/images_001/images/`` and CheXpert-v1.0-small
+    ``train.csv`` + JPEGs. ``chexpert_values`` are the raw Pneumonia cells ('1.0', '0.0', '-1.0', '')."""
+    nih = root / "nih"
+    lines = [NIH_HEADER]
+    for i, y in enumerate(nih_labels):
+        name = f"{i + 1:08d}_000.png"
+        finding = "Pneumonia|Effusion" if y else ("No Finding" if i % 2 else "Cardiomegaly")
+        lines.append(f"{name},{finding},0,{i + 1},58,M,PA,2682,2749,0.143,0.143,")
+        rng = np.random.default_rng(i)
+        path = nih / "images_001" / "images" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, size=(16, 16)).astype(np.uint8), mode="L").save(path)
+    nih.mkdir(parents=True, exist_ok=True)
+    (nih / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    chex = root / "CheXpert-v1.0-small"
+    lines = [CHEXPERT_HEADER]
+    for i, value in enumerate(chexpert_values):
+        view = "Lateral" if lateral_every and i % lateral_every == lateral_every - 1 else "Frontal"
+        rel = f"CheXpert-v1.0-small/train/patient{i // 2 + 1:05d}/study1/view{i % 2 + 1}_{view.lower()}.jpg"
+        lines.append(f"{rel},Female,68,{view},AP,,,,1.0,,,,{value},,,,,,1.0")
+        rng = np.random.default_rng(10_000 + i)
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, size=(20, 16)).astype(np.uint8), mode="L").save(path)
+    (chex / "train.csv").write_text("\n".join(lines) + "\n")
