@@ -157,6 +157,12 @@ class CelebA(RobustDataModule):
         self.image_shape = (3, resolution, resolution) if resolution else (3, 218, 178)
         self.kept_groups: list[int] | None = None
 
+    def published_counts(self) -> dict[str, list[int]] | None:
+        """Group counts of the real data (reference/benchmarks.md) for Blond_Hair / Male, else None."""
+        if (self.target, self.spurious) != ("Blond_Hair", "Male") or self.complete_correlation or self.patch_probability > 0:
+            return None
+        return {"train": [71629, 66874, 22880, 1387], "val": [8535, 8276, 2874, 182], "test": [9767, 7535, 2480, 180]}
+
     def build_splits(self) -> Splits:
         folder, fmt = find_celeba(self.root)
         table = read_celeba_annotations(folder, fmt)
