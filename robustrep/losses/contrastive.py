@@ -94,9 +94,11 @@ def attract_terms(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Ten
     ``(loss, valid)`` like :func:`masked_info_nce`."""
     n_pos = pos_mask.sum(1)
     log_neg = masked_logsumexp(sim, neg_mask, dim=1)  # N
-    per_pair = torch.logaddexp(sim, log_neg[:, None]) - sim  # N x M: -log of each positive's softmax vs negatives
+    rows, cols = pos_mask.nonzero(as_tuple=True)  # only the positive pairs need the per-pair term
+    s_pos = sim[rows, cols]
+    per_pair = torch.logaddexp(s_pos, log_neg[rows]) - s_pos  # -log of each positive's softmax against the negatives
     valid = n_pos > 0
-    loss = torch.where(valid, (per_pair * pos_mask).sum(1) / n_pos.clamp(min=1), torch.zeros_like(log_neg))
+    loss = torch.zeros_like(log_neg).index_add(0, rows, per_pair) / n_pos.clamp(min=1)
     return loss, valid
 
 
