@@ -9,10 +9,13 @@ W&B run and ``results.json``; W&B as the logger, offline unless ``WANDB_MODE`` s
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import sys
 import time
@@ -78,6 +81,9 @@ def _build_cli_class():
             kwargs.setdefault("subclass_mode_data", True)
             kwargs.setdefault("seed_everything_default", 0)
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            # No prefix matching (a misspelt --trainer.max_epoch must not pass as max_epochs) and
+            # parse errors raised to main(), which prints them as one short paragraph.
+            kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "allow_abbrev": False})
             defaults = {
                 "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "robustrep"}},
                 "max_epochs": 10,
@@ -189,6 +195,48 @@ def _summary(results: dict[str, Any], path: Path) -> str:
     return "\n".join(lines)
 
 
+def config_error_message(err: BaseException, argv: list[str]) -> str:
+    """One paragraph from a jsonargparse error: the failing key and problem, plus a hint."""
+    skip = ("Does not validate against", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value type", "Given value:")
+    lines = [line.strip().lstrip("- ") for line in str(err).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(skip)]
+    text = " ".join(lines).replace("Problem with given class_path ", "in ")
+    sub = argv[0] if argv and argv[0] in SUBCOMMANDS else "fit"
+    match = re.search(r"Option '([^']+)' is not accepted", text) or re.search(r"unrecognized arguments: --?(\S+)", text)
+    hint = f"Run `robustrep {sub} --help` for the accepted options"
+    if match:
+        close = difflib.get_close_matches(match.group(1).split(".")[-1], _known_option_names(), n=1, cutoff=0.75)
+        if close:
+            hint = f"Did you mean `{close[0]}`? " + hint
+    return f"invalid configuration: {text}. {hint} (and `--model.help CLASS` / `--data.help CLASS` for a class's arguments)."
+
+
+def _known_option_names() -> list[str]:
+    """Argument names of the Trainer, the datamodules and the methods, for spelling suggestions."""
+    import inspect
+
+    import lightning.pytorch as pl
+
+    import robustrep.data as data
+    import robustrep.methods as methods
+
+    names: set[str] = set(inspect.signature(pl.Trainer.__init__).parameters)
+    for module in (data, methods):
+        for obj in vars(module).values():
+            if inspect.isclass(obj):
+                for cls in obj.__mro__:
+                    if cls.__module__.startswith("robustrep"):
+                        names.update(inspect.signature(cls.__init__).parameters)
+    return sorted(names - {"self", "args", "kwargs"})
+
+
+def _finish_wandb() -> None:
+    """Close this run's W&B run so the next run in the same process starts a new one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def _clean_message(err: BaseException) -> str:
     """The user-facing part of an error, without DataLoader-worker traceback noise."""
     text = str(err)
@@ -212,9 +260,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return data_command(argv[1:])
         cli_class = _build_cli_class()
-        cli_class(args=argv)
+        try:
+            cli_class(args=argv if argv != sys.argv[1:] else None)
+        finally:
+            _finish_wandb()
     except RobustRepError as err:
         print(f"\nrobustrep: error: {_clean_message(err)}\n", file=sys.stderr)
+        return 2
+    except argparse.ArgumentError as err:
+        print(f"\nrobustrep: error: {config_error_message(err, argv)}\n", file=sys.stderr)
         return 2
     except Exception as err:  # errors re-raised from DataLoader workers keep their type name only
         cause = err
@@ -222,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
             cause = cause.__cause__ or cause.__context__
         if isinstance(cause, RobustRepError):
             print(f"\nrobustrep: error: {_clean_message(cause)}\n", file=sys.stderr)
+            return 2
+        if str(err).startswith("Does not validate against") and err.__cause__ is not None:
+            # a class rejected its arguments while being instantiated from the config
+            inner = err.__cause__
+            while inner.__cause__ is not None:
+                inner = inner.__cause__
+            print(f"\nrobustrep: error: invalid configuration: {inner}. Fix the value in the config or the override.\n", file=sys.stderr)
             return 2
         raise
     return 0

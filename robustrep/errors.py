@@ -23,5 +23,5 @@ class NonFiniteLossError(RobustRepError):
     """A loss became NaN or infinite; the message names the loss term and the global step."""
 
 
-class ConfigError(RobustRepError):
+class ConfigError(RobustRepError, ValueError):
     """A configuration value is inconsistent with the data or the method."""

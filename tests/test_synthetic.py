@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from robustrep.data.synthetic import SyntheticSpurious, sample_attributes
+
+
+@pytest.mark.parametrize("correlation", [0.5, 0.9, 0.98])
+def test_training_correlation_matches_request(correlation):
+    dm = SyntheticSpurious(correlation=correlation, train_size=4000, size=8)
+    train = dm.make_split("train")
+    aligned = (train.metadata["attribute"] == train.labels % dm.num_attributes).float().mean().item()
+    assert aligned == pytest.approx(correlation, abs=0.02)
+
+
+def test_eval_sets_balanced_and_reversed():
+    dm = SyntheticSpurious(size=8, test_size=4000)
+    test = dm.make_split("test")
+    counts = torch.bincount(test.groups, minlength=4).float() / 4000
+    assert torch.allclose(counts, torch.full((4,), 0.25), atol=0.03)
+    rev = SyntheticSpurious(size=8, test_size=1000, eval_correlation="reversed").make_split("test")
+    assert (rev.metadata["attribute"] != rev.labels % 2).all()
+
+
+def test_groups_strata_and_shapes():
+    dm = SyntheticSpurious(num_classes=3, num_attributes=2, strata_per_class=2, size=12, train_size=300)
+    assert dm.num_groups == 6 and dm.num_fine_classes == 6 and dm.image_shape == (3, 12, 12)
+    ds = dm.make_split("train")
+    assert torch.equal(ds.labels, ds.metadata["fine_label"] // 2)
+    assert torch.equal(ds.groups, ds.labels * 2 + ds.metadata["attribute"])
+    item = ds[5]
+    assert item["image"].shape == (3, 12, 12) and 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert set(item) >= {"image", "label", "group", "index", "attribute", "fine_label"}
+    assert len(dm.group_names) == 6
+
+
+@pytest.mark.parametrize("size", [8, 28, 64])
+def test_sizes_and_determinism(size):
+    a = SyntheticSpurious(size=size, train_size=50, seed=3).make_split("train")
+    b = SyntheticSpurious(size=size, train_size=50, seed=3).make_split("train")
+    c = SyntheticSpurious(size=size, train_size=50, seed=4).make_split("train")
+    assert a.images.shape == (50, 3, size, size)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_core_feature_is_learnable_without_colour():
+    # one colour only: a linear model on pixels must still separate the shapes well above chance
+    from sklearn.linear_model import LogisticRegression
+
+    dm = SyntheticSpurious(num_attributes=1, size=8, train_size=600, test_size=300, noise=0.1)
+    tr, te = dm.make_split("train"), dm.make_split("test")
+    clf = LogisticRegression(max_iter=500).fit(tr.images.flatten(1).float().numpy() / 255, tr.labels.numpy())
+    assert clf.score(te.images.flatten(1).float().numpy() / 255, te.labels.numpy()) > 0.9
+
+
+def test_sample_attributes_rejects_bad_correlation():
+    with pytest.raises(ValueError):
+        sample_attributes(torch.zeros(4, dtype=torch.long), 2, 1.5, torch.Generator())
+
+
+def test_sklearn_digits_source():
+    from robustrep.data.digits import load_digits
+
+    x, y = load_digits("sklearn", train=True)
+    xt, yt = load_digits("sklearn", train=False)
+    assert x.shape == (1297, 1, 28, 28) and xt.shape == (500, 1, 28, 28) and x.dtype == torch.uint8
+    assert set(y.tolist()) == set(range(10)) and x.max() > 200
