@@ -124,21 +124,21 @@ def knn_predict(
     queries: torch.Tensor,
     k: int,
     num_classes: int,
-    bank_chunk: int = 8192,
-    query_chunk: int = 1024,
+    max_elements: int = 2**25,
 ) -> torch.Tensor:
     """Brute-force Euclidean kNN with uniform votes, on the device of ``bank``, in chunks.
 
-    Memory is ``query_chunk x (bank_chunk + k)`` floats, so 160k-example banks fit anywhere. Matches
-    scikit-learn's ``KNeighborsClassifier(algorithm="brute")`` (ties between classes go to the lower
-    class index).
+    Distances are computed for as many queries at a time as fit in ``max_elements`` floats
+    (default 128 MB) against the whole bank; if one query row alone is larger, the bank is also
+    chunked and the running top-k merged. So 160k-example banks fit anywhere. Matches scikit-learn's
+    ``KNeighborsClassifier(algorithm="brute")`` (ties between classes go to the lower class index).
 
     Args:
         bank: N x D training features; bank_labels: N ints.
         queries: M x D features to classify.
         k: number of neighbours (clipped to N).
         num_classes: number of classes C.
-        bank_chunk, query_chunk: chunk sizes (speed/memory trade-off only).
+        max_elements: size of one distance block (speed/memory trade-off only).
 
     Returns:
         M x C vote fractions (``predict_proba``); ``argmax`` is the prediction.
@@ -146,17 +146,22 @@ def knn_predict(
     bank = bank.float()
     queries = queries.to(bank.device).float()
     labels = bank_labels.to(bank.device)
-    k = min(k, bank.shape[0])
+    n = bank.shape[0]
+    k = min(k, n)
     bank_sq = bank.square().sum(1)
+    bank_chunk = min(n, max(k, max_elements))
+    query_chunk = max(1, max_elements // bank_chunk)
     out = []
     for q in queries.split(query_chunk):
-        q_sq = q.square().sum(1, keepdim=True)
-        best_d = torch.full((q.shape[0], 0), float("inf"), device=bank.device)
-        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=bank.device)
-        for start in range(0, bank.shape[0], bank_chunk):
-            b = bank[start : start + bank_chunk]
-            d = (q_sq - 2.0 * q @ b.T + bank_sq[start : start + bank_chunk]).clamp_min_(0.0)
-            idx = torch.arange(start, start + b.shape[0], device=bank.device).expand(q.shape[0], -1)
+        # ||q||^2 is constant per row and does not change the ranking: rank by ||b||^2 - 2 q.b
+        best_d = torch.empty((q.shape[0], 0), device=bank.device)
+        best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=bank.device)
+        for start in range(0, n, bank_chunk):
+            d = torch.addmm(bank_sq[start : start + bank_chunk], q, bank[start : start + bank_chunk].T, alpha=-2.0)
+            if start == 0 and bank_chunk >= n:
+                best_i = d.topk(k, dim=1, largest=False).indices
+                break
+            idx = torch.arange(start, start + d.shape[1], device=bank.device).expand(q.shape[0], -1)
             cand_d, cand_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
             best_d, pos = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False)
             best_i = cand_i.gather(1, pos)
@@ -229,7 +234,7 @@ class Stage2:
         """Class scores (kNN: vote fractions; otherwise softmax probabilities), N x C."""
         if self.kind == "knn":
             s = self.state
-            return knn_predict(s["bank"].to(features.device), s["labels"], features, s["k"], self.num_classes, self.options.get("chunk_size", 8192))
+            return knn_predict(s["bank"].to(features.device), s["labels"], features, s["k"], self.num_classes)
         if self.net is None:
             self.net = self._build(features.shape[1])
             self.net.load_state_dict(self.state["net"])

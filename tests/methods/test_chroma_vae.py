@@ -70,9 +70,11 @@ def test_knn_matches_sklearn_brute_force():
     bank, labels = torch.randn(300, 5, generator=gen), torch.randint(3, (300,), generator=gen)
     queries = torch.randn(70, 5, generator=gen)
     k = round(math.sqrt(300))
-    ours = knn_predict(bank, labels, queries, k, 3, bank_chunk=64, query_chunk=16)
     ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(bank.numpy(), labels.numpy())
-    torch.testing.assert_close(ours, torch.as_tensor(ref.predict_proba(queries.numpy()), dtype=torch.float32))
+    expected = torch.as_tensor(ref.predict_proba(queries.numpy()), dtype=torch.float32)
+    for max_elements in (2**25, 300 * 16, 64):  # one block; query chunks; query and bank chunks
+        torch.testing.assert_close(knn_predict(bank, labels, queries, k, 3, max_elements=max_elements), expected)
+    ours = knn_predict(bank, labels, queries, k, 3)
     assert torch.equal(ours.argmax(1), torch.as_tensor(ref.predict(queries.numpy())))
 
 
