@@ -440,7 +440,8 @@ class MFDominoes(_DigitsModule):
     Label: the item, 0 = coat (FashionMNIST class 4), 1 = dress (class 3). Attribute: the digit
     (0/1). Groups: ``2 * label + digit``.
     Construction: every coat/dress image of a split is paired with a digit drawn (seeded, with
-    replacement) from that split's digits. Training and ``val`` are *completely correlated*
+    replacement) from that split's 0s and 1s (validation digits are carved per digit from the
+    training 0s and 1s, ``val_fraction`` of each, at least one). Training and ``val`` are *completely correlated*
     (digit == label: the minority groups are empty). Test sets, built from the official test images:
 
     - ``mnist_randomized`` (primary): the digit is drawn independently of the label (about a
@@ -498,9 +499,17 @@ class MFDominoes(_DigitsModule):
         return TensorImageDataset(images, labels, labels * 2 + wanted, attribute=wanted.clone())
 
     def build_splits(self) -> Splits:
-        (dx, dy), (dvx, dvy) = self.train_val_digits()
-        dx, dy = self._binary(dx, dy, (0, 1))
-        dvx, dvy = self._binary(dvx, dvy, (0, 1))
+        # keep the 0s and 1s first, then carve val per digit so both splits hold both digits
+        digits_x, digits_y = self._binary(*self.digits(train=True), (0, 1))
+        gen = torch.Generator().manual_seed(self.seed * 1000 + 499)
+        d_va = []
+        for d in (0, 1):
+            members = (digits_y == d).nonzero().squeeze(1)
+            members = members[torch.randperm(members.numel(), generator=gen)]
+            d_va.append(members[: max(1, int(round(self.val_fraction * members.numel())))])
+        is_val = torch.zeros(digits_y.shape[0], dtype=torch.bool)
+        is_val[torch.cat(d_va)] = True
+        dx, dy, dvx, dvy = digits_x[~is_val], digits_y[~is_val], digits_x[is_val], digits_y[is_val]
         dtx, dty = self._binary(*self.digits(train=False), (0, 1))
         fx, fy = self._binary(*load_fashion_mnist(self.root, True, self.download), self.ITEMS)
         tr, va = split_indices(fy.shape[0], self.val_fraction, self.seed)
