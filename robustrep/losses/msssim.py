@@ -9,9 +9,8 @@ does (METHODS.md section 1). :func:`ms_ssim` therefore follows one rule at every
   9 up to 160 px, 11 above) and its five standard scale weights;
 * **below that** (8-32 px), build the same score from the package's single-scale ``_ssim``
   (which returns the SSIM and the contrast-structure term of one scale): contrast-structure at
-  every scale but the last, full SSIM at the last, 2x2 average pooling between scales (exactly as
-  the package pools), scores clamped at a tiny positive value and combined as a weighted
-  geometric mean. The window is the largest of 7, 5, 3 that fits at least two scales
+  every scale but the last, full SSIM at the last, 2x2 average pooling between scales, negative
+  scores set to 0 and a weighted geometric mean — exactly the package's arithmetic. The window is the largest of 7, 5, 3 that fits at least two scales
   (``min(H, W) >= 2 * win``), and the number of scales is the largest (at most 5) whose
   smallest side is still ``>= win`` — the same "the coarsest scale must hold one window" rule
   the package's assertion encodes. The weights are the first ``levels`` standard weights,
@@ -32,14 +31,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim as _package_ms_ssim
-from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
+from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim, gaussian_filter
 
 #: The five scale weights of Wang et al. (2003), as used by ``pytorch_msssim``.
 STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
-#: Floor for per-scale scores before the weighted geometric mean (keeps the gradient finite where
-#: the package would ReLU a score to exactly 0).
-_EPS = 1e-6
+
+def _combine(scores: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Weighted geometric mean over scales of per-channel scores (levels x N x C), as the package
+    does it (negative scores ReLU'd to 0), then the mean over channels."""
+    stacked = torch.relu(torch.stack(scores))
+    return torch.prod(stacked ** weights.view(-1, 1, 1), dim=0).mean(1)
 
 
 def package_window(side: int) -> int | None:
@@ -108,9 +110,7 @@ def multiscale_ssim(
                 y = F.avg_pool2d(y, kernel_size=2, padding=padding)
             else:
                 scores.append(ssim_c)
-        stacked = torch.stack(scores).clamp_min(_EPS)  # levels x N x C
-        value = torch.exp((weights_t.to(x.device).view(-1, 1, 1) * stacked.log()).sum(0))
-        return value.mean(1)
+        return _combine(scores, weights_t.to(x.device))
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int | None = None, levels: int | None = None) -> torch.Tensor:
@@ -139,3 +139,56 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size:
         while levels < 5 and side // 2**levels >= win:
             levels += 1
     return multiscale_ssim(x, y, win_size=win, levels=levels, data_range=data_range)
+
+
+def auto_scales(side: int) -> tuple[int, int]:
+    """``(win_size, levels)`` :func:`ms_ssim` uses at ``side`` px (the package's 5 scales above 32 px)."""
+    win = package_window(side)
+    return (win, 5) if win is not None else small_image_scales(side)
+
+
+def ms_ssim_triplet_scores(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    data_range: float = 1.0,
+    win_size: int | None = None,
+    levels: int | None = None,
+    win_sigma: float = 1.5,
+    K: tuple[float, float] = (0.01, 0.03),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(MS(anchor, positive), MS(anchor, negative))`` per anchor, in one pass.
+
+    The same score as :func:`ms_ssim` on the two pairs (the tests check it), computed faster: the
+    eight local statistics a triplet needs (``a, p, n, a^2, p^2, n^2, a p, a n``) go through the
+    package's ``gaussian_filter`` in a single grouped convolution per scale, and the anchor's
+    statistics are shared by both pairs.
+    """
+    side = min(anchor.shape[-2:])
+    auto_win, auto_levels = auto_scales(side)
+    win_size = win_size if win_size is not None else auto_win
+    if levels is None:
+        levels = auto_levels if win_size == auto_win else small_image_scales(side)[1]
+    w = torch.tensor(STANDARD_WEIGHTS[:levels], dtype=torch.float32)
+    weights = (w / w.sum()).to(anchor.device)
+    c1, c2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
+    with torch.autocast(device_type=anchor.device.type, enabled=False):
+        a, p, n = anchor.float(), positive.float(), negative.float()
+        channels = a.shape[1]
+        win = _fspecial_gauss_1d(win_size, win_sigma).to(a.device).repeat([8 * channels, 1, 1, 1])
+        scores_p, scores_n = [], []
+        for level in range(levels):
+            stats = gaussian_filter(torch.cat([a, p, n, a * a, p * p, n * n, a * p, a * n], dim=1), win)
+            mu_a, mu_p, mu_n, e_aa, e_pp, e_nn, e_ap, e_an = stats.chunk(8, dim=1)
+            var_a, var_p, var_n = e_aa - mu_a.square(), e_pp - mu_p.square(), e_nn - mu_n.square()
+            for mu_o, var_o, e_ao, out in ((mu_p, var_p, e_ap, scores_p), (mu_n, var_n, e_an, scores_n)):
+                cs_map = (2 * (e_ao - mu_a * mu_o) + c2) / (var_a + var_o + c2)
+                if level < levels - 1:
+                    out.append(cs_map.flatten(2).mean(-1))
+                else:
+                    lum = (2 * mu_a * mu_o + c1) / (mu_a.square() + mu_o.square() + c1)
+                    out.append((lum * cs_map).flatten(2).mean(-1))
+            if level < levels - 1:
+                padding = [s % 2 for s in a.shape[2:]]
+                a, p, n = (F.avg_pool2d(t, kernel_size=2, padding=padding) for t in (a, p, n))
+        return _combine(scores_p, weights), _combine(scores_n, weights)

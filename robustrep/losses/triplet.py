@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robustrep.losses.msssim import ms_ssim
+from robustrep.losses.msssim import ms_ssim_triplet_scores
 
 
 def _reduce(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float | None) -> torch.Tensor:
@@ -50,12 +50,9 @@ def msssim_triplet(
         win_size, levels: forwarded to :func:`robustrep.losses.msssim.ms_ssim` (None = chosen from
             the image size).
     """
-    with torch.autocast(device_type=anchor.device.type, enabled=False):
-        a = anchor.float()
-        # One MS-SSIM call on the 2N pairs (a, x+) and (a, x-).
-        scores = ms_ssim(torch.cat([a, a]), torch.cat([positive.float(), negative.float()]), data_range=data_range, win_size=win_size, levels=levels)
-        sim_pos, sim_neg = scores.chunk(2)
-        return _reduce(1.0 - sim_pos, 1.0 - sim_neg, margin)
+    # Both pairs in one pass, fp32 with autocast off (see ms_ssim_triplet_scores).
+    sim_pos, sim_neg = ms_ssim_triplet_scores(anchor, positive, negative, data_range=data_range, win_size=win_size, levels=levels)
+    return _reduce(1.0 - sim_pos, 1.0 - sim_neg, margin)
 
 
 def gram_matrix(images: torch.Tensor) -> torch.Tensor:

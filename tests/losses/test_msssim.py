@@ -7,7 +7,7 @@ import torch
 from pytorch_msssim import ms_ssim as package_ms_ssim
 from pytorch_msssim import ssim as package_ssim
 
-from robustrep.losses.msssim import ms_ssim, multiscale_ssim, package_window, small_image_scales
+from robustrep.losses.msssim import ms_ssim, ms_ssim_triplet_scores, multiscale_ssim, package_window, small_image_scales
 
 
 def _pair(n: int, c: int, size: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +59,7 @@ def test_works_at_small_sizes(size, channels):
         scores.append(ms_ssim(x, y).mean().item())
     assert 1.0 > scores[0] > scores[1] > scores[2] >= 0.0  # more noise, less similar
     a = x.clone().requires_grad_(True)
-    _, y = _pair(5, channels, size, 0.2, seed=4)
+    _, y = _pair(5, channels, size, 0.05, seed=3)
     out = ms_ssim(a, y)
     assert out.shape == (5,) and out.dtype == torch.float32
     out.sum().backward()
@@ -72,3 +72,26 @@ def test_runs_in_fp32_under_autocast():
         value = ms_ssim(x.bfloat16(), y.bfloat16())
     assert value.dtype == torch.float32
     torch.testing.assert_close(value, ms_ssim(x.bfloat16().float(), y.bfloat16().float()))
+
+
+@pytest.mark.parametrize("size", [8, 28, 32, 64])
+def test_triplet_scores_equal_two_ms_ssim_calls(size):
+    """The fused triplet computation is the same score as ms_ssim on each pair (also on noise, where
+    some contrast-structure terms are negative and get ReLU'd to 0 as in the package)."""
+    gen = torch.Generator().manual_seed(size)
+    a, n = torch.rand(6, 3, size, size, generator=gen), torch.rand(6, 3, size, size, generator=gen)
+    p = (a + 0.2 * torch.randn(a.shape, generator=gen)).clamp(0, 1)
+    s_pos, s_neg = ms_ssim_triplet_scores(a, p, n)
+    torch.testing.assert_close(s_pos, ms_ssim(a, p), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(s_neg, ms_ssim(a, n), atol=1e-4, rtol=1e-4)
+    if size == 64:
+        torch.testing.assert_close(s_neg, package_ms_ssim(a, n, data_range=1.0, size_average=False, win_size=3), atol=1e-4, rtol=1e-4)
+
+
+def test_anticorrelated_images_score_zero_like_the_package():
+    """A negative contrast-structure term is set to 0 (the package's ReLU), so the score is 0."""
+    x, _ = _pair(2, 1, 64, 0.0, seed=5)
+    inverted = 1.0 - x
+    assert torch.all(ms_ssim(x, inverted) == 0)
+    assert torch.all(package_ms_ssim(x, inverted, data_range=1.0, size_average=False, win_size=3) == 0)
+    assert torch.all(multiscale_ssim(x[..., :28, :28], inverted[..., :28, :28], win_size=7, levels=3) == 0)
