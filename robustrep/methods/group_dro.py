@@ -49,16 +49,19 @@ class GroupDRO(Classifier):
         losses = nn.functional.cross_entropy(logits.float(), batch["label"], reduction="none")
         sums = torch.zeros(self.num_groups, device=losses.device).index_add(0, groups, losses)
         counts = torch.bincount(groups, minlength=self.num_groups).float()
-        group_loss = sums / counts.clamp(min=1)  # local mean loss per group (0 where absent)
         with torch.no_grad():
             g_sums, g_counts = all_reduce_sum(sums.detach().clone()), all_reduce_sum(counts.clone())
             present = g_counts > 0
             update = (g_sums / g_counts.clamp(min=1) + self.adjust_term) * present
             self.group_weights = self.group_weights * torch.exp(self.step_size * update)
             self.group_weights = self.group_weights / self.group_weights.sum()
+        # Group means over the *global* batch: each rank contributes its share of every group's
+        # sum, scaled by the world size because DDP averages the ranks' gradients.
+        world = self.trainer.world_size if self._trainer is not None else 1
+        group_loss = sums / g_counts.clamp(min=1) * world
         loss = self.check_finite((self.group_weights * group_loss).sum(), "group DRO loss")
         self.log_dict(
-            {"train/loss": loss, "train/acc": (logits.argmax(1) == batch["label"]).float().mean(), "train/max_group_weight": self.group_weights.max()},
+            {"train/loss": (self.group_weights * g_sums / g_counts.clamp(min=1)).sum(), "train/acc": (logits.argmax(1) == batch["label"]).float().mean(), "train/max_group_weight": self.group_weights.max()},
             prog_bar=True,
             batch_size=len(logits),
         )
