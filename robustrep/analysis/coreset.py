@@ -1,0 +1,166 @@
+"""Minimal coresets from partial-training difficulty (L_spread paper, section 5.3 and App. E.3).
+
+1. Train the configured method on random ``t``% subsets of the training set (``t`` in
+   ``fractions``, ``repeats`` seeds each).
+2. After each run record which training points (all of them, not only the subset) the model
+   classifies correctly: with its classifier when it has one (the paper's CE head), otherwise with
+   a logistic-regression probe fitted on the subset's frozen features.
+3. Bucket the points by how many runs got them right. To build a coreset of ``target`` times the
+   training set, remove points - per class, one at a time - from the currently largest bucket
+   (ties: the easier bucket) until the class has its share; which points of a bucket go is random
+   (seeded). Large coresets lose easy points first; small ones keep a set of easy points.
+4. Train a fresh model (``ERM`` with the config's backbone unless told otherwise) on the coreset
+   and on a random subset of the same size, and report both test accuracies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import Subset
+
+from robustrep.analysis.common import build_datamodule, build_model, embed_splits, quiet_trainer
+from robustrep.callbacks.linear_probe import extract_features, fit_linear_probe
+
+
+def bucket_prune(counts: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Indices of the coreset (sorted) keeping ``round(fraction * n_c)`` points of every class ``c``.
+
+    ``counts``: per point, how many partial-training runs classified it correctly.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    keep: list[torch.Tensor] = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        target = round(fraction * len(idx))
+        values = torch.unique(counts[idx])
+        buckets = [idx[counts[idx] == v] for v in values.tolist()]
+        sizes = [len(b) for b in buckets]
+        for _ in range(sum(sizes) - target):  # remove one point from the largest bucket (ties: easiest)
+            k = max(range(len(sizes)), key=lambda j: (sizes[j], values[j].item()))
+            sizes[k] -= 1
+        for bucket, size in zip(buckets, sizes):
+            keep.append(bucket[torch.randperm(len(bucket), generator=gen)[:size]])
+    return torch.cat(keep).sort().values if keep else torch.zeros(0, dtype=torch.long)
+
+
+def random_subset(n: int, fraction: float, labels: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """A seeded random subset of ``round(fraction * n)`` indices (class-stratified when ``labels`` given)."""
+    gen = torch.Generator().manual_seed(seed)
+    if labels is None:
+        return torch.randperm(n, generator=gen)[: round(fraction * n)].sort().values
+    parts = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        parts.append(idx[torch.randperm(len(idx), generator=gen)[: round(fraction * len(idx))]])
+    return torch.cat(parts).sort().values
+
+
+def _restrict(dm, positions: torch.Tensor):
+    """Restrict the datamodule's training split to ``positions`` (dataset ``index`` keys stay global)."""
+    dm.splits.train = Subset(dm.splits.train, positions.tolist())
+    return dm
+
+
+@dataclass
+class CoresetResult:
+    target: float
+    size: int
+    runs: int
+    bucket_sizes: dict[int, int]
+    test_acc: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = [
+            f"coreset: {self.size} points ({self.target:.0%} of the training set) from {self.runs} partial-training runs",
+            "points per correctness count: " + ", ".join(f"{k}: {v}" for k, v in self.bucket_sizes.items()),
+            f"{'fresh model trained on':<28} {'test acc':>9}",
+        ]
+        lines += [f"{k:<28} {v:>9.4f}" for k, v in self.test_acc.items()]
+        return "\n".join(lines)
+
+
+def correctness_counts(
+    config: dict,
+    fractions: Sequence[float],
+    repeats: int,
+    max_epochs: int,
+    data_overrides: dict | None = None,
+    seed: int = 0,
+    trainer_kwargs: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train on random subsets; returns ``(counts N, labels N)`` over the full training set (by position)."""
+    base = build_datamodule(config, data_overrides)
+    labels = torch.cat([b["label"] for b in base.train_eval_dataloader(shard=False)])
+    n = labels.shape[0]
+    counts = torch.zeros(n, dtype=torch.long)
+    for t in fractions:
+        for r in range(repeats):
+            run_seed = seed + 1000 * r + int(round(100 * t))
+            positions = random_subset(n, t, seed=run_seed)
+            dm = _restrict(build_datamodule(config, data_overrides), positions)
+            model = build_model(config, dm)
+            quiet_trainer(max_epochs, run_seed, **(trainer_kwargs or {})).fit(model, dm)
+            full = extract_features(model, base.train_eval_dataloader(shard=False), ("label",))
+            if getattr(model, "has_classifier", hasattr(model, "head")):
+                with torch.no_grad():
+                    model.eval()
+                    preds = model.head(full["features"].to(model.device)).argmax(1).cpu()
+            else:
+                predict = fit_linear_probe(full["features"][positions], full["label"][positions], int(labels.max()) + 1, seed=run_seed)
+                preds = predict(full["features"])
+            counts += (preds == labels).long()
+    return counts, labels
+
+
+def evaluate_subset(
+    config: dict, positions: torch.Tensor, max_epochs: int, eval_model: dict | None, data_overrides: dict | None, seed: int, trainer_kwargs: dict | None
+) -> float:
+    """Test accuracy of a fresh model trained on the training points at ``positions``."""
+    dm = _restrict(build_datamodule(config, data_overrides), positions)
+    spec = dict(config)
+    if eval_model is not None:
+        spec = {**config, "model": eval_model}
+    model = build_model(spec, dm)
+    quiet_trainer(max_epochs, seed, **(trainer_kwargs or {})).fit(model, dm)
+    test = embed_splits(model, dm, ("test",))["test"]
+    with torch.no_grad():
+        model.eval()
+        preds = model.head(test["features"].to(model.device)).argmax(1).cpu()
+    return (preds == test["label"]).double().mean().item()
+
+
+def run_coreset(
+    config: dict,
+    target: float,
+    fractions: Sequence[float] = (0.1, 0.2, 0.5),
+    repeats: int = 3,
+    max_epochs: int = 10,
+    eval_epochs: int | None = None,
+    eval_model: dict | None = None,
+    eval_data_overrides: dict | None = None,
+    data_overrides: dict | None = None,
+    seed: int = 0,
+    trainer_kwargs: dict | None = None,
+) -> CoresetResult:
+    """The whole coreset pipeline; ``eval_model`` is a ``{class_path, init_args}`` spec for the fresh
+    model (default: ERM with the config's backbone), trained with ``eval_data_overrides`` (default:
+    one view, ``standard`` augmentation)."""
+    counts, labels = correctness_counts(config, fractions, repeats, max_epochs, data_overrides, seed, trainer_kwargs)
+    coreset = bucket_prune(counts, labels, target, seed)
+    baseline = random_subset(len(labels), target, labels, seed)
+    if eval_model is None:
+        init = config["model"].get("init_args") or {}
+        eval_model = {
+            "class_path": "robustrep.methods.ERM",
+            "init_args": {k: init[k] for k in ("backbone", "backbone_kwargs", "optimizer", "lr_scheduler") if k in init},
+        }
+    eval_overrides = {**(data_overrides or {}), "num_views": 1, "augment": "standard", **(eval_data_overrides or {})}
+    epochs = eval_epochs or max_epochs
+    values, sizes = torch.unique(counts, return_counts=True)
+    result = CoresetResult(target, len(coreset), len(fractions) * repeats, {int(v): int(s) for v, s in zip(values, sizes)})
+    result.test_acc["coreset (bucket pruning)"] = evaluate_subset(config, coreset, epochs, eval_model, eval_overrides, seed, trainer_kwargs)
+    result.test_acc["random subset, same size"] = evaluate_subset(config, baseline, epochs, eval_model, eval_overrides, seed, trainer_kwargs)
+    return result
