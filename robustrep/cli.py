@@ -238,13 +238,13 @@ def _finish_wandb() -> None:
 
 
 def _clean_message(err: BaseException) -> str:
-    """The user-facing part of an error, without DataLoader-worker traceback noise."""
+    """The user-facing part of an error, without the traceback text a DataLoader worker adds."""
     text = str(err)
-    marker = "Original Traceback (most recent call last):"
-    if marker in text:
-        last = [line for line in text.strip().splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[-1] if ": " in last else last
-    return text
+    if "Original Traceback (most recent call last):" in text:
+        heads = list(re.finditer(r"^[\w.]*(Error|Exception): ", text, re.MULTILINE))
+        if heads:
+            text = text[heads[-1].end() :]
+    return text.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
