@@ -1,0 +1,427 @@
+"""IP-IRM: self-supervised learning made invariant across iteratively found partitions of the data.
+
+Paper: Wang, Yue, Huang, Sun, Zhang, "Self-Supervised Learning Disentangled Group Representation as
+Feature" (NeurIPS 2021), and its VIPriors report; METHODS.md section 5.
+
+Every training example comes with two augmented views (``data.num_views: 2``,
+``data.augment: contrastive``) and its dataset ``index``. The module keeps a growing list of
+*partitions*: each maps the ``N`` training indices to ``K`` subsets (a ``P x N`` integer tensor,
+identical on every DDP rank, saved in checkpoints). Two alternating steps:
+
+- **Minimisation** (every batch): ``L = ssl_weight * L_ssl + mean over (partition, subset) of
+  [L_k + lambda1 * (dL_k/dw at w=1)^2]``, where ``L_k`` is NT-Xent among the batch members of subset
+  ``k`` (negatives restricted to the subset) and ``w`` a scalar dummy scale on its logits (IRMv1,
+  closed form, :mod:`robustrep.losses.irm`). All subsets of all partitions (and SimCLR's full-batch
+  loss) come from one similarity matrix per batch. Subsets with fewer than two examples in the
+  (global) batch are left out of the mean.
+- **Maximisation** (before epoch 0, then every ``partition_every`` epochs): the encoder is frozen,
+  the projections of two augmented views of all ``N`` training examples are computed (sharded over
+  ranks and gathered), and a continuous ``N x K`` logit matrix (softmax per example, fresh N(0, 1)
+  start) is optimised with Adam to *maximise* ``mean_k L_k + lambda2 * mean_k G_k^2`` minus
+  ``balance_weight * relu(H_target - H(mean assignment))``, on shuffled chunks of
+  ``maximise_batch_size`` examples (so memory is bounded by the chunk, not by ``N``). The best
+  epoch's matrix is thresholded by argmax, optionally repaired to the balance target, broadcast from
+  rank 0 and appended.
+
+``base: simsiam`` swaps SimCLR's full-batch NT-Xent for SimSiam's symmetric negative cosine with a
+predictor (no negatives); the subset NT-Xent terms are then computed on the projector outputs.
+``invariance: false`` gives the plain SimCLR / SimSiam baseline with the same network and budget.
+There is no classifier: evaluate with the :class:`~robustrep.callbacks.LinearProbe` and
+:class:`~robustrep.callbacks.KNNMonitor` callbacks.
+
+Choices (public code in ``reference_code.md`` section 5): scalar dummy scale instead of its
+per-column ones vector; the soft maximisation loss weights negatives by their subset probability
+without renormalising (so a 0/1 assignment gives exactly the minimisation loss); every maximisation
+starts from a fresh random matrix; early stopping keeps the best epoch after ``maximise_patience``
+epochs without improvement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from robustrep.distributed import gather_no_grad, gather_with_grad, is_distributed, rank
+from robustrep.errors import ConfigError
+from robustrep.losses.irm import balance_penalty, min_share, partition_losses, soft_partition_objective, split_entropy
+from robustrep.methods.base import RobustMethod
+
+BASES = ("simclr", "simsiam")
+
+
+class IPIRM(RobustMethod):
+    """SimCLR or SimSiam with IP-IRM's partition-invariance term (see the module docstring).
+
+    Args:
+        base: ``simclr`` (NT-Xent over the full batch) or ``simsiam`` (negative cosine + predictor).
+        invariance: add the partition terms and run the maximisation step; False = the plain base.
+        tau: temperature of every NT-Xent term (paper 0.5).
+        irm_tau: temperature of the logits inside the IRM derivative (public code ``irm_temp`` 0.5).
+        lambda1: weight of the IRM penalty in the minimisation step (paper 0.2).
+        lambda2: weight of the IRM penalty in the maximisation objective (paper 0.5; 0.2 for plain
+            CIFAR-100 in the public scripts).
+        ssl_weight: weight of the full-batch SSL loss (1 = the public code's ``--keep_cont``).
+        num_subsets: K, subsets per partition (paper 2).
+        partition_every: epochs between maximisation steps (paper 50); one also runs before epoch 0.
+        max_partitions: keep only the newest this many partitions; None = keep all (``retain_group``).
+        maximise_epochs: passes over the feature bank per maximisation (public code stops at 60).
+        maximise_lr: Adam learning rate of the partition logits (public code 0.5).
+        maximise_milestones: epochs at which that rate is multiplied by 0.2 (public code 5, 35).
+        maximise_batch_size: examples per chunk of the maximisation; memory grows with its square
+            (2048 ~ 0.3 GiB), not with N (public code 3096).
+        maximise_patience: stop after this many epochs without a better objective (keep the best).
+        balance_ratio: balance target - the largest subset at most this many times each other one,
+            as an entropy target on the mean soft assignment (2.0 = the public code's 0.6365 nats).
+        balance_weight: weight of ``relu(H_target - H(mean assignment))`` in the maximisation.
+        enforce_balance: after argmax, move the most probable members into any subset below its
+            minimum share so the hard partition meets the target exactly.
+        partition_seed: seed of the maximisation's initial matrix and chunk order.
+        projection_dim, projection_hidden: the projection MLP (Linear-BN-ReLU-Linear; paper 512 -> 128).
+        predictor_hidden: hidden width of SimSiam's predictor; None = ``projection_dim // 4``.
+        gather_distributed: under DDP, contrast against the gathered global batch (with gradients).
+        *args, **kwargs: see ``RobustMethod`` (backbone, optimizer, metadata).
+    """
+
+    required_keys = ("views", "index")
+
+    def __init__(
+        self,
+        *args,
+        base: str = "simclr",
+        invariance: bool = True,
+        tau: float = 0.5,
+        irm_tau: float = 0.5,
+        lambda1: float = 0.2,
+        lambda2: float = 0.5,
+        ssl_weight: float = 1.0,
+        num_subsets: int = 2,
+        partition_every: int = 50,
+        max_partitions: int | None = None,
+        maximise_epochs: int = 60,
+        maximise_lr: float = 0.5,
+        maximise_milestones: Sequence[int] = (5, 35),
+        maximise_batch_size: int = 2048,
+        maximise_patience: int = 5,
+        balance_ratio: float = 2.0,
+        balance_weight: float = 1.0,
+        enforce_balance: bool = True,
+        partition_seed: int = 0,
+        projection_dim: int = 128,
+        projection_hidden: int = 512,
+        predictor_hidden: int | None = None,
+        gather_distributed: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if base not in BASES:
+            raise ConfigError(f"IPIRM: unknown base {base!r}; choose one of {', '.join(BASES)}")
+        if tau <= 0 or irm_tau <= 0:
+            raise ConfigError(f"IPIRM: temperatures must be > 0, got tau={tau}, irm_tau={irm_tau}")
+        if num_subsets < 2:
+            raise ConfigError(f"IPIRM: num_subsets must be >= 2, got {num_subsets}")
+        if partition_every < 1:
+            raise ConfigError(f"IPIRM: partition_every must be >= 1 (use invariance: false for no partitions), got {partition_every}")
+        if max_partitions is not None and max_partitions < 1:
+            raise ConfigError(f"IPIRM: max_partitions must be >= 1 or None, got {max_partitions}")
+        self.base = base
+        self.invariance = invariance
+        self.tau, self.irm_tau = tau, irm_tau
+        self.lambda1, self.lambda2, self.ssl_weight = lambda1, lambda2, ssl_weight
+        self.num_subsets = num_subsets
+        self.partition_every = partition_every
+        self.max_partitions = max_partitions
+        self.maximise_epochs = maximise_epochs
+        self.maximise_lr = maximise_lr
+        self.maximise_milestones = list(maximise_milestones)
+        self.maximise_batch_size = maximise_batch_size
+        self.maximise_patience = maximise_patience
+        self.balance_ratio = balance_ratio
+        self.balance_weight = balance_weight
+        self.enforce_balance = enforce_balance
+        self.partition_seed = partition_seed
+        self.gather_distributed = gather_distributed
+        d = self.feature_dim
+        if base == "simclr":
+            self.projection = nn.Sequential(
+                nn.Linear(d, projection_hidden, bias=False), nn.BatchNorm1d(projection_hidden), nn.ReLU(inplace=True), nn.Linear(projection_hidden, projection_dim)
+            )
+            self.predictor = None
+        else:
+            self.projection = nn.Sequential(
+                nn.Linear(d, projection_hidden, bias=False),
+                nn.BatchNorm1d(projection_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(projection_hidden, projection_dim, bias=False),
+                nn.BatchNorm1d(projection_dim, affine=False),
+            )
+            hidden = predictor_hidden or max(projection_dim // 4, 1)
+            self.predictor = nn.Sequential(nn.Linear(projection_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, projection_dim))
+        self.register_buffer("partitions", torch.zeros(0, 0, dtype=torch.long), persistent=False)  # P x N, -1 = not covered
+        self.partition_epochs: list[int] = []  # the epoch before which each stored partition was made
+
+    # ------------------------------------------------------------------ partitions as state
+    @property
+    def num_partitions(self) -> int:
+        return int(self.partitions.shape[0])
+
+    def add_partition(self, assignment: torch.Tensor, epoch: int) -> None:
+        """Append one partition (N subset ids by dataset index, -1 = none), dropping the oldest
+        beyond ``max_partitions``."""
+        assignment = assignment.to(self.partitions.device, torch.long)
+        parts = self.partitions
+        n = max(parts.shape[1], assignment.shape[0])
+        grown = torch.full((parts.shape[0] + 1, n), -1, dtype=torch.long, device=parts.device)
+        grown[: parts.shape[0], : parts.shape[1]] = parts
+        grown[-1, : assignment.shape[0]] = assignment
+        epochs = [*self.partition_epochs, epoch]
+        if self.max_partitions is not None and grown.shape[0] > self.max_partitions:
+            grown, epochs = grown[-self.max_partitions :], epochs[-self.max_partitions :]
+        self.partitions = grown
+        self.partition_epochs = epochs
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ipirm"] = {"partitions": self.partitions.cpu(), "partition_epochs": list(self.partition_epochs)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("ipirm")
+        if state is not None:
+            self.partitions = state["partitions"].to(self.partitions.device)
+            self.partition_epochs = list(state["partition_epochs"])
+
+    # ------------------------------------------------------------------ model
+    def project(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised projections (the features the partitions are found on)."""
+        return F.normalize(self.projection(self.embed(images)).float(), dim=1)
+
+    def _assignments(self, index: torch.Tensor) -> torch.Tensor:
+        parts = self.partitions
+        if parts.shape[0] == 0:
+            return parts.new_zeros(0, index.shape[0])
+        covered = index < parts.shape[1]
+        out = parts[:, index.clamp(max=max(parts.shape[1] - 1, 0))]
+        return torch.where(covered[None, :], out, torch.full_like(out, -1))
+
+    # ------------------------------------------------------------------ minimisation
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        views = batch["views"]
+        if len(views) < 2:
+            raise ConfigError("IPIRM needs two views per example: set data.num_views: 2")
+        index = batch["index"]
+        b = index.shape[0]
+        z = self.projection(self.embed(torch.cat([views[0], views[1]])))
+        z1, z2 = z[:b], z[b:]
+        gather = self.gather_distributed and is_distributed()
+        g1, g2 = (gather_with_grad(z1), gather_with_grad(z2)) if gather else (z1, z2)
+        g_index = gather_no_grad(index) if gather else index
+        assign = self._assignments(g_index) if self.invariance else g_index.new_zeros(0, g_index.shape[0])
+        logs: dict[str, torch.Tensor] = {}
+        if self.base == "simclr":
+            terms = partition_losses(g1, g2, assign, self.num_subsets, self.tau, self.irm_tau, full_batch=True)
+            ssl = terms["full"]
+        else:
+            assert self.predictor is not None
+            p = self.predictor(z)
+            ssl = simsiam_loss(p[:b], p[b:], z1, z2)
+            terms = partition_losses(g1, g2, assign, self.num_subsets, self.tau, self.irm_tau, full_batch=False) if assign.shape[0] else {}
+        loss = self.ssl_weight * self.check_finite(ssl, f"{self.base} loss")
+        logs["train/ssl_loss"] = ssl
+        if assign.shape[0]:
+            valid = terms["valid"]
+            n_valid = valid.sum().clamp_min(1)
+            subset = (terms["subset_loss"] * valid).sum() / n_valid
+            penalty = (terms["subset_grad"].pow(2) * valid).sum() / n_valid
+            inv = self.check_finite(subset + self.lambda1 * penalty, "IP-IRM subset loss")
+            loss = loss + inv
+            logs.update({"train/subset_loss": subset, "train/irm_penalty": penalty})
+        logs["train/loss"] = loss
+        self.log_dict(logs, prog_bar=True, batch_size=b)
+        return loss
+
+    # ------------------------------------------------------------------ maximisation
+    def on_train_epoch_start(self) -> None:
+        epoch = self.current_epoch
+        if self.invariance and epoch % self.partition_every == 0 and epoch not in self.partition_epochs:
+            self.update_partitions(epoch)
+
+    def update_partitions(self, epoch: int) -> torch.Tensor:
+        """Run one maximisation step on the current encoder and append the result; returns it."""
+        index, f1, f2 = self.bank_features()
+        show = rank() == 0 and self._trainer is not None and self.trainer.progress_bar_callback is not None
+        assign = maximise_partition(
+            f1,
+            f2,
+            num_subsets=self.num_subsets,
+            tau=self.tau,
+            irm_tau=self.irm_tau,
+            lambda2=self.lambda2,
+            epochs=self.maximise_epochs,
+            lr=self.maximise_lr,
+            milestones=self.maximise_milestones,
+            batch_size=self.maximise_batch_size,
+            patience=self.maximise_patience,
+            balance_ratio=self.balance_ratio,
+            balance_weight=self.balance_weight,
+            enforce_balance=self.enforce_balance,
+            seed=self.partition_seed + 1000 * len(self.partition_epochs) + epoch,
+            progress=f"IP-IRM partition {len(self.partition_epochs) + 1} (epoch {epoch})" if show else None,
+        )
+        if is_distributed():
+            torch.distributed.broadcast(assign, src=0)  # bit-identical partitions on every rank
+        full = torch.full((int(index.max()) + 1,), -1, dtype=torch.long, device=assign.device)
+        full[index] = assign
+        self.add_partition(full, epoch)
+        sizes = torch.bincount(assign, minlength=self.num_subsets).float() / assign.numel()
+        if self._trainer is not None:
+            self.log("train/partition_min_share", sizes.min(), rank_zero_only=False, sync_dist=False)
+        return full
+
+    @torch.no_grad()
+    def bank_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(index, f1, f2)``: dataset indices and normalised projections of two augmented views of
+        every training example (eval mode; sharded over ranks and gathered, so every rank holds all)."""
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "train_dataset"):
+            raise ConfigError("IPIRM needs a robustrep datamodule (with train_dataset) for its partition step")
+        dataset = dm.train_dataset()
+        sampler = None
+        if is_distributed():
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(dataset, shuffle=False)  # pads to equal shards, so gathers line up
+        loader = DataLoader(dataset, batch_size=dm.eval_batch_size, shuffle=False, sampler=sampler, num_workers=dm.num_workers)
+        was_training = self.training
+        self.eval()
+        idx, f1, f2 = [], [], []
+        for batch in loader:
+            views = batch["views"]
+            b = views[0].shape[0]
+            z = self.project(torch.cat([views[0], views[1]]).to(self.device))
+            idx.append(gather_no_grad(batch["index"].to(self.device)))
+            f1.append(gather_no_grad(z[:b].contiguous()))
+            f2.append(gather_no_grad(z[b:].contiguous()))
+        self.train(was_training)
+        index, f1_all, f2_all = torch.cat(idx), torch.cat(f1), torch.cat(f2)
+        keep = _first_occurrence(index)  # the distributed sampler repeats a few examples
+        return index[keep], f1_all[keep], f2_all[keep]
+
+    # ------------------------------------------------------------------ evaluation (probes only)
+    def evaluation_step(self, batch: dict, stage: str, dataloader_idx: int = 0):
+        return None  # no classifier: LinearProbe / KNNMonitor report the metrics
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return {"embedding": self.embed(batch["image"]), "index": batch["index"]}
+
+
+def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """SimSiam: ``-(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2``, mean over the batch, in fp32."""
+    with torch.autocast(device_type=p1.device.type, enabled=False):
+        a = F.cosine_similarity(p1.float(), z2.detach().float(), dim=1).mean()
+        b = F.cosine_similarity(p2.float(), z1.detach().float(), dim=1).mean()
+        return -(a + b) / 2
+
+
+def _first_occurrence(index: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(index, stable=True)
+    sorted_idx = index[order]
+    first = torch.ones_like(sorted_idx, dtype=torch.bool)
+    first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    return order[first].sort().values
+
+
+def maximise_partition(
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    num_subsets: int = 2,
+    tau: float = 0.5,
+    irm_tau: float = 0.5,
+    lambda2: float = 0.5,
+    epochs: int = 60,
+    lr: float = 0.5,
+    milestones: Sequence[int] = (5, 35),
+    batch_size: int = 2048,
+    patience: int = 5,
+    balance_ratio: float = 2.0,
+    balance_weight: float = 1.0,
+    enforce_balance: bool = True,
+    seed: int = 0,
+    progress: str | None = None,
+    history: list[float] | None = None,
+) -> torch.Tensor:
+    """IP-IRM's maximisation step on a fixed feature bank; returns the hard partition (N subset ids).
+
+    Optimises logits ``Q`` (N x K, N(0, 1) start) with Adam so that, chunk by chunk,
+    ``soft_partition_objective(f1, f2, softmax(Q)) - balance_weight * balance_penalty`` grows; keeps the
+    epoch with the best mean objective, thresholds it by argmax and (``enforce_balance``) repairs
+    subsets below ``min_share``. Memory is O(``batch_size``^2 + N (d + K)). ``progress``: a tqdm bar
+    label (None = no bar); ``history``: filled with each epoch's mean objective.
+    """
+    n = f1.shape[0]
+    device = f1.device
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, num_subsets, generator=gen).to(device).requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.2)
+    target = split_entropy(num_subsets, balance_ratio)
+    best, best_logits, stale = -float("inf"), logits.detach().clone(), 0
+    f1, f2 = f1.detach().float(), f2.detach().float()
+    bar = tqdm(range(epochs), desc=progress, disable=progress is None, leave=False)
+    with torch.enable_grad():
+        for _ in bar:
+            order = torch.randperm(n, generator=gen).to(device)
+            total, chunks = 0.0, 0
+            for chunk in order.split(batch_size):
+                if chunk.numel() < 2:
+                    continue
+                probs = torch.softmax(logits[chunk], dim=1)
+                objective, _, _ = soft_partition_objective(f1[chunk], f2[chunk], probs, tau, irm_tau, lambda2)
+                risk = -objective + balance_weight * balance_penalty(probs, target)
+                opt.zero_grad(set_to_none=True)
+                risk.backward()
+                opt.step()
+                total += float(-risk.detach())
+                chunks += 1
+            sched.step()
+            value = total / max(chunks, 1)
+            if history is not None:
+                history.append(value)
+            bar.set_postfix(objective=f"{value:.4f}")
+            if value > best:
+                best, best_logits, stale = value, logits.detach().clone(), 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+    assign = best_logits.argmax(1)
+    if enforce_balance:
+        assign = rebalance(assign, torch.softmax(best_logits, 1), min_share(num_subsets, balance_ratio))
+    return assign
+
+
+def rebalance(assign: torch.Tensor, probs: torch.Tensor, share: float) -> torch.Tensor:
+    """Move examples into every subset holding fewer than ``share * N`` of them, taking from the
+    largest subset its members most probable for the small one (one move per deficient subset and
+    round; K rounds at most)."""
+    assign = assign.clone()
+    n, k = probs.shape
+    need = int(torch.ceil(torch.tensor(share * n)).item())
+    for _ in range(k):
+        counts = torch.bincount(assign, minlength=k)
+        small = int(counts.argmin())
+        if counts[small] >= need:
+            break
+        donor = int(counts.argmax())
+        movable = int(min(need - counts[small], counts[donor] - need))
+        if movable <= 0:
+            break
+        members = (assign == donor).nonzero().squeeze(1)
+        take = members[probs[members, small].argsort(descending=True)[:movable]]
+        assign[take] = small
+    return assign
+
+
+__all__ = ["IPIRM", "maximise_partition", "rebalance", "simsiam_loss"]
