@@ -148,7 +148,10 @@ class IPIRM(RobustMethod):
         d = self.feature_dim
         if base == "simclr":
             self.projection = nn.Sequential(
-                nn.Linear(d, projection_hidden, bias=False), nn.BatchNorm1d(projection_hidden), nn.ReLU(inplace=True), nn.Linear(projection_hidden, projection_dim)
+                nn.Linear(d, projection_hidden, bias=False),
+                nn.BatchNorm1d(projection_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(projection_hidden, projection_dim),
             )
             self.predictor = None
         else:
@@ -160,7 +163,9 @@ class IPIRM(RobustMethod):
                 nn.BatchNorm1d(projection_dim, affine=False),
             )
             hidden = predictor_hidden or max(projection_dim // 4, 1)
-            self.predictor = nn.Sequential(nn.Linear(projection_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, projection_dim))
+            self.predictor = nn.Sequential(
+                nn.Linear(projection_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, projection_dim)
+            )
         self.register_buffer("partitions", torch.zeros(0, 0, dtype=torch.long), persistent=False)  # P x N, -1 = not covered
         self.partition_epochs: list[int] = []  # the epoch before which each stored partition was made
 
