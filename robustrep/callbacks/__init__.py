@@ -5,6 +5,7 @@ from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
 from robustrep.callbacks.cim_images import CIMImages
 from robustrep.callbacks.coarse_to_fine import CoarseToFine
 from robustrep.callbacks.group_metrics import GroupMetrics
+from robustrep.callbacks.knn import KNNMonitor
 from robustrep.callbacks.linear_probe import LinearProbe
 
-__all__ = ["BackgroundGap", "CIMImages", "ChromaDiagnostics", "CoarseToFine", "GroupMetrics", "LinearProbe"]
+__all__ = ["BackgroundGap", "CIMImages", "ChromaDiagnostics", "CoarseToFine", "GroupMetrics", "KNNMonitor", "LinearProbe"]

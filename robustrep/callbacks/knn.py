@@ -1,0 +1,153 @@
+"""Weighted kNN monitor on frozen ``embed`` features (the SSL monitor of InstDisc / IP-IRM).
+
+The training set (evaluation transform, ``datamodule.train_eval_dataloader``) is the memory bank.
+Each query is L2-normalised and compared by cosine similarity with every bank feature; its ``k``
+nearest neighbours vote for their labels with weight ``exp(similarity / temperature)``, and the
+class with the largest summed weight wins. The work runs on the model's device in query chunks
+sized so that one chunk's ``chunk x N`` similarity block stays under ``max_block_elements``.
+
+Logged metrics (same convention as :class:`~robustrep.callbacks.LinearProbe`):
+
+- every ``every_n_epochs`` epochs during ``fit``, on the validation sets: ``val/knn/acc`` (primary
+  set) and ``val/knn/<set>/acc``;
+- at test time: ``knn/acc`` (primary test set) and ``knn/<set>/acc``.
+
+Under DDP every rank computes the same result on the whole sets (no gather needed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from robustrep.callbacks.linear_probe import _features
+from robustrep.errors import ConfigError
+
+
+@torch.no_grad()
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.5,
+    num_classes: int | None = None,
+    max_block_elements: int = 2**25,
+) -> torch.Tensor:
+    """Similarity-weighted kNN class scores.
+
+    Args:
+        bank: N x D features of the labelled examples (normalised here).
+        bank_labels: N labels (examples with label < 0 are dropped).
+        queries: M x D features to classify (normalised here), on any device (moved to ``bank``'s).
+        k: neighbours per query (capped at N).
+        temperature: vote weight ``exp(cos / temperature)`` (IP-IRM's monitor uses its contrastive
+            temperature, 0.5).
+        num_classes: number of classes (default ``max(label) + 1``).
+        max_block_elements: bound on the elements of one query-chunk x bank similarity block.
+
+    Returns:
+        M x C summed vote weights (argmax = the prediction).
+    """
+    keep = bank_labels >= 0
+    bank, bank_labels = F.normalize(bank[keep].float(), dim=1), bank_labels[keep].long().to(bank.device)
+    c = num_classes or int(bank_labels.max()) + 1
+    k = min(k, bank.shape[0])
+    chunk = max(1, max_block_elements // max(bank.shape[0], 1))
+    scores = []
+    for q in queries.split(chunk):
+        sim = F.normalize(q.to(bank.device).float(), dim=1) @ bank.T
+        top, idx = sim.topk(k, dim=1)
+        votes = torch.zeros(q.shape[0], c, device=bank.device)
+        votes.scatter_add_(1, bank_labels[idx], torch.exp(top / temperature))
+        scores.append(votes)
+    return torch.cat(scores) if scores else torch.zeros(0, c, device=bank.device)
+
+
+class KNNMonitor(pl.Callback):
+    """kNN accuracy of ``embed`` features (see the module docstring).
+
+    Args:
+        k: neighbours (InstDisc / IP-IRM: 200).
+        temperature: vote temperature ``exp(cos / temperature)`` (IP-IRM: 0.5; 0.2 for its MixUp runs).
+        every_n_epochs: monitor the validation sets every n training epochs; 0 = only at test time.
+        target: the batch key to predict.
+        prefix: metric prefix (``knn``).
+        max_block_elements: memory bound of one similarity block (2^25 fp32 = 128 MiB).
+    """
+
+    def __init__(
+        self, k: int = 200, temperature: float = 0.5, every_n_epochs: int = 1, target: str = "label", prefix: str = "knn", max_block_elements: int = 2**25
+    ) -> None:
+        if k < 1 or temperature <= 0:
+            raise ConfigError(f"KNNMonitor: k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+        self.k = k
+        self.temperature = temperature
+        self.every_n_epochs = every_n_epochs
+        self.target = target
+        self.prefix = prefix
+        self.max_block_elements = max_block_elements
+        self.last: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "embed", None)):
+            raise ConfigError(f"KNNMonitor needs a model with an `embed(images)` method; {type(pl_module).__name__} has none")
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "train_eval_dataloader"):
+            raise ConfigError("KNNMonitor needs a robustrep datamodule (with train_eval_dataloader)")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._run(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module, "test")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.__dict__.pop("_probe_feature_cache", None)  # free the features shared with the probes
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.__dict__.pop("_probe_feature_cache", None)
+
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
+        """kNN accuracy on every evaluation set of ``stage`` with the training set as the bank."""
+        from torch.utils.data import DataLoader
+
+        from robustrep.data.base import _with_transform
+
+        dm = trainer.datamodule
+        train = _features(trainer, pl_module, "train", lambda: dm.train_eval_dataloader(shard=False))
+        bank = train["features"].to(pl_module.device)
+        labels = train[self.target]
+        num_classes = int(labels.max()) + 1
+        sets = dm.splits.val if stage == "val" else dm.splits.test
+        base = self.prefix if stage == "test" else f"val/{self.prefix}"
+        values: dict[str, float] = {}
+        for i, (name, ds) in enumerate(sets.items()):
+            loader = DataLoader(_with_transform(ds, dm.eval_transform(), 1), batch_size=dm.eval_batch_size, shuffle=False, num_workers=dm.num_workers)
+            data = _features(trainer, pl_module, f"{stage}/{name}", lambda loader=loader: loader)
+            y = data[self.target].to(pl_module.device)
+            scores = knn_predict(bank, labels, data["features"], self.k, self.temperature, num_classes, self.max_block_elements)
+            known = y >= 0
+            acc = (scores.argmax(1)[known] == y[known]).float().mean() if known.any() else torch.tensor(float("nan"))
+            values[f"{base}/acc" if i == 0 else f"{base}/{name}/acc"] = float(acc)
+        return values
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        values = self.compute(trainer, pl_module, stage)
+        for name, value in values.items():
+            pl_module.log(name, value, add_dataloader_idx=False, sync_dist=False, rank_zero_only=False)
+        self.last.update(values)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last": self.last}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last = dict(state_dict.get("last", {}))
+
+
+__all__ = ["KNNMonitor", "knn_predict"]
