@@ -9,6 +9,7 @@ import torch
 
 from robustrep.data.base import RobustDataModule, Splits
 from robustrep.data.files import ImageFileDataset, missing
+from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError, CorruptDataError
 
 CELEBA_SOURCE = (
@@ -81,7 +82,7 @@ def read_celeba_annotations(folder: Path, fmt: str) -> pd.DataFrame:
     return table
 
 
-class CelebA(RobustDataModule):
+class CelebA(RecipeMixin, RobustDataModule):
     """CelebA faces: predict one attribute while another is a spurious shortcut.
 
     Input: aligned faces, 3 x ``resolution`` x ``resolution`` (centre square crop, then resize; 64 px
@@ -105,6 +106,7 @@ class CelebA(RobustDataModule):
         images in train and val (none on negatives); on the test set each image gets the patch
         with probability ``patch_test_probability`` regardless of its label. Seeded.
 
+    Augmentation: ``augment: standard`` is the ``celeba`` recipe of :mod:`robustrep.data.presets`.
     Citation: Liu et al., 2015; groups as in Sagawa et al., 2020.
 
     Args:
@@ -120,6 +122,7 @@ class CelebA(RobustDataModule):
     """
 
     benchmark_name = "celeba"
+    augment_recipe = "celeba"
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import torch
 
 from robustrep.data.base import RobustDataModule, Splits
 from robustrep.data.files import ImageFileDataset, concat_images, missing
+from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError, CorruptDataError
 
 XRAY_SOURCE = (
@@ -47,7 +48,7 @@ def balanced_take(labels: torch.Tensor, majority: int, share: float, n: int, gen
     return pick.sort().values
 
 
-class ChestXray(RobustDataModule):
+class ChestXray(RecipeMixin, RobustDataModule):
     """Pneumonia detection where the hospital is a shortcut: NIH mostly negative, CheXpert mostly positive.
 
     Input: 3 x ``resolution`` x ``resolution`` grey X-rays replicated to 3 channels (``channels: 1``
@@ -62,6 +63,7 @@ class ChestXray(RobustDataModule):
     ``max_per_hospital``; with ``equal_hospitals`` both hospitals contribute the same number, as in
     Chroma-VAE's 20K training set with "roughly equal numbers" from each). The test set uses ``eval_correlation`` (0.5: label independent of the
     hospital). CheXpert uses frontal views only unless ``frontal_only: false``.
+    Augmentation: ``augment: standard`` is the ``xray`` recipe of :mod:`robustrep.data.presets`.
     Citation: Wang et al., 2017 (ChestX-ray14); Irvin et al., 2019 (CheXpert); Yang et al., 2022 (Chroma-VAE).
 
     Args:
@@ -82,6 +84,7 @@ class ChestXray(RobustDataModule):
     """
 
     benchmark_name = "chest_xray"
+    augment_recipe = "xray"
 
     def __init__(
         self,

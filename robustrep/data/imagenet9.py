@@ -8,6 +8,7 @@ import torch
 
 from robustrep.data.base import RobustDataModule, Splits
 from robustrep.data.files import ImageFileDataset, list_image_folder, missing, seeded_split
+from robustrep.data.presets import RecipeMixin
 from robustrep.errors import CorruptDataError
 
 BG_SOURCE = (
@@ -35,7 +36,7 @@ def _folder_dataset(folder: Path, resolution: int, variant: str) -> ImageFileDat
     return ImageFileDataset(files, labels_t, labels_t.clone(), size=(resolution, resolution), domain=torch.full((len(files),), domain))
 
 
-class BackgroundChallenge(RobustDataModule):
+class BackgroundChallenge(RecipeMixin, RobustDataModule):
     """ImageNet-9 and the Background Challenge test variants: how much does a model use backgrounds?
 
     Input: 3 x ``resolution`` x ``resolution`` (the released images are 224 x 224), decoded lazily.
@@ -46,6 +47,7 @@ class BackgroundChallenge(RobustDataModule):
     ``<root>/<train_variant>/val`` if present, else a seeded ``val_fraction`` of train; one named
     test set per entry of ``eval_variants`` from ``<root>/bg_challenge/<variant>/val`` (the first
     is primary). The background gap is ``test/mixed_same/acc - test/mixed_rand/acc``.
+    Augmentation: ``augment: standard`` is the ``imagenet`` recipe of :mod:`robustrep.data.presets`.
     Citation: Xiao et al., 2020.
 
     Args:
@@ -57,6 +59,7 @@ class BackgroundChallenge(RobustDataModule):
     """
 
     benchmark_name = "background_challenge"
+    augment_recipe = "imagenet"
 
     def __init__(
         self,

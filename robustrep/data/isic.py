@@ -9,6 +9,7 @@ import torch
 
 from robustrep.data.base import RobustDataModule, Splits
 from robustrep.data.files import ImageFileDataset, missing
+from robustrep.data.presets import RecipeMixin
 from robustrep.errors import CorruptDataError
 
 ISIC_SOURCE = (
@@ -22,7 +23,7 @@ COLUMNS = ("Image Index", "benign_malignant", "patch", "fold")
 FOLDS = {"train": 0, "val": 1, "test": 2}
 
 
-class ISIC(RobustDataModule):
+class ISIC(RecipeMixin, RobustDataModule):
     """ISIC melanoma classification; about half the benign images carry colourful patches.
 
     Input: 3 x ``resolution`` x ``resolution`` (resized; 224 as in GEORGE), decoded lazily.
@@ -31,6 +32,7 @@ class ISIC(RobustDataModule):
     group ``malignant/patch`` is empty. ``fine_label``: GEORGE's ``patch`` ontology, 0 benign
     without patch, 1 benign with patch, 2 malignant. Splits: the ``fold`` column (train, val,
     test; other folds such as ``train_clean`` are ignored).
+    Augmentation: ``augment: standard`` is the ``isic`` recipe of :mod:`robustrep.data.presets`.
     Citation: Codella et al., 2019; Sohoni et al., 2020 (GEORGE).
 
     Args:
@@ -40,6 +42,7 @@ class ISIC(RobustDataModule):
     """
 
     benchmark_name = "isic"
+    augment_recipe = "isic"
 
     def __init__(self, resolution: int = 224, image_extension: str = ".jpg", **kwargs) -> None:
         super().__init__(**kwargs)

@@ -18,6 +18,7 @@ import torch
 from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
 from robustrep.data.digits import DIGIT_SOURCES, load_digits
 from robustrep.data.files import find_idx, read_idx, seeded_split
+from robustrep.data.presets import RecipeMixin
 
 MNIST_SOURCE = "http://yann.lecun.com/exdb/mnist/ (torchvision.datasets.MNIST downloads it with download: true)"
 FASHION_SOURCE = "https://github.com/zalandoresearch/fashion-mnist (torchvision.datasets.FashionMNIST downloads it with download: true)"
@@ -58,8 +59,11 @@ def exact_mask(n: int, fraction: float, gen: torch.Generator) -> torch.Tensor:
     return mask
 
 
-class _DigitsModule(RobustDataModule):
-    """Shared arguments of the digit benchmarks (``digits_source``, ``val_fraction``)."""
+class _DigitsModule(RecipeMixin, RobustDataModule):
+    """Shared arguments of the digit benchmarks (``digits_source``, ``val_fraction``). Their
+    ``standard`` augmentation translates by up to 2 px and never flips (:mod:`robustrep.data.presets`)."""
+
+    augment_recipe = "digits"
 
     def __init__(self, digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs) -> None:
         super().__init__(**kwargs)

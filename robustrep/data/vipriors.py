@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from robustrep.data.base import RobustDataModule, Splits
 from robustrep.data.files import ImageFileDataset, list_image_folder, missing, seeded_split
+from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError
 
 VIPRIORS_SOURCE = (
@@ -21,7 +22,7 @@ VIPRIORS_LAYOUT = """<root>/imagenet_50/
     test/imgs/*.JPEG        unlabelled (ImageNet-2012 val, renamed; scored on CodaLab)"""
 
 
-class VIPriors(RobustDataModule):
+class VIPriors(RecipeMixin, RobustDataModule):
     """VIPriors image classification: 1,000 ImageNet classes with 50 training images each.
 
     Input: 3 x ``resolution`` x ``resolution``: the largest centred square of each JPEG, resized
@@ -31,6 +32,7 @@ class VIPriors(RobustDataModule):
     same folder (``val_fraction: 0``, the default, as the challenge baselines do) or a seeded
     ``val_fraction`` carved from train, leaving ``val/`` untouched for the final number.
     ``predict`` serves the unlabelled ``test/imgs`` images (label -1) for a challenge submission.
+    Augmentation: ``augment: standard`` is the ``imagenet`` recipe of :mod:`robustrep.data.presets`.
     Citation: Bruintjes et al., VIPriors challenges 2020-2022; Wang et al., 2021 (IP-IRM).
 
     Args:
@@ -42,6 +44,7 @@ class VIPriors(RobustDataModule):
     """
 
     benchmark_name = "vipriors"
+    augment_recipe = "imagenet"
 
     def __init__(self, num_classes: int | None = None, resolution: int = 224, val_fraction: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)

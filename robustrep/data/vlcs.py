@@ -8,6 +8,7 @@ import torch
 
 from robustrep.data.base import RobustDataModule, Splits
 from robustrep.data.files import ImageFileDataset, concat_images, list_image_folder, missing, seeded_split
+from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError, CorruptDataError
 
 VLCS_SOURCE = "DomainBed (https://github.com/facebookresearch/DomainBed, `python -m domainbed.scripts.download`), which fetches VLCS.tar.gz"
@@ -20,7 +21,7 @@ VLCS_DOMAINS = ["Caltech101", "LabelMe", "SUN09", "VOC2007"]
 VLCS_CLASSES = ["bird", "car", "chair", "dog", "person"]
 
 
-class VLCS(RobustDataModule):
+class VLCS(RecipeMixin, RobustDataModule):
     """VLCS: 5 classes photographed in 4 datasets (domains); train on three, test on the fourth.
 
     Input: 3 x ``resolution`` x ``resolution`` (resized, DomainBed's evaluation transform), lazy.
@@ -31,6 +32,7 @@ class VLCS(RobustDataModule):
     training domains; val = their *out* parts ("training-domain validation", the usual model
     selection). Test sets, each named after its domain: the held-out ``test_domain`` (all of it,
     primary) followed by the *out* part of each training domain.
+    Augmentation: ``augment: standard`` is the ``domainbed`` recipe of :mod:`robustrep.data.presets`.
     Citation: Fang et al., 2013; Gulrajani & Lopez-Paz, 2021 (DomainBed).
 
     Args:
@@ -41,6 +43,7 @@ class VLCS(RobustDataModule):
     """
 
     benchmark_name = "vlcs"
+    augment_recipe = "domainbed"
 
     def __init__(self, test_domain: str | int = "VOC2007", holdout_fraction: float = 0.2, resolution: int = 224, **kwargs) -> None:
         super().__init__(**kwargs)

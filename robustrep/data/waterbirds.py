@@ -9,6 +9,7 @@ import torch
 
 from robustrep.data.base import RobustDataModule, Splits
 from robustrep.data.files import ImageFileDataset, missing
+from robustrep.data.presets import RecipeMixin
 from robustrep.errors import CorruptDataError
 
 WATERBIRDS_SOURCE = (
@@ -36,7 +37,7 @@ def find_waterbirds(root: str) -> Path:
     raise missing(Path(root) / FOLDERS[0] / "metadata.csv", WATERBIRDS_LAYOUT, WATERBIRDS_SOURCE)
 
 
-class Waterbirds(RobustDataModule):
+class Waterbirds(RecipeMixin, RobustDataModule):
     """Waterbirds: land/water birds (CUB) pasted on land/water backgrounds (Places).
 
     Input: 3 x ``resolution`` x ``resolution``; each JPEG is decoded lazily, resized to
@@ -47,6 +48,7 @@ class Waterbirds(RobustDataModule):
     ``split`` column (0 train, 1 val, 2 test). The Waterbirds convention for the average is the
     train-weighted ``weighted_acc`` metric. Known label noise (group DRO README): some Eastern
     Towhees, Western Meadowlarks and Western Wood Pewees are labelled waterbirds.
+    Augmentation: ``augment: standard`` is the ``waterbirds`` recipe of :mod:`robustrep.data.presets`.
     Citation: Sagawa et al., 2020.
 
     Args:
@@ -55,6 +57,7 @@ class Waterbirds(RobustDataModule):
     """
 
     benchmark_name = "waterbirds"
+    augment_recipe = "waterbirds"
 
     def __init__(self, resolution: int = 224, **kwargs) -> None:
         super().__init__(**kwargs)

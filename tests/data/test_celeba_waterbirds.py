@@ -99,3 +99,17 @@ def test_waterbirds_metadata_layout(tmp_path):
     (tmp_path / "cub" / "data" / folder.name / "metadata.csv").unlink()
     with pytest.raises(DataNotFoundError, match=r"metadata\.csv(.|\n)*img_filename(.|\n)*nlp\.stanford\.edu"):
         Waterbirds(root=str(tmp_path)).setup()
+
+
+def test_paper_augmentations(tmp_path):
+    from robustrep.data.presets import RECIPES, contrastive_recipe, standard_recipe
+
+    for recipe in RECIPES:
+        for shape in ((3, 24, 20), (1, 16, 16)):
+            x = torch.rand(shape)
+            assert standard_recipe(recipe, shape)(x).shape == x.shape
+            assert contrastive_recipe(recipe, shape)(x).shape == x.shape
+    dm = CelebA(resolution=None, augment="standard")
+    assert dm.train_transform()(torch.rand(3, 218, 178)).shape == (3, 218, 178)
+    resized = Waterbirds(resolution=32, augment="standard", image_size=16)
+    assert resized.train_transform()(torch.rand(3, 32, 32)).shape == (3, 16, 16)

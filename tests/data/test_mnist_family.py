@@ -176,3 +176,18 @@ def test_mf_dominoes_randomized_is_balanced_on_more_data(tmp_path):
     counts = torch.bincount(mixed.groups, minlength=4).float()
     assert counts.sum() == 400 and (counts / 400 - 0.25).abs().max() < 0.07
     assert np.isclose((mixed.metadata["attribute"] == mixed.labels).float().mean().item(), 0.5, atol=0.07)
+
+
+def test_augmentation_recipes_keep_the_benchmark_shape():
+    torch.manual_seed(0)
+    for dm in (MFDominoes(augment="standard"), MFDominoes(augment="contrastive"), ColoredMNISTIRM(channels=2, augment="contrastive")):
+        t = dm.train_transform()
+        x = torch.rand(dm.image_shape)
+        assert t(x).shape == x.shape
+    # digits are never mirrored: the standard recipe only translates
+    digit = torch.zeros(1, 28, 28)
+    digit[0, 4:24, 6] = 1.0  # a vertical stroke left of centre
+    t = MNIST(augment="standard").train_transform()
+    for _ in range(30):
+        cols = t(digit)[0].sum(0).nonzero().squeeze(1)
+        assert cols.max() <= 8
