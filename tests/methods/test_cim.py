@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
-from conftest import quick_trainer, tiny_synthetic
+from conftest import quick_trainer, run_cli, tiny_synthetic
 
 from robustrep.data.base import TensorImageDataset
 from robustrep.errors import ConfigError
@@ -193,3 +198,56 @@ def test_ddp_spawn_two_processes(tmp_path):
     assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
     results = quick_trainer(tmp_path).test(model, datamodule=dm, verbose=False)[0]  # weights came back from the workers
     assert 0.0 <= results["test/acc"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------- configs
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+CIM_CONFIGS = sorted(p for pattern in ("cim_*.yaml", "vib_*.yaml", "sclE2E_*.yaml") for p in EXPERIMENTS.glob(pattern))
+
+
+@pytest.fixture(scope="module")
+def cim_benchmarks(tmp_path_factory) -> Path:
+    """Tiny copies of the on-disk formats of every benchmark CIM's configs use."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from datafixtures import IN9_FOLDERS, balanced_labels, write_celeba, write_image_folder, write_mnist_raw, write_waterbirds
+
+    from robustrep.data.vlcs import VLCS_CLASSES, VLCS_DOMAINS
+
+    root = tmp_path_factory.mktemp("cim_benchmarks")
+    write_mnist_raw(root, "MNIST", balanced_labels(60), balanced_labels(20))
+    write_celeba(root, n=12)
+    write_waterbirds(root, {0: [2, 1, 1, 2], 1: [1, 1, 1, 1], 2: [1, 1, 1, 1]})
+    write_image_folder(root / "original" / "train", IN9_FOLDERS, 2, tag=1)
+    for k, variant in enumerate(["original", "mixed_same", "mixed_rand", "only_fg", "no_fg"]):
+        write_image_folder(root / "bg_challenge" / variant / "val", IN9_FOLDERS, 1, tag=10 + k)
+    for k, domain in enumerate(VLCS_DOMAINS):
+        write_image_folder(root / "VLCS" / domain, VLCS_CLASSES, 2, ext=".jpg", tag=20 + k)
+    return root
+
+
+def test_every_table_row_has_a_config():
+    names = {p.stem for p in CIM_CONFIGS}
+    for bench in ("colored_mnist", "bg_challenge", "vlcs", "celeba", "waterbirds"):
+        assert {f"cim_{bench}", f"cim_vib_{bench}", f"vib_{bench}"} <= names
+    assert "sclE2E_waterbirds" in names
+
+
+# The CIM+VIB config of each benchmark runs in the fast tier (TN, triplets, VIB, the callbacks); the rest in the slow one.
+CONFIG_PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem.startswith("cim_vib_") else pytest.mark.slow) for p in CIM_CONFIGS]
+
+
+@pytest.mark.parametrize("config", CONFIG_PARAMS)
+def test_config_runs_on_fixture(config, cim_benchmarks, tmp_path):
+    """fit (fast_dev_run) + test through the CLI, the configured nets swapped for a tiny one."""
+    args = ["fit", "--config", str(config), "--data.init_args.root", str(cim_benchmarks)]
+    args += ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4"]
+    args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}"]
+    if "resolution:" in config.read_text():
+        args += ["--data.init_args.resolution", "16"]
+    args += ["--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--output_root", str(tmp_path)]
+    assert run_cli(args) == 0
+    (results,) = list(tmp_path.rglob("results.json"))
+    metrics = json.loads(results.read_text())["metrics"]
+    assert np.isfinite(metrics["test/acc"])
+    if "bg_challenge" in config.stem:
+        assert metrics["test/bg_gap"] == pytest.approx(metrics["test/mixed_same/acc"] - metrics["test/mixed_rand/acc"])
