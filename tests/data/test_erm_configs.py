@@ -28,6 +28,10 @@ from robustrep.data.vlcs import VLCS_CLASSES, VLCS_DOMAINS
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 ERM_CONFIGS = sorted(EXPERIMENTS.glob("erm_*.yaml"))
+#: One config per loader code path runs in the fast tier (each CLI run costs ~1 s of argument parsing);
+#: the rest run in the slow tier. tests/test_configs.py instantiates every config in the fast tier.
+FAST = {"erm_colored_mnist_cim", "erm_mf_dominoes", "erm_cifar100_coarse_u", "erm_stl10", "erm_celeba", "erm_waterbirds", "erm_vlcs", "erm_chest_xray"}
+PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem in FAST else pytest.mark.slow) for p in ERM_CONFIGS]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def test_every_benchmark_has_an_erm_config():
     assert set(BENCHMARKS) - {"synthetic"} <= shipped
 
 
-@pytest.mark.parametrize("config", ERM_CONFIGS, ids=[p.stem for p in ERM_CONFIGS])
+@pytest.mark.parametrize("config", PARAMS)
 def test_erm_config_runs_on_fixture(config, every_benchmark, tmp_path):
     args = ["fit", "--config", str(config), "--data.init_args.root", str(every_benchmark)]
     args += ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4"]
