@@ -130,6 +130,33 @@ def _build_cli_class():
                 logger.init_args.save_dir = str(self.run_dir)
                 logger.init_args.name = logger.init_args.get("name") or f"{name}/{self.run_dir.name}"
 
+        # -------------------------------------------------------------- W&B conventions
+        def _configure_wandb(self) -> None:
+            """Group = benchmark, job type = method, tags, and the resolved config as the run config."""
+            from lightning.pytorch.loggers import WandbLogger
+
+            config = self.config[self.subcommand]
+            method = type(self.model).__name__
+            benchmark = getattr(self.datamodule, "benchmark_name", type(self.datamodule).__name__)
+            variant = getattr(self.model, "variant", None) or getattr(self.model, "loss_name", None)
+            tags = [method, benchmark, f"seed{config.get('seed_everything')}"] + ([str(variant)] if variant else [])
+            for logger in self.trainer.loggers:
+                if isinstance(logger, WandbLogger) and logger._experiment is None:
+                    init = logger._wandb_init
+                    init.setdefault("group", benchmark)
+                    init.setdefault("job_type", method)
+                    init["tags"] = sorted(set(init.get("tags") or []) | set(tags))
+                    init["config"] = {**_flat_config(self._parser(self.subcommand).dump(config, skip_check=True)), "config_digest": self.config_digest}
+
+        def before_fit(self) -> None:
+            self._configure_wandb()
+
+        def before_test(self) -> None:
+            self._configure_wandb()
+
+        def before_validate(self) -> None:
+            self._configure_wandb()
+
         # -------------------------------------------------------------- after the subcommands
         def after_fit(self) -> None:
             if self.trainer.interrupted:
@@ -159,9 +186,46 @@ def _build_cli_class():
             }
             path = self.run_dir / "results.json"
             path.write_text(json.dumps(results, indent=2))
+            self._wandb_summary(results["metrics"])
             print(_summary(results, path))
 
+        def _wandb_summary(self, metrics: dict[str, float]) -> None:
+            """Final metrics as the W&B run summary; per-group accuracies as a W&B table."""
+            from lightning.pytorch.loggers import WandbLogger
+
+            for logger in self.trainer.loggers:
+                if not isinstance(logger, WandbLogger):
+                    continue
+                run = logger.experiment
+                if getattr(run, "disabled", False) or not hasattr(run, "summary"):
+                    continue
+                run.summary.update(metrics)
+                rows = []
+                for key, value in metrics.items():
+                    if "/group_acc/" in key:
+                        prefix, group = key.split("/group_acc/", 1)
+                        rows.append([prefix, group, value])
+                if rows:
+                    logger.log_table("group_accuracy", columns=["set", "group", "acc"], data=rows)
+
     return RobustRepCLI
+
+
+def _flat_config(dump: str) -> dict[str, Any]:
+    """The resolved YAML config as a flat ``{"model.init_args.lr": ...}`` dict for W&B."""
+    import yaml
+
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = node if isinstance(node, int | float | str | bool) or node is None else str(node)
+
+    walk(yaml.safe_load(dump), "")
+    return out
 
 
 def _default_name(config) -> str:
