@@ -148,7 +148,7 @@ def partition_losses(
     Returns:
         A dict of fp32 tensors: ``full`` (scalar, if requested), ``subset_loss`` (P x K, mean NT-Xent
         of each subset over its member anchors), ``subset_grad`` (P x K, the IRM derivative of that
-        loss), ``count`` (P x K examples of the batch in each subset) and ``valid`` (P x K bool, at
+        loss; both 0 for subsets that are not ``valid``), ``count`` (P x K examples of the batch in each subset) and ``valid`` (P x K bool, at
         least two examples - only these subsets count).
     """
     b = z1.shape[0]
@@ -168,11 +168,13 @@ def partition_losses(
     subset_loss, _ = subset_means(loss, weights)
     subset_grad, _ = subset_means(grad, weights)  # type: ignore[arg-type]
     count = members.sum(0)
+    valid = count >= 2
+    zero = subset_loss.new_zeros(())
     out.update(
-        subset_loss=subset_loss.reshape(p, num_subsets),
-        subset_grad=subset_grad.reshape(p, num_subsets),
+        subset_loss=torch.where(valid, subset_loss, zero).reshape(p, num_subsets),
+        subset_grad=torch.where(valid, subset_grad, zero).reshape(p, num_subsets),
         count=count.reshape(p, num_subsets),
-        valid=(count >= 2).reshape(p, num_subsets),
+        valid=valid.reshape(p, num_subsets),
     )
     return out
 
