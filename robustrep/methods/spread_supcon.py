@@ -110,6 +110,15 @@ class SpreadSupCon(RobustMethod):
             raise ConfigError("SpreadSupCon was built with ce_head: false, so it has no classifier; use the LinearProbe callback for accuracy")
         return self.head(self.embed(images))
 
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and dm is not None and getattr(dm, "num_views", 2) < 2:
+            raise ConfigError(
+                f"SpreadSupCon contrasts two augmented views per example, but the datamodule gives {dm.num_views}: "
+                "set data.init_args.num_views: 2 and data.init_args.augment: contrastive"
+            )
+        super().setup(stage)
+
     # ------------------------------------------------------------------ noisy contrastive labels
     def on_fit_start(self) -> None:
         if self.contrastive_label_noise > 0 and self.noisy_labels is None:
