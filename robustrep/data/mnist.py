@@ -224,11 +224,18 @@ class ColoredMNISTCIM(_DigitsModule):
 
     Measured warning (METHODS.md): read literally, a colour-reading classifier scores ~0% on test,
     while the paper reports ERM at 54.9%. Fig. 2b's caption instead calls alpha "the proportion of
-    digits colored with the opposite background color at test time", i.e. a *test* set that is
-    mostly aligned with training. Both readings are available: ``test_aligned = 1.0`` (text,
-    default), ``test_aligned = alpha / 100`` (test coloured like training), ``0.5`` (colour independent
-    of the label at test). The extra test set ``test_balanced`` (colour independent of the label)
-    is always evaluated too, so every run reports how much shape was learned.
+    digits colored with the opposite background color at test time". Both readings are available:
+    ``test_aligned = 1.0`` (text, default), ``test_aligned = alpha / 100`` (test coloured like
+    training), ``0.5`` (colour independent of the label at test). The extra test set
+    ``test_balanced`` (colour independent of the label) is always evaluated too, so every run
+    reports how much shape was learned.
+
+    Measured here (sklearn digits, seed 0, the paper's MLP 1024-512-256, Adam 1e-3, batch 64,
+    20 epochs), accuracy on ``test`` / ``test_balanced``: ``background`` and ``both`` 0.00 / 0.50 at
+    alpha 1 and 2 (the colour decides everything); ``colour_region: digit`` 0.21 / 0.63 (alpha 1)
+    and 0.08 / 0.55 (alpha 2). ERM's 54.9% in the paper matches a test set on which colour carries
+    no label information (``test_balanced``, or ``test_aligned: 0.5``) with a little shape learned,
+    not the reversed test of the text; we keep the text as the default and report both.
 
     Splits: train digits minus ``val_fraction`` (seeded) -> train / val; official test digits -> test.
 

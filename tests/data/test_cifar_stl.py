@@ -90,3 +90,20 @@ def test_missing_files_are_named(tmp_path, cls, name):
     with pytest.raises(DataNotFoundError, match=name.replace("/", ".")) as info:
         cls(root=str(tmp_path)).setup()
     assert "Expected layout" in str(info.value) and "download: true" in str(info.value)
+
+
+def test_corrupt_files_are_named(tmp_path):
+    from datafixtures import write_mnist_raw
+
+    from robustrep.data.mnist import FashionMNIST
+    from robustrep.errors import CorruptDataError
+
+    write_cifar10(tmp_path, per_batch=4)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04truncated")
+    with pytest.raises(CorruptDataError, match="data_batch_3"):
+        CIFAR10(root=str(tmp_path)).setup()
+    write_mnist_raw(tmp_path, "FashionMNIST", np.arange(10), np.arange(10))
+    path = tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])  # truncated: fewer values than the header promises
+    with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte"):
+        FashionMNIST(root=str(tmp_path)).setup()
