@@ -31,6 +31,9 @@ SUBCOMMANDS = {
     "test": "evaluate on the test sets and write results.json",
     "predict": "write predictions",
     "data": "list the benchmarks (`data list`) or check a copy on disk (`data check`)",
+    "report": "compare runs: results.json -> mean ± std over seeds table (md/csv/html) and a bar plot",
+    "reproduce": "run a paper table (experiments/tables/NAME.yaml) and report ours beside the paper's numbers",
+    "analyze": "downstream analyses on frozen embeddings (strata recovery, noisy labels, coresets)",
 }
 
 HELP = """usage: robustrep SUBCOMMAND [--config FILE] [overrides]
@@ -46,6 +49,8 @@ examples:
   robustrep fit --help                    every argument of fit, with its default
   robustrep fit --model ERM --model.help  the arguments of one method
   robustrep data list
+  robustrep report runs/                  mean ± std over seeds per method and benchmark
+  robustrep reproduce cim_table4 --dry-run   the commands of a paper table, one per line
 
 Runs go to runs/<config name>/<time>-s<seed>-<id>/ (override with --output_root or --run_dir).
 W&B logs offline unless WANDB_MODE=online; sync later with `wandb sync <run dir>/wandb/offline-run-*`.
@@ -323,6 +328,18 @@ def main(argv: list[str] | None = None) -> int:
             from robustrep.data.commands import data_command
 
             return data_command(argv[1:])
+        if argv[0] == "report":
+            from robustrep.report import report_command
+
+            return report_command(argv[1:])
+        if argv[0] == "reproduce":
+            from robustrep.reproduce import reproduce_command
+
+            return reproduce_command(argv[1:])
+        if argv[0] == "analyze":
+            from robustrep.analysis.commands import analyze_command
+
+            return analyze_command(argv[1:])
         cli_class = _build_cli_class()
         try:
             cli_class(args=argv if argv != sys.argv[1:] else None)

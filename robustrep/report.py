@@ -1,0 +1,397 @@
+"""``robustrep report``: many runs' ``results.json`` -> one comparison table (mean ± std over seeds) and a plot.
+
+``robustrep report RUN_DIRS... [--by method,benchmark] [--metrics ...] [--format md|csv|html] [--out DIR]``
+
+Every argument is a run directory, a ``results.json`` file or a folder searched recursively for
+``results.json`` files (``runs/`` works). One row per run goes into a pandas frame (``method``,
+``benchmark``, ``name``, ``seed``, ``run_dir`` and one column per metric); rows are grouped by the
+``--by`` columns and every metric is aggregated over the group (mean, sample std, count). A run that
+lacks a metric simply does not count for it, and the table shows the count beside the mean whenever
+it is lower than the group's number of runs. ``--wandb ENTITY/PROJECT`` reads the runs' summaries
+through the W&B API instead (online only).
+
+This module also holds :func:`read_wandb_records` / :func:`read_offline_run`, a reader of the
+``run-*.wandb`` files of offline W&B runs (wandb >= 0.19 no longer ships a Python reader): the file is
+a 7-byte header (``:W&B``, magic ``0xBEE1``, version 0) followed by 32 KiB blocks of LevelDB-log
+records (CRC-32 of type + payload, 2-byte length, 1-byte type FULL/FIRST/MIDDLE/LAST), each payload a
+``wandb_internal_pb2.Record`` protobuf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robustrep.errors import ConfigError
+
+#: Metrics shown when ``--metrics`` is not given (those present in at least one run).
+DEFAULT_METRICS = ("test/worst_group_acc", "test/acc", "test/mean_group_acc", "test/weighted_acc")
+#: Columns of a run that are not metrics.
+RUN_COLUMNS = ("method", "benchmark", "name", "seed", "stage", "config_digest", "run_dir")
+
+# ----------------------------------------------------------------------------------- loading runs
+
+
+def find_results(paths: Iterable[str | Path]) -> list[Path]:
+    """``results.json`` files named by ``paths``: files, run directories, or folders searched recursively."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif (path / "results.json").is_file():
+            found.append(path / "results.json")
+        elif path.is_dir():
+            found.extend(sorted(path.rglob("results.json")))
+        else:
+            raise ConfigError(f"no run found at {path}: give run directories, results.json files or folders holding them")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per run: the run columns of ``results.json`` plus one column per metric (NaN where missing)."""
+    rows = []
+    for path in find_results(paths):
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON ({err}); delete it or re-run that run") from err
+        row: dict[str, Any] = {key: results.get(key) for key in RUN_COLUMNS}
+        row["run_dir"] = row["run_dir"] or str(path.parent)
+        row.update({key: float(value) for key, value in (results.get("metrics") or {}).items()})
+        rows.append(row)
+    if not rows:
+        raise ConfigError("no results.json found under the given paths (a run writes it when it finishes)")
+    return pd.DataFrame(rows)
+
+
+def runs_from_wandb(project: str, api: Any = None, filters: dict | None = None) -> pd.DataFrame:
+    """The same frame as :func:`load_runs`, from the W&B API (``project`` = ``ENTITY/PROJECT`` or ``PROJECT``).
+
+    Method = the run's job type, benchmark = its group, seed = the ``seed_everything`` config value,
+    metrics = the summary keys of the ``test/``, ``probe/``, ``c2f/`` and ``knn/`` families.
+    """
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    rows = []
+    for run in api.runs(project, filters=filters or {}):
+        summary = dict(run.summary)
+        row: dict[str, Any] = {
+            "method": run.job_type,
+            "benchmark": run.group,
+            "name": run.name,
+            "seed": run.config.get("seed_everything"),
+            "stage": "fit",
+            "config_digest": run.config.get("config_digest"),
+            "run_dir": getattr(run, "url", run.name),
+        }
+        for key, value in summary.items():
+            if key.startswith(("test/", "probe/", "c2f/", "knn/")) and isinstance(value, int | float):
+                row[key] = float(value)
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"W&B project {project} has no runs")
+    return pd.DataFrame(rows)
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns of a runs frame, in order of appearance."""
+    return [c for c in df.columns if "/" in str(c) and c not in RUN_COLUMNS]
+
+
+def select_metrics(df: pd.DataFrame, patterns: Sequence[str] | None) -> list[str]:
+    """Metric columns matching ``patterns`` (exact names or globs like ``test/*/acc``), in the given order."""
+    available = metric_columns(df)
+    if not patterns:
+        chosen = [m for m in DEFAULT_METRICS if m in available]
+        return chosen or [m for m in available if m.count("/") == 1 and not m.endswith("/loss")]
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [m for m in available if fnmatch.fnmatchcase(m, pattern)]
+        if not hits:
+            raise ConfigError(f"no run has a metric matching {pattern!r}; available: {', '.join(available) or 'none'}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+# ----------------------------------------------------------------------------------- aggregation
+
+
+def aggregate(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean, sample standard deviation (ddof 1; NaN for one run) and count of each metric per group.
+
+    Returns one row per group with the ``by`` columns, ``n`` (runs in the group) and, per metric,
+    ``<metric>`` (mean), ``<metric>:std`` and ``<metric>:n`` (runs that have it).
+    """
+    missing = [b for b in by if b not in df.columns]
+    if missing:
+        raise ConfigError(f"cannot group by {missing}: the runs have columns {', '.join(map(str, df.columns))}")
+    frame = df.copy()
+    for key in by:
+        frame[key] = frame[key].fillna("?").astype(str)
+    grouped = frame.groupby(list(by), sort=False, dropna=False)
+    out = grouped.size().rename("n").to_frame()
+    for metric in metrics:
+        col = grouped[metric] if metric in frame.columns else None
+        if col is None:
+            out[metric], out[f"{metric}:std"], out[f"{metric}:n"] = math.nan, math.nan, 0
+            continue
+        out[metric] = col.mean()
+        out[f"{metric}:std"] = col.std(ddof=1)
+        out[f"{metric}:n"] = col.count()
+    return out.reset_index()
+
+
+def format_cell(mean: float, std: float, count: int, total: int, scale: float = 100.0, digits: int = 2) -> str:
+    """``"81.25 ± 1.10"``; ``"81.25"`` for one run; ``"(n=2)"`` appended when fewer runs than the group has; ``"-"`` if none."""
+    if count == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    text = f"{mean * scale:.{digits}f}"
+    if count > 1 and not math.isnan(std):
+        text += f" ± {std * scale:.{digits}f}"
+    if count < total:
+        text += f" (n={count})"
+    return text
+
+
+def display_table(agg: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
+    """The aggregated frame with one formatted ``mean ± std`` column per metric, plus ``n``."""
+    rows = []
+    for _, rec in agg.iterrows():
+        row = {key: rec[key] for key in by}
+        for metric in metrics:
+            row[metric] = format_cell(rec[metric], rec[f"{metric}:std"], int(rec[f"{metric}:n"]), int(rec["n"]), scale, digits)
+        row["n"] = int(rec["n"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*by, *metrics, "n"])
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (numbers right-aligned), without the optional ``tabulate`` package."""
+    columns = [str(c) for c in table.columns]
+    cells = [["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in row] for row in table.itertuples(index=False)]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(_looks_numeric(r[i]) for r in cells) and cells for i in range(len(columns))]
+
+    def line(values: list[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else (":" + "-" * (w + 1)) for w, num in zip(widths, numeric, strict=True)) + "|"
+    return "\n".join([line(columns), rule, *(line(r) for r in cells)])
+
+
+def _looks_numeric(text: str) -> bool:
+    head = text.split(" ")[0].lstrip("+-")
+    return head in ("-", "") or head.replace(".", "", 1).isdigit()
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    """``table`` as ``md``, ``csv`` or ``html`` text."""
+    if fmt == "md":
+        return to_markdown(table) + "\n"
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "html":
+        return table.to_html(index=False, na_rep="-", escape=True)
+    raise ConfigError(f"unknown format {fmt!r}: use md, csv or html")
+
+
+# ----------------------------------------------------------------------------------- plot
+
+
+def bar_plot(
+    agg: pd.DataFrame,
+    by: Sequence[str],
+    path: str | Path,
+    average: str = "test/acc",
+    worst: str = "test/worst_group_acc",
+    scale: float = 100.0,
+    title: str | None = None,
+) -> Path:
+    """PNG bar plot: average and worst-group accuracy (mean, std error bars) per row of ``agg``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [" / ".join(str(rec[k]) for k in by) for _, rec in agg.iterrows()]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 1.5), 3.6))
+    for offset, metric, label in ((-0.2, average, "average"), (0.2, worst, "worst group")):
+        if metric not in agg.columns:
+            continue
+        means = agg[metric].to_numpy(dtype=float) * scale
+        stds = np.nan_to_num(agg[f"{metric}:std"].to_numpy(dtype=float) * scale)
+        ax.bar(x + offset, np.nan_to_num(means), width=0.4, yerr=stds, capsize=3, label=f"{label} ({metric})")
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%)" if scale == 100.0 else "accuracy")
+    ax.set_ylim(0, scale)
+    ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------- offline W&B runs
+
+_WANDB_MAGIC = 0xBEE1
+_BLOCK = 32768
+_RECORD_HEADER = 7  # crc32 (4), length (2), type (1)
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_wandb_records(path: str | Path) -> Iterator[Any]:
+    """Yield the ``wandb_internal_pb2.Record`` messages of an offline ``run-*.wandb`` file, in order.
+
+    Raises:
+        CorruptDataError: bad header, checksum mismatch or a broken FIRST/MIDDLE/LAST sequence.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    from robustrep.errors import CorruptDataError
+
+    data = Path(path).read_bytes()
+    if len(data) < 7 or data[:4] != b":W&B" or struct.unpack("<H", data[4:6])[0] != _WANDB_MAGIC:
+        raise CorruptDataError(f"{path} is not a W&B run file (bad header)")
+    pos, pending = 7, None
+    while pos + _RECORD_HEADER <= len(data):
+        room = _BLOCK - pos % _BLOCK
+        if room < _RECORD_HEADER:  # block trailer: zero padding
+            pos += room
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + _RECORD_HEADER])
+        payload = data[pos + _RECORD_HEADER : pos + _RECORD_HEADER + length]
+        pos += _RECORD_HEADER + length
+        if kind == 0 and length == 0:  # zero padding written before a block boundary
+            continue
+        if len(payload) < length:  # the writer was still appending (a live run): stop at the last whole record
+            break
+        if zlib.crc32(bytes([kind]) + payload) & 0xFFFFFFFF != crc:
+            raise CorruptDataError(f"{path}: checksum mismatch at byte {pos - length - _RECORD_HEADER}")
+        if kind == _FULL:
+            message = payload
+        elif kind == _FIRST:
+            pending = payload
+            continue
+        elif kind in (_MIDDLE, _LAST):
+            if pending is None:
+                raise CorruptDataError(f"{path}: record continuation without a start at byte {pos}")
+            pending += payload
+            if kind == _MIDDLE:
+                continue
+            message, pending = pending, None
+        else:
+            raise CorruptDataError(f"{path}: unknown record type {kind}")
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(message)
+        yield record
+
+
+def read_offline_run(path: str | Path) -> dict[str, Any]:
+    """The run header, config and final summary of an offline run.
+
+    Args:
+        path: a ``run-*.wandb`` file, an ``offline-run-*`` folder, or a robustrep run directory
+            (its latest ``wandb/offline-run-*``).
+
+    Returns:
+        ``{"id", "project", "group", "job_type", "name", "tags", "config": {...}, "summary": {...}}``;
+        config and summary values JSON-decoded, nested summary keys joined with ``.``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("run-*.wandb")) or sorted(path.glob("wandb/offline-run-*/run-*.wandb"))
+        if not files:
+            raise ConfigError(f"no offline W&B run (run-*.wandb) under {path}")
+        path = files[-1]
+    info: dict[str, Any] = {"config": {}, "summary": {}}
+    for record in read_wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            info.update(id=run.run_id, project=run.project, group=run.run_group, job_type=run.job_type, name=run.display_name, tags=list(run.tags))
+            _apply_config(info["config"], run.config.update)
+        elif kind == "config":
+            _apply_config(info["config"], record.config.update)
+        elif kind == "summary":
+            for item in record.summary.update:
+                key = item.key or ".".join(item.nested_key)
+                info["summary"][key] = json.loads(item.value_json)
+            for item in record.summary.remove:
+                info["summary"].pop(item.key or ".".join(item.nested_key), None)
+    return info
+
+
+def _apply_config(config: dict[str, Any], items: Iterable[Any]) -> None:
+    for item in items:
+        key = item.key or ".".join(item.nested_key)
+        config[key] = json.loads(item.value_json)
+
+
+# ----------------------------------------------------------------------------------- command
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustrep report",
+        description="Aggregate runs (results.json) over seeds into a comparison table (mean ± std, n) and a bar plot.",
+        epilog="examples:\n  robustrep report runs/\n  robustrep report runs/erm_waterbirds runs/cim_waterbirds --by method --format csv --out reports/wb\n"
+        "  robustrep report runs/ --metrics 'test/*acc' --by method,benchmark,name",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="*", help="run directories, results.json files, or folders searched for them")
+    parser.add_argument("--by", default="method,benchmark", help="columns to group runs by, comma-separated (default: method,benchmark; also name, seed)")
+    parser.add_argument("--metrics", nargs="+", default=None, help="metric names or globs (default: worst-group, average, mean-group and weighted accuracy)")
+    parser.add_argument("--format", choices=("md", "csv", "html"), default="md", help="table format printed and written (default: md)")
+    parser.add_argument("--out", default=None, help="folder to write report.<format>, report_runs.csv and report.png into (default: print only)")
+    parser.add_argument("--raw", action="store_true", help="show fractions as stored instead of percentages")
+    parser.add_argument("--wandb", default=None, metavar="PROJECT", help="read runs from the W&B API (ENTITY/PROJECT, online) instead of paths")
+    return parser
+
+
+def report_command(argv: list[str]) -> int:
+    """Entry point of ``robustrep report``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.wandb:
+        df = runs_from_wandb(args.wandb)
+    elif args.paths:
+        df = load_runs(args.paths)
+    else:
+        raise ConfigError("give run directories (e.g. `robustrep report runs/`) or --wandb PROJECT")
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    metrics = select_metrics(df, args.metrics)
+    agg = aggregate(df, by, metrics)
+    scale = 1.0 if args.raw else 100.0
+    table = display_table(agg, by, metrics, scale=scale, digits=4 if args.raw else 2)
+    text = render(table, args.format)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"report.{args.format}").write_text(text)
+        df.to_csv(out / "report_runs.csv", index=False)
+        written = [out / f"report.{args.format}", out / "report_runs.csv"]
+        plotted = [m for m in ("test/acc", "test/worst_group_acc") if m in df.columns]
+        if plotted:
+            written.append(bar_plot(aggregate(df, by, plotted), by, out / "report.png", scale=scale))
+        print("written: " + ", ".join(str(p) for p in written))
+    return 0
