@@ -12,7 +12,7 @@ from robustrep.data.vipriors import VIPriors
 from robustrep.data.vlcs import VLCS
 from robustrep.data.waterbirds import Waterbirds
 
-_MNIST_FILES = "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (download: true), or digits_source: sklearn (embedded)"
+_MNIST_FILES = "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (download: true), or digits_source: sklearn (embedded)"
 
 #: Every benchmark: name -> (class, expected files on disk, groups). Shown by `robustrep data list`.
 BENCHMARKS: dict[str, tuple[type[RobustDataModule], str, str]] = {

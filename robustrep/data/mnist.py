@@ -76,6 +76,19 @@ class _DigitsModule(RecipeMixin, RobustDataModule):
         self.image_shape = (1, 28, 28)
 
     def digits(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 N x 1 x 28 x 28, digit labels) of the train or test split of ``digits_source``.
+
+        Raw MNIST files are read directly when present, compressed (``.gz``) or not; otherwise
+        :func:`robustrep.data.digits.load_digits` downloads them (``download: true``) or raises
+        the error that names the missing files.
+        """
+        if self.digits_source == "mnist":
+            raw = Path(self.root) / "MNIST" / "raw"
+            prefix = "train" if train else "t10k"
+            names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+            found = [next((raw / c for c in (n, n + ".gz") if (raw / c).exists()), None) for n in names]
+            if all(found):
+                return read_idx(found[0])[:, None].contiguous(), read_idx(found[1]).long()
         return load_digits(self.digits_source, self.root, train=train, download=self.download, seed=self.seed)
 
     def train_val_digits(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

@@ -49,6 +49,12 @@ def test_mnist_reads_raw_files_and_carves_val(mnist_root):
     assert item["image"].dtype == torch.float32 and item["image"].max() <= 1.0 and set(item) >= {"image", "label", "group", "index"}
 
 
+def test_mnist_reads_gz_files(tmp_path):
+    write_mnist_raw(tmp_path, "MNIST", balanced_labels(24), balanced_labels(10), gz=True)
+    ds = MNIST(root=str(tmp_path), val_fraction=0.25).splits.test["test"]
+    assert torch.equal(centre_code(ds.images), ds.labels) and len(ds) == 10
+
+
 def test_mnist_coarse_labels_and_strata(mnist_root):
     dm = MNISTCoarse(root=str(mnist_root), digits_source="mnist")
     ds = dm.splits.test["test"]
