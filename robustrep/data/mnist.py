@@ -414,7 +414,8 @@ class GridMNIST(_DigitsModule):
     Label: the digit. Attribute: the cell (0-8, row-major), drawn uniformly at random per example
     from a generator seeded with ``seed``; ``group = label * 9 + cell``. Where the digit is:
     :func:`cell_box` of the item's ``attribute`` (``top, left, bottom, right`` in pixels), also as
-    :meth:`digit_boxes` for a whole split; methods such as CRL-TAC's oracle policy use it.
+    :meth:`digit_boxes` for a whole split; methods such as CRL-TAC's oracle policy use it
+    (``augment: standard`` shifts images by up to 2 px, so boxes are then exact to 2 px).
     Splits: training digits minus ``val_fraction`` -> train / val; official test digits -> test.
 
     Args:

@@ -135,3 +135,8 @@ def test_chest_xray_hospital_correlation(tmp_path):
     assert len(capped.splits.train) == 20
     with pytest.raises(DataNotFoundError, match=r"Data_Entry_2017\.csv(.|\n)*nihcc"):
         ChestXray(root=str(tmp_path / "none")).setup()
+    nih_only = tmp_path / "nih_only"
+    nih_only.mkdir()
+    (tmp_path / "nih").rename(nih_only / "nih")
+    with pytest.raises(DataNotFoundError, match=r"CheXpert-v1\.0-small.train\.csv(.|\n)*stanfordmlgroup"):
+        ChestXray(root=str(nih_only)).setup()
