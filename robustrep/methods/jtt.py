@@ -48,16 +48,18 @@ class JTT(Classifier):
         if self.error_set is None:
             self._initial_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.state_dict().items()})
 
+    def weighted_loss(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with error-set examples weighted ``upweight`` (plain mean in phase 1)."""
+        losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        if self.error_set is None:
+            return losses.mean()
+        in_error = self.error_set.to(losses.device)[index]
+        weights = torch.where(in_error, torch.full_like(losses, self.upweight), torch.ones_like(losses))
+        return (weights * losses).sum() / weights.sum()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        losses = nn.functional.cross_entropy(logits.float(), batch["label"], reduction="none")
-        if self.error_set is not None:
-            in_error = self.error_set.to(losses.device)[batch["index"]]
-            weights = torch.where(in_error, torch.full_like(losses, self.upweight), torch.ones_like(losses))
-            loss = (weights * losses).sum() / weights.sum()
-        else:
-            loss = losses.mean()
-        loss = self.check_finite(loss, "JTT loss")
+        loss = self.check_finite(self.weighted_loss(logits, batch["label"], batch["index"]), "JTT loss")
         self.log_dict({"train/loss": loss, "train/acc": (logits.argmax(1) == batch["label"]).float().mean()}, prog_bar=True, batch_size=len(logits))
         return loss
 
