@@ -76,3 +76,14 @@ def test_erm_config_runs_on_fixture(config, every_benchmark, tmp_path):
     (results,) = list(tmp_path.rglob("results.json"))
     metrics = json.loads(results.read_text())["metrics"]
     assert np.isfinite(metrics["test/acc"])
+
+
+@pytest.mark.parametrize("name", sorted(set(BENCHMARKS) - {"synthetic"}))
+def test_data_check_every_benchmark(name, every_benchmark, capsys):
+    assert run_cli(["data", "check", "--data", name, "--root", str(every_benchmark)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{name} at ") and any(line.startswith("total") for line in lines)
+    dm = BENCHMARKS[name][0](root=str(every_benchmark))
+    header = next(line for line in lines if line.split() and line.split()[0] == "train").split()
+    assert header[: 1 + len(dm.val_set_names)] == ["train", *dm.val_set_names]
