@@ -158,15 +158,9 @@ def test_ddp_spawn_two_processes_identical_partitions(tmp_path):
 
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-CONFIGS = [
-    "ipirm_stl10",
-    "simclr_stl10",
-    "ipirm_cifar10",
-    "ipirm_vipriors",
-    "simsiam_vipriors",
-    "ipirm_simsiam_vipriors",
-    "distill_vipriors",
-]
+CONFIGS = ["ipirm_stl10", "simclr_stl10", "ipirm_cifar10", "ipirm_vipriors", "simsiam_vipriors", "ipirm_simsiam_vipriors", "distill_vipriors"]
+# One per code path is fitted end to end (each CLI run costs ~5-15 s here); tests/test_configs.py instantiates all of them.
+FITTED = ["ipirm_stl10", "ipirm_simsiam_vipriors", "distill_vipriors"]
 
 
 @pytest.fixture(scope="module")
@@ -185,15 +179,15 @@ def fixture_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", FITTED)
 def test_config_fits_and_tests_on_fixtures(name, fixture_root, tmp_path):
     config = EXPERIMENTS / f"{name}.yaml"
-    args = ["fit", "--config", str(config), "--data.init_args.root", str(fixture_root), "--data.init_args.batch_size", "4"]
+    args = ["fit", "--config", str(config), "--data.init_args.root", str(fixture_root), "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
     args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}"]
     if "vipriors" in name:
         args += ["--data.init_args.num_classes", "2", "--data.init_args.resolution", "16"]
     if "stl10" in name:
-        args += ["--data.init_args.include_unlabeled", "false", "--data.init_args.image_size", "16"]
+        args += ["--data.init_args.include_unlabeled", "false", "--data.init_args.image_size", "null"]  # tiny is size-bound
     if name.startswith(("ipirm", "simclr", "simsiam")):
         args += ["--model.init_args.maximise_epochs", "2"]
     args += ["--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--output_root", str(tmp_path)]
