@@ -4,8 +4,9 @@ from robustrep.callbacks.background_gap import BackgroundGap
 from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
 from robustrep.callbacks.cim_images import CIMImages
 from robustrep.callbacks.coarse_to_fine import CoarseToFine
+from robustrep.callbacks.crltac_metrics import CRLTACMetrics
 from robustrep.callbacks.group_metrics import GroupMetrics
 from robustrep.callbacks.knn import KNNMonitor
 from robustrep.callbacks.linear_probe import LinearProbe
 
-__all__ = ["BackgroundGap", "CIMImages", "ChromaDiagnostics", "CoarseToFine", "GroupMetrics", "KNNMonitor", "LinearProbe"]
+__all__ = ["BackgroundGap", "CIMImages", "ChromaDiagnostics", "CoarseToFine", "CRLTACMetrics", "GroupMetrics", "KNNMonitor", "LinearProbe"]

@@ -1,0 +1,382 @@
+"""CRL-TAC: contrastive representation learning with a trainable augmentation channel, and SimCLR.
+
+Paper: "Contrastive representation learning with trainable augmentation channel" (``papers/crltac.txt``);
+METHODS.md section 3.
+
+- **Augmentations** T: every ``crop_size`` x ``crop_size`` crop on a ``crop_stride`` grid of the
+  canvas (the image, ``image_shape``); default 20 x 20 at stride 4 on 84 x 84 = 17 x 17 = 289 crops,
+  numbered row-major by their top-left corner. Crops are cut on the device from an ``unfold`` view
+  (:func:`take_crops`), never in the data workers.
+- **Policy** ``P(T|x; eta)`` (:class:`PolicyNet`): Conv32-ReLU-Conv32-ReLU-AvgPool2-FC128-ReLU-FC|T|,
+  softmax. ``policy: uniform`` replaces it by the fixed uniform distribution: that is SimCLR.
+- **Encoder** ``h = g o f``: ``f`` the backbone (default ``crltac_cnn``, :class:`CropCNN`, a 3-layer
+  CNN to 200-d), ``g`` a 2-layer MLP to 50-d; ``h`` is L2-normalised, similarity ``beta * a.b``.
+- **Training** (Algorithm 1, manual optimisation, two optimisers), every iteration:
+  (a) encoder step: ``m`` crops per image drawn from the policy (no gradient to eta), the multi-crop
+  InfoNCE (:mod:`robustrep.losses.multicrop`) updates ``f`` and ``g`` with the ``optimizer``;
+  (b) policy step: ``m`` crops per image drawn *uniformly*, per-crop InfoNCE terms with ``h`` fixed,
+  weighted by ``P(t|x)`` renormalised over the image's sampled crops; eta descends
+  ``sum_j w_j loss_j - lambda_H * H(P(T|x))`` (mean over images) with its own Adam (``policy_lr``).
+  SimCLR runs step (a) only.
+- **Representation** (:meth:`CRLTAC.embed`): ``normalise(sum_t P(t|x) h(t(x)))`` over all crops
+  (``embed_weighting: policy``); ``top_n``: the mean over the ``top_n`` most probable crops;
+  ``uniform``: the plain mean; ``oracle``: the mean over the ``oracle_crops`` crops that overlap
+  most with the grid cell holding the most ink (Grid MNIST: the 9 crops inside the digit's cell).
+  ``embed_output: trunk`` uses ``f`` (not normalised) instead of ``h``.
+  :meth:`CRLTAC.embed_variants` computes several of these from one pass over the crops.
+
+DDP: the encoder loss gathers the crop embeddings of every rank with gradients; the policy step
+gathers them without. Two backward passes per step under DDP need
+``trainer.strategy: ddp_find_unused_parameters_true`` (or ``DDPStrategy(find_unused_parameters=True)``).
+Gradient clipping: ``grad_clip`` (the Trainer's ``gradient_clip_val`` does not apply to manual
+optimisation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustrep.backbones import register_backbone
+from robustrep.distributed import gather_no_grad, is_distributed, rank
+from robustrep.errors import ConfigError
+from robustrep.losses.multicrop import multicrop_info_nce, multicrop_terms
+from robustrep.methods.base import RobustMethod
+
+POLICIES = ("learned", "uniform")
+EMBED_OUTPUTS = ("head", "trunk")
+EMBED_WEIGHTINGS = ("policy", "top_n", "uniform", "oracle")
+
+
+# ------------------------------------------------------------------------------------ crops
+def crop_offsets(canvas: tuple[int, int], crop_size: int, stride: int) -> torch.Tensor:
+    """``T x 2`` (top, left) pixel offsets of every crop, row-major over the ``stride`` grid."""
+    h, w = canvas
+    if crop_size > min(h, w):
+        raise ConfigError(f"crop_size {crop_size} is larger than the {h} x {w} image")
+    if stride < 1:
+        raise ConfigError(f"crop_stride must be >= 1, got {stride}")
+    rows = torch.arange(0, h - crop_size + 1, stride)
+    cols = torch.arange(0, w - crop_size + 1, stride)
+    return torch.cartesian_prod(rows, cols)
+
+
+def take_crops(images: torch.Tensor, index: torch.Tensor, crop_size: int, stride: int) -> torch.Tensor:
+    """Crops ``index`` (B x k crop numbers, row-major on the stride grid) of ``images`` (B x C x H x W)
+    as a ``B x k x C x crop_size x crop_size`` tensor, gathered from an ``unfold`` view in one op."""
+    windows = images.unfold(2, crop_size, stride).unfold(3, crop_size, stride)  # B x C x nH x nW x c x c
+    n_cols = windows.shape[3]
+    b = torch.arange(images.shape[0], device=images.device)[:, None].expand_as(index)
+    return windows[b, :, index // n_cols, index % n_cols]  # advanced indices split by a slice -> B x k x C x c x c
+
+
+def oracle_weights(images: torch.Tensor, offsets: torch.Tensor, crop_size: int, grid: int = 3, n: int = 9) -> torch.Tensor:
+    """``B x T`` weights, uniform over the ``n`` crops with the largest overlap with the cell (of a
+    ``grid`` x ``grid`` partition of the image) that holds the most ink (ties: lowest crop number)."""
+    bsz, _, h, w = images.shape
+    ch, cw = h // grid, w // grid
+    ink = images.float().abs().sum(1)[:, : ch * grid, : cw * grid].reshape(bsz, grid, ch, grid, cw).sum((2, 4)).flatten(1)
+    cell = ink.argmax(1)
+    top, left = (cell // grid) * ch, (cell % grid) * cw  # B
+    offsets = offsets.to(images.device)
+    dy = (torch.minimum(offsets[None, :, 0] + crop_size, top[:, None] + ch) - torch.maximum(offsets[None, :, 0], top[:, None])).clamp(min=0)
+    dx = (torch.minimum(offsets[None, :, 1] + crop_size, left[:, None] + cw) - torch.maximum(offsets[None, :, 1], left[:, None])).clamp(min=0)
+    overlap = (dy * dx).float() - 1e-6 * torch.arange(offsets.shape[0], device=images.device)  # stable tie-break
+    keep = overlap.topk(min(n, offsets.shape[0]), dim=1).indices
+    return torch.zeros(bsz, offsets.shape[0], device=images.device).scatter_(1, keep, 1.0 / keep.shape[1])
+
+
+# ------------------------------------------------------------------------------------ networks
+class CropCNN(nn.Module):
+    """The paper's encoder trunk ``f`` [ours in detail]: three 3x3 stride-2 convolutions (``channels``;
+    the last has ``out_dim`` channels), each followed by BatchNorm and ReLU, then global average pooling.
+
+    Args:
+        image_shape: (C, H, W) of the input; only C matters (any crop size works).
+        channels: channels of the first two convolutions.
+        out_dim: feature size (the paper: 200).
+        batch_norm: BatchNorm after each convolution [ours]. Without it the initial features of
+            20 x 20 crops of a mostly black canvas are nearly identical (cosine 0.9997 between any
+            two crops after ``g``) and the contrastive loss stays at ``log(n m - 1)`` for epochs.
+    """
+
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int] = (32, 64), out_dim: int = 200, batch_norm: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = image_shape[0]
+        for c_out in (*channels, out_dim):
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=True))
+            c_in = c_out
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+register_backbone("crltac_cnn", CropCNN)
+
+
+class PolicyNet(nn.Module):
+    """``P(T|x)`` logits: Conv-ReLU-Conv-ReLU-AvgPool2-FC-ReLU-FC|T| (paper Figure 5).
+
+    The convolutions are 3x3 with stride ``stride`` [ours; the paper gives no stride, 2 keeps the
+    84 x 84 policy cheap]. The last layer starts at zero, so the initial policy is exactly uniform [ours].
+    """
+
+    def __init__(self, image_shape: Sequence[int], num_crops: int, channels: int = 32, hidden: int = 128, stride: int = 2) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, channels, 3, stride=stride, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, stride=stride, padding=1),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, c, h, w)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_crops))
+        nn.init.zeros_(self.fc[-1].weight)
+        nn.init.zeros_(self.fc[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+# ------------------------------------------------------------------------------------ method
+class CRLTAC(RobustMethod):
+    """CRL-TAC (``policy: learned``) or SimCLR on the same crop set (``policy: uniform``).
+
+    Args:
+        crop_size: side of the square crops (paper: 20).
+        crop_stride: stride of the crop grid (paper: 4; with 84 x 84 images that gives 289 crops).
+        m: crops per image per step (paper: 8; ``m = 2`` with a uniform policy is SimCLR's NT-Xent).
+        beta: inverse temperature of ``beta * a.b`` (paper: 0.5 on Grid MNIST, 1.0 on MNIST).
+        policy: ``learned`` (CRL-TAC) or ``uniform`` (SimCLR: fixed uniform P, no policy step).
+        lambda_h: weight of the entropy bonus ``H(P(T|x))`` in the policy step (paper: 0.0025; below
+            1e-4 the policy collapses onto one crop).
+        policy_lr: Adam learning rate of the policy (the encoder uses ``optimizer``).
+        policy_channels, policy_hidden, policy_stride: the policy network (32, 128, stride 2).
+        projection_hidden: hidden size of the projection MLP ``g`` (200 = the trunk size).
+        projection_dim: output size of ``h`` (paper: 50).
+        embed_output: what :meth:`embed` returns: ``head`` (``h``, the paper's main number) or ``trunk`` (``f``).
+        embed_weighting: how :meth:`embed` pools the crops: ``policy``, ``top_n``, ``uniform`` or ``oracle``.
+        top_n: crops of the ``top_n`` pooling (paper: 8).
+        oracle_crops, oracle_grid: the oracle pooling (9 crops, 3 x 3 grid of cells).
+        embed_chunk: images per chunk when embedding all crops at inference (memory bound).
+        grad_clip: clip the gradient norm of each step to this value (None = off).
+        gather_distributed: under DDP, contrast against the crops of every rank.
+        *args, **kwargs: see ``RobustMethod`` (backbone = the trunk ``f``, default ``crltac_cnn``;
+            optimizer = the encoder's optimiser, default Adam 1e-3; metadata).
+    """
+
+    required_keys = ("image",)
+
+    def __init__(
+        self,
+        *args,
+        backbone: str | nn.Module = "crltac_cnn",
+        crop_size: int = 20,
+        crop_stride: int = 4,
+        m: int = 8,
+        beta: float = 0.5,
+        policy: str = "learned",
+        lambda_h: float = 0.0025,
+        policy_lr: float = 1e-3,
+        policy_channels: int = 32,
+        policy_hidden: int = 128,
+        policy_stride: int = 2,
+        projection_hidden: int = 200,
+        projection_dim: int = 50,
+        embed_output: str = "head",
+        embed_weighting: str = "policy",
+        top_n: int = 8,
+        oracle_crops: int = 9,
+        oracle_grid: int = 3,
+        embed_chunk: int = 64,
+        grad_clip: float | None = None,
+        gather_distributed: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, backbone=backbone, **kwargs)
+        if policy not in POLICIES:
+            raise ConfigError(f"CRLTAC: policy must be one of {POLICIES}, got {policy!r}")
+        if embed_output not in EMBED_OUTPUTS:
+            raise ConfigError(f"CRLTAC: embed_output must be one of {EMBED_OUTPUTS}, got {embed_output!r}")
+        if embed_weighting not in EMBED_WEIGHTINGS:
+            raise ConfigError(f"CRLTAC: embed_weighting must be one of {EMBED_WEIGHTINGS}, got {embed_weighting!r}")
+        if m < 2:
+            raise ConfigError(f"CRLTAC: m must be >= 2 crops per image, got {m}")
+        if beta <= 0 or lambda_h < 0:
+            raise ConfigError(f"CRLTAC: beta must be > 0 and lambda_h >= 0, got {beta} and {lambda_h}")
+        self.automatic_optimization = False
+        self.crop_size, self.crop_stride, self.m, self.beta = crop_size, crop_stride, m, beta
+        self.policy_kind, self.lambda_h, self.policy_lr = policy, lambda_h, policy_lr
+        self.embed_output, self.embed_weighting, self.top_n = embed_output, embed_weighting, top_n
+        self.oracle_crops, self.oracle_grid, self.embed_chunk = oracle_crops, oracle_grid, embed_chunk
+        self.grad_clip, self.gather_distributed = grad_clip, gather_distributed
+        self.register_buffer("offsets", crop_offsets(self.image_shape[1:], crop_size, crop_stride), persistent=False)
+        self.num_crops = int(self.offsets.shape[0])
+        self.grid_shape = (len(range(0, self.image_shape[1] - crop_size + 1, crop_stride)), len(range(0, self.image_shape[2] - crop_size + 1, crop_stride)))
+        self.projection = nn.Sequential(nn.Linear(self.feature_dim, projection_hidden), nn.ReLU(inplace=True), nn.Linear(projection_hidden, projection_dim))
+        self.policy = PolicyNet(self.image_shape, self.num_crops, policy_channels, policy_hidden, policy_stride) if policy == "learned" else None
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def learned_policy(self) -> bool:
+        return self.policy is not None
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.backbone.parameters(), *self.projection.parameters()]
+
+    def encode(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f, h)`` of a stack of crops (N x C x c x c): trunk features and normalised head output."""
+        f = self.backbone(crops).flatten(1)
+        return f, F.normalize(self.projection(f).float(), dim=1)
+
+    def policy_log_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """``B x T`` log P(t|x) (fp32); uniform for SimCLR."""
+        if self.policy is None:
+            return torch.full((images.shape[0], self.num_crops), -torch.log(torch.tensor(float(self.num_crops))).item(), device=images.device)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return torch.log_softmax(self.policy(images.float()).float(), dim=1)
+
+    def sample_crops(self, images: torch.Tensor, uniform: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``m`` crop numbers per image (B x m; from the policy, or uniform) and the crops (B*m x C x c x c, image-major)."""
+        bsz = images.shape[0]
+        if uniform or self.policy is None:
+            index = torch.randint(self.num_crops, (bsz, self.m), device=images.device)
+        else:
+            with torch.no_grad():
+                index = torch.multinomial(self.policy_log_probs(images).exp(), self.m, replacement=True)
+        crops = take_crops(images, index, self.crop_size, self.crop_stride)
+        return index, crops.reshape(bsz * self.m, *crops.shape[2:])
+
+    # ------------------------------------------------------------------ the two steps
+    def encoder_loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Multi-crop InfoNCE of ``m`` policy-sampled crops per image (gradient to ``f``, ``g`` only)."""
+        _, crops = self.sample_crops(images)
+        _, z = self.encode(crops)
+        return multicrop_info_nce(z, self.m, self.beta, normalize=False, gather=self.gather_distributed)
+
+    def policy_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, entropy)`` of the policy step: uniformly sampled crops, per-crop InfoNCE terms with
+        ``h`` fixed, weighted by ``P(t|x)`` renormalised over each image's sampled crops, minus
+        ``lambda_h`` times the mean entropy of ``P(T|x)`` (gradient to eta only)."""
+        index, crops = self.sample_crops(images, uniform=True)
+        with torch.no_grad():
+            _, z = self.encode(crops)
+            n_local = z.shape[0]
+            if self.gather_distributed and is_distributed():
+                z = gather_no_grad(z)
+            terms = multicrop_terms(z, self.m, self.beta, normalize=False)
+            terms = terms[rank() * n_local : rank() * n_local + n_local] if z.shape[0] != n_local else terms
+        log_p = self.policy_log_probs(images)
+        weights = torch.softmax(log_p.gather(1, index), dim=1)  # P(t|x) renormalised over the sampled crops
+        expected = (weights * terms.view(-1, self.m)).sum(1).mean()
+        entropy = -(log_p.exp() * log_p).sum(1).mean()
+        return expected - self.lambda_h * entropy, entropy
+
+    def _step(self, optimizer, loss: torch.Tensor, params) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        optimizer.step()
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        optimizers = self.optimizers()
+        opts = optimizers if isinstance(optimizers, list) else [optimizers]
+        loss = self.check_finite(self.encoder_loss(images), "CRL-TAC encoder loss")
+        self._step(opts[0], loss, self.encoder_parameters())
+        logs = {"train/loss": loss.detach()}
+        if self.policy is not None:
+            policy_loss, entropy = self.policy_loss(images)
+            self._step(opts[1], self.check_finite(policy_loss, "CRL-TAC policy loss"), list(self.policy.parameters()))
+            logs.update({"train/policy_loss": policy_loss.detach(), "train/policy_entropy": entropy.detach()})
+        self.log_dict(logs, prog_bar=True, batch_size=images.shape[0])
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers is not None else []:
+            scheduler.step()
+
+    def configure_optimizers(self):
+        encoder_opt = self.optimizer_factory(self.encoder_parameters())
+        optimizers = [encoder_opt]
+        if self.policy is not None:
+            optimizers.append(torch.optim.Adam(self.policy.parameters(), lr=self.policy_lr))
+        if self.scheduler_factory is None:
+            return optimizers
+        return optimizers, [{"scheduler": self.scheduler_factory(encoder_opt), "interval": "epoch"}]
+
+    # ------------------------------------------------------------------ representation
+    @torch.no_grad()
+    def crop_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every crop of every image: ``f`` (B x T x D), ``h`` (B x T x d), ``probs`` P(t|x) (B x T)."""
+        out: dict[str, list[torch.Tensor]] = {"f": [], "h": [], "probs": []}
+        all_crops = torch.arange(self.num_crops, device=images.device)
+        for chunk in images.split(self.embed_chunk):
+            crops = take_crops(chunk, all_crops.expand(chunk.shape[0], -1), self.crop_size, self.crop_stride)
+            f, h = self.encode(crops.reshape(-1, *crops.shape[2:]))
+            out["f"].append(f.float().view(chunk.shape[0], self.num_crops, -1))
+            out["h"].append(h.view(chunk.shape[0], self.num_crops, -1))
+            out["probs"].append(self.policy_log_probs(chunk).exp())
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def crop_weights(self, images: torch.Tensor, probs: torch.Tensor, weighting: str) -> torch.Tensor:
+        """``B x T`` pooling weights of a weighting (``policy``, ``top_n``, ``uniform``, ``oracle``)."""
+        if weighting == "policy":
+            return probs
+        if weighting == "uniform":
+            return torch.full_like(probs, 1.0 / self.num_crops)
+        if weighting == "top_n":
+            if self.policy is None:
+                raise ConfigError("CRLTAC: top_n pooling needs a learned policy (with policy: uniform every crop ties)")
+            keep = probs.topk(min(self.top_n, self.num_crops), dim=1).indices
+            return torch.zeros_like(probs).scatter_(1, keep, 1.0 / keep.shape[1])
+        if weighting == "oracle":
+            return oracle_weights(images, self.offsets, self.crop_size, self.oracle_grid, self.oracle_crops)
+        raise ConfigError(f"CRLTAC: unknown embed weighting {weighting!r}; choose one of {EMBED_WEIGHTINGS}")
+
+    @torch.no_grad()
+    def embed_variants(self, images: torch.Tensor, variants: Sequence[tuple[str, str]]) -> dict[tuple[str, str], torch.Tensor]:
+        """Several representations from one pass over all crops: ``{(output, weighting): B x D}``."""
+        out = self.crop_outputs(images)
+        result = {}
+        for output, weighting in variants:
+            w = self.crop_weights(images, out["probs"], weighting)
+            values = out["h"] if output == "head" else out["f"]
+            pooled = torch.einsum("bt,btd->bd", w, values)
+            result[(output, weighting)] = F.normalize(pooled, dim=1) if output == "head" else pooled
+        return result
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The ``embed_output`` representation pooled with ``embed_weighting`` (default: the
+        normalised policy-weighted mean of ``h`` over all crops)."""
+        return self.embed_variants(images, [(self.embed_output, self.embed_weighting)])[(self.embed_output, self.embed_weighting)]
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluation_step(self, batch: dict, stage: str, dataloader_idx: int = 0) -> None:
+        """Logs ``<stage>/loss`` (the encoder objective) on the primary set; no classifier, so the
+        accuracy comes from the probe callbacks."""
+        if dataloader_idx == 0 and batch["image"].shape[0] > 1:
+            loss = multicrop_info_nce(self.encode(self.sample_crops(batch["image"])[1])[1], self.m, self.beta, normalize=False)
+            self.log(f"{stage}/loss", loss, add_dataloader_idx=False, sync_dist=True, batch_size=batch["image"].shape[0])
+        return None
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, Any]:
+        return {"embedding": self.embed(batch["image"]), "index": batch["index"]}
+
+
+__all__ = ["CRLTAC", "CropCNN", "PolicyNet", "crop_offsets", "oracle_weights", "take_crops"]
