@@ -143,15 +143,22 @@ def _build_cli_class():
             config = self.config[self.subcommand]
             method = type(self.model).__name__
             benchmark = getattr(self.datamodule, "benchmark_name", type(self.datamodule).__name__)
-            variant = getattr(self.model, "variant", None) or getattr(self.model, "loss_name", None)
-            tags = [method, benchmark, f"seed{config.get('seed_everything')}"] + ([str(variant)] if variant else [])
+            variant = _method_variant(self.model)
+            tags = [method, benchmark, f"seed{config.get('seed_everything')}"] + ([variant] if variant else [])
             for logger in self.trainer.loggers:
                 if isinstance(logger, WandbLogger) and logger._experiment is None:
                     init = logger._wandb_init
-                    init.setdefault("group", benchmark)
-                    init.setdefault("job_type", method)
+                    # the parsed config carries wandb.init's keyword arguments as explicit nulls: fill those too
+                    init["group"] = init.get("group") or benchmark
+                    init["job_type"] = init.get("job_type") or method
                     init["tags"] = sorted(set(init.get("tags") or []) | set(tags))
-                    init["config"] = {**_flat_config(self._parser(self.subcommand).dump(config, skip_check=True)), "config_digest": self.config_digest}
+                    init["config"] = {
+                        **_flat_config(self._parser(self.subcommand).dump(config, skip_check=True)),
+                        "config_digest": self.config_digest,
+                        "method": method,
+                        "benchmark": benchmark,
+                        "variant": variant or "default",
+                    }
 
         def before_fit(self) -> None:
             self._configure_wandb()
@@ -214,6 +221,23 @@ def _build_cli_class():
                     logger.log_table("group_accuracy", columns=["set", "group", "acc"], data=rows)
 
     return RobustRepCLI
+
+
+def _method_variant(model) -> str:
+    """The baseline/variant a method module runs as, from its hyperparameters: ``"supcon"`` (SpreadSupCon's
+    ``loss``), ``"uniform"`` (CRL-TAC's SimCLR policy), ``"simclr+invariance"`` (IP-IRM), ``"mask+vib"`` (CIM)...;
+    ``""`` for modules without such switches. W&B gets it as a tag and as ``config.variant``."""
+    hp = dict(getattr(model, "hparams", {}) or {})
+    pieces = [hp[key] for key in ("variant", "loss", "base", "policy", "stage2") if isinstance(hp.get(key), str)]
+    if hp.get("invariance") is True:
+        pieces.append("invariance")
+    if hp.get("transform_network") is False:
+        pieces.append("no_tn")
+    if isinstance(hp.get("vib_beta"), int | float) and hp["vib_beta"] > 0:
+        pieces.append("vib")
+    if not pieces:
+        pieces = [str(getattr(model, "variant", "") or "")]
+    return "+".join(p for p in pieces if p)
 
 
 def _flat_config(dump: str) -> dict[str, Any]:

@@ -361,7 +361,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="*", help="run directories, results.json files, or folders searched for them")
     parser.add_argument("--by", default="method,benchmark", help="columns to group runs by, comma-separated (default: method,benchmark; also name, seed)")
     parser.add_argument("--metrics", nargs="+", default=None, help="metric names or globs (default: worst-group, average, mean-group and weighted accuracy)")
-    parser.add_argument("--format", choices=("md", "csv", "html"), default="md", help="table format printed and written (default: md)")
+    parser.add_argument(
+        "--format",
+        choices=("md", "csv", "html"),
+        default="md",
+        help="md/html: 'mean ± std' text in percent; csv: numeric <metric>:mean/:std/:n columns as stored (default: md)",
+    )
     parser.add_argument("--out", default=None, help="folder to write report.<format>, report_runs.csv and report.png into (default: print only)")
     parser.add_argument("--raw", action="store_true", help="show fractions as stored instead of percentages")
     parser.add_argument("--wandb", default=None, metavar="PROJECT", help="read runs from the W&B API (ENTITY/PROJECT, online) instead of paths")
@@ -382,7 +387,10 @@ def report_command(argv: list[str]) -> int:
     agg = aggregate(df, by, metrics)
     scale = 1.0 if args.raw else 100.0
     table = display_table(agg, by, metrics, scale=scale, digits=4 if args.raw else 2)
-    text = render(table, args.format)
+    if args.format == "csv":  # numbers, not text: mean, std and count of each metric, as stored (fractions)
+        text = agg.rename(columns={m: f"{m}:mean" for m in metrics}).to_csv(index=False)
+    else:
+        text = render(table, args.format)
     print(text)
     if args.out:
         out = Path(args.out)

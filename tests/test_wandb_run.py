@@ -1,0 +1,68 @@
+"""The W&B run the CLI writes (offline) holds the conventions of docs/wandb.md: project, group = benchmark,
+job type = method, tags, the resolved config, summary = results.json metrics, the group-accuracy table."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import run_cli
+
+from robustrep.cli import _method_variant
+from robustrep.report import read_offline_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--data.init_args.size", "8", "--data.init_args.train_size", "64", "--data.init_args.val_size", "32", "--data.init_args.test_size", "32"]
+
+
+def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.teardown()  # other tests set up wandb's process-wide settings in disabled mode
+    args = ["fit", "--config", str(ROOT / "experiments" / "quickstart.yaml"), *TINY, "--trainer.max_epochs", "1", "--seed_everything", "3"]
+    assert run_cli([*args, "--trainer.enable_progress_bar", "false", "--output_root", str(tmp_path)]) == 0
+    (results_path,) = tmp_path.glob("quickstart/*/results.json")
+    results = json.loads(results_path.read_text())
+    (offline,) = (results_path.parent / "wandb").glob("offline-run-*")
+
+    run = read_offline_run(results_path.parent)  # a run directory -> its latest offline run
+    assert run == read_offline_run(offline)
+    assert run["project"] == "robustrep"
+    assert run["group"] == "synthetic" == results["benchmark"]
+    assert run["job_type"] == "ERM" == results["method"]
+    assert {"ERM", "synthetic", "seed3"} <= set(run["tags"])
+    assert run["name"] == f"quickstart/{results_path.parent.name}"
+
+    config = run["config"]
+    assert config["model.class_path"] == "robustrep.methods.ERM"
+    assert config["data.init_args.size"] == 8 and config["seed_everything"] == 3
+    assert config["config_digest"] == results["config_digest"]
+    assert (config["method"], config["benchmark"], config["variant"]) == ("ERM", "synthetic", "default")
+
+    summary = run["summary"]
+    for key, value in results["metrics"].items():
+        assert summary[key] == pytest.approx(value), key
+    assert summary["group_accuracy._type"] == "table-file"
+    table_file = offline / "files" / summary["group_accuracy.path"]
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["set", "group", "acc"]
+    by_group = {row[1]: row[2] for row in table["data"] if row[0] == "test"}
+    assert by_group == pytest.approx({k.split("/group_acc/")[1]: v for k, v in results["metrics"].items() if k.startswith("test/group_acc/")})
+    assert min(by_group.values()) == pytest.approx(summary["test/worst_group_acc"])
+
+
+@pytest.mark.parametrize(
+    "hparams, expected",
+    [
+        ({}, ""),
+        ({"loss": "supcon", "tau": 0.5}, "supcon"),
+        ({"policy": "uniform"}, "uniform"),
+        ({"base": "simclr", "invariance": True}, "simclr+invariance"),
+        ({"base": "simsiam", "invariance": False}, "simsiam"),
+        ({"variant": "mask", "transform_network": False, "vib_beta": 0.001}, "mask+no_tn+vib"),
+        ({"variant": "gram", "vib_beta": 0.0}, "gram"),
+    ],
+)
+def test_method_variant_tag(hparams, expected):
+    assert _method_variant(SimpleNamespace(hparams=hparams)) == expected
