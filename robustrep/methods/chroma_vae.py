@@ -260,6 +260,9 @@ class ChromaVAE(RobustMethod):
         beta: weight of the KL term (1 = the ELBO; the paper's Table 4 ablates 0.5-100).
         classifier_weight: ``lambda`` on the cross-entropy. None (default) = the number of input
             values ``C * H * W`` [ours], since ``log p(x)`` is a sum over pixels and dwarfs ``log p(y|x)``.
+            Measured on small Colored MNIST (1.2k training digits, 25% label noise): a large lambda lets
+            z1 memorise the noisy labels instead of encoding the colour, and z2 then has to keep the
+            colour for the reconstruction; lambda = 1 isolated it (see chroma_colored_mnist.yaml).
         likelihood: ``bernoulli`` (decoder logits, binary cross-entropy; grey/colour MNIST-like data)
             or ``gaussian`` (decoder means, fixed ``gaussian_std``; natural images such as CelebA).
         gaussian_std: observation noise of the Gaussian likelihood (pixels in [0, 1]). Smaller values
