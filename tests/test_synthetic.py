@@ -65,3 +65,22 @@ def test_sklearn_digits_source():
     xt, yt = load_digits("sklearn", train=False)
     assert x.shape == (1297, 1, 28, 28) and xt.shape == (500, 1, 28, 28) and x.dtype == torch.uint8
     assert set(y.tolist()) == set(range(10)) and x.max() > 200
+
+
+def test_train_fraction_reindexes_and_keeps_groups():
+    dm = SyntheticSpurious(size=8, train_size=100, train_fraction=0.3)
+    dm.setup("fit")
+    ds = dm.train_dataset()
+    assert len(ds) == 30
+    assert [ds[i]["index"] for i in range(len(ds))] == list(range(30))
+    assert dm.group_counts("train").sum() == 30
+
+
+def test_transform_presets_keep_non_square_shapes():
+    import torch
+
+    from robustrep.data.transforms import build_transform
+
+    x = torch.rand(1, 56, 28)
+    for preset in ("standard", "contrastive"):
+        assert build_transform(preset, (1, 56, 28))(x).shape == (1, 56, 28)

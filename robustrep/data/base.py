@@ -64,6 +64,12 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def select(self, indices: torch.Tensor | Sequence[int]) -> TensorImageDataset:
+        """Only these examples (shared transform), re-indexed from 0."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        meta = {k: v[idx] for k, v in self.metadata.items()}
+        return TensorImageDataset(self.images[idx], self.labels[idx], self.groups[idx], self.transform, self.num_views, **meta)
+
     def with_transform(self, transform: Callable | None, num_views: int = 1) -> TensorImageDataset:
         """The same examples (shared memory) with another transform, e.g. an eval view of train."""
         return TensorImageDataset(self.images, self.labels, self.groups, transform, num_views, **self.metadata)
@@ -297,13 +303,14 @@ def _with_transform(dataset: Dataset, transform: Callable | None, num_views: int
 
 
 def _subset(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """A seeded random ``fraction`` of a dataset, re-indexed from 0 (``index`` stays the position,
+    as JTT and IP-IRM need)."""
     n = len(dataset)  # type: ignore[arg-type]
     keep = max(1, math.ceil(fraction * n))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep].sort().values
-    if isinstance(dataset, TensorImageDataset):
-        meta = {k: v[perm] for k, v in dataset.metadata.items()}
-        return TensorImageDataset(dataset.images[perm], dataset.labels[perm], dataset.groups[perm], dataset.transform, dataset.num_views, **meta)
-    return torch.utils.data.Subset(dataset, perm.tolist())
+    if not hasattr(dataset, "select"):
+        raise TypeError(f"train_fraction < 1 needs {type(dataset).__name__}.select(indices)")
+    return dataset.select(perm)
 
 
 def stack_uint8(images: Sequence[torch.Tensor]) -> torch.Tensor:

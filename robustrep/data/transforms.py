@@ -25,12 +25,13 @@ def build_transform(preset: str, image_shape: tuple[int, int, int], image_size: 
     if preset not in PRESETS:
         raise ValueError(f"unknown augment preset {preset!r}; choose one of {', '.join(PRESETS)}")
     channels, height, width = image_shape
-    size = image_size or height
-    resize = [] if image_size is None or (image_size == height and image_size == width) else [v2.Resize((size, size), antialias=True)]
+    size = (image_size, image_size) if image_size is not None else (height, width)
+    resize = [] if size == (height, width) else [v2.Resize(size, antialias=True)]
     if preset == "none":
         return v2.Compose(resize) if resize else None
     if preset == "standard":
-        return v2.Compose([*resize, v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"), v2.RandomHorizontalFlip()])
+        pad = max(1, min(size) // 8)
+        return v2.Compose([*resize, v2.RandomCrop(size, padding=pad, padding_mode="reflect"), v2.RandomHorizontalFlip()])
     ops: list = [v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     if channels == 3:
         ops += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
