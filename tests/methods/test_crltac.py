@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import quick_trainer, run_cli, tiny_synthetic
 
 from robustrep.callbacks.crltac_metrics import CRLTACMetrics, boxes_crop_mask, gaussian_potential, ink_crop_mask
 from robustrep.data import GridMNIST
 from robustrep.losses.contrastive import nt_xent
 from robustrep.losses.multicrop import multicrop_info_nce, multicrop_terms
 from robustrep.methods.crltac import CRLTAC, crop_offsets, oracle_weights, take_crops
-from conftest import quick_trainer, run_cli, tiny_synthetic
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -191,9 +191,7 @@ def test_metric_helpers_against_naive():
 def test_fit_and_test_on_tiny_data(tmp_path, precision):
     torch.manual_seed(0)
     dm = tiny_synthetic(num_attributes=1)
-    model = CRLTAC(
-        image_shape=dm.image_shape, num_classes=dm.num_classes, crop_size=4, crop_stride=2, m=2, backbone_kwargs={"channels": (4, 4), "out_dim": 8}
-    )
+    model = CRLTAC(image_shape=dm.image_shape, num_classes=dm.num_classes, crop_size=4, crop_stride=2, m=2, backbone_kwargs={"channels": (4, 4), "out_dim": 8})
     metrics = CRLTACMetrics(variants=["head", "f", "head_topn", "f_oracle"], max_examples=32, heatmaps=2)
     trainer = quick_trainer(tmp_path, max_epochs=2, precision=precision, callbacks=[metrics], limit_val_batches=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -220,7 +218,15 @@ def test_policy_mass_on_grid_mnist_digit_cells(tmp_path):
     assert abs(metrics.last["crltac/policy_mass_digit"] - metrics.last["crltac/uniform_mass_digit"]) < 0.05
 
 
-@pytest.mark.parametrize("name", ["crltac_grid_mnist", "simclr_grid_mnist", "crltac_mnist", "simclr_mnist_crops"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "simclr_mnist_crops",
+        pytest.param("crltac_mnist", marks=pytest.mark.slow),
+        pytest.param("crltac_grid_mnist", marks=pytest.mark.slow),
+        pytest.param("simclr_grid_mnist", marks=pytest.mark.slow),
+    ],
+)
 def test_configs_run_through_the_cli(tmp_path, name):
     status = run_cli(
         [
@@ -236,7 +242,9 @@ def test_configs_run_through_the_cli(tmp_path, name):
             "--data.init_args.batch_size",
             "8",
             "--data.init_args.eval_batch_size",
-            "8",
+            "64",
+            "--data.init_args.train_fraction",
+            "0.05",
             "--model.init_args.crop_stride",
             "16" if "grid" in name else "8",
             "--model.init_args.m",
