@@ -242,7 +242,9 @@ def bar_plot(
     ax.set_ylim(0, scale)
     ax.legend(fontsize=7, loc="lower right")
     if title:
-        ax.set_title(title, fontsize=9)
+        import textwrap
+
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

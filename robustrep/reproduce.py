@@ -7,6 +7,7 @@ A table file lists rows; each row is one experiment config plus overrides and th
     title: CIM, Table 4 - Colored MNIST (CIM variant), test accuracy
     source: papers/cim.txt, Table 4
     seeds: 3                      # default of --seeds
+    seed_keys: []                 # other config keys set to the seed too, e.g. [data.init_args.seed]
     columns: {acc: test/acc}      # paper column -> our metric in results.json
     paper_scale: 100              # paper numbers are percentages (ours are fractions)
     profiles:                     # extra overrides of every row under --profile NAME
@@ -97,6 +98,7 @@ class Table:
     seeds: int = 1
     source: str = ""
     profiles: dict[str, list[str]] = field(default_factory=dict)
+    seed_keys: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -194,6 +196,7 @@ def load_table(name_or_path: str) -> Table:
         seeds=int(spec.get("seeds", 1)),
         source=str(spec.get("source") or ""),
         profiles={k: overrides_to_args(v, f"{where} profile {k}") for k, v in (spec.get("profiles") or {}).items()},
+        seed_keys=[str(k) for k in (spec.get("seed_keys") or [])],
     )
 
 
@@ -232,6 +235,7 @@ def plan(table: Table, seeds: list[int], output_root: str | Path, profile: str |
                 *extra,
                 "--seed_everything",
                 str(seed),
+                *[token for key in table.seed_keys for token in (f"--{key}", str(seed))],
                 "--name",
                 f"{table.name}.{row.slug}",
                 "--run_dir",
@@ -298,6 +302,7 @@ def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFram
     numeric, display = [], []
     row_by_slug = {r.slug: r for r in table.rows}
     scale = table.paper_scale
+    digits = 2 if scale >= 100 else 4  # percentages: 2 decimals; fractions (paper_scale 1): 4
     for slug in order:
         row = row_by_slug[slug]
         num: dict[str, Any] = {"row": labels[slug], "n": 0}
@@ -311,9 +316,9 @@ def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFram
             paper = row.paper.get(col)
             paper = math.nan if paper is None else float(paper)
             num.update({f"{col} ours": mean, f"{col} ours std": std, f"{col} paper": paper, f"{col} diff": mean - paper})
-            disp[f"{col} ours"] = format_cell(mean / scale, std / scale, count, num["n"], scale=scale, digits=2)
+            disp[f"{col} ours"] = format_cell(mean / scale, std / scale, count, num["n"], scale=scale, digits=digits)
             disp[f"{col} paper"] = "-" if math.isnan(paper) else f"{paper:g}"
-            disp[f"{col} diff"] = "-" if math.isnan(mean - paper) else f"{mean - paper:+.2f}"
+            disp[f"{col} diff"] = "-" if math.isnan(mean - paper) else f"{mean - paper:+.{digits}f}"
         disp["n"] = num["n"]
         numeric.append(num)
         display.append(disp)

@@ -49,6 +49,7 @@ def write_table(tmp_path: Path, extra_row: str = "") -> Path:
         title: Test table
         source: none
         seeds: 2
+        seed_keys: [data.init_args.seed]
         columns: {{acc: test/acc, worst: test/worst_group_acc}}
         profiles:
           smoke: {{data.init_args.size: 8, data.init_args.train_size: 64, data.init_args.val_size: 32, data.init_args.test_size: 32}}
@@ -153,6 +154,7 @@ def test_dry_run_prints_one_runnable_command_per_run(tmp_path, capsys):
     run_dirs = [c[c.index("--run_dir") + 1] for c in commands]
     assert run_dirs == [str(out_root / "tables" / "toy_table-smoke" / row / f"seed{s}") for row in ("erm", "jtt") for s in (0, 1)]
     assert [c[c.index("--seed_everything") + 1] for c in commands] == ["0", "1", "0", "1"]
+    assert [c[c.index("--data.init_args.seed") + 1] for c in commands] == ["0", "1", "0", "1"]
     jtt = commands[2]
     assert jtt[jtt.index("--model.init_args.upweight") + 1] == "5"
     # user overrides come after the profile's (last one wins), the row's smoke override after the table's
