@@ -110,6 +110,7 @@ class Job:
     run_dir: Path
     args: list[str]
     status: str  # "finished", "resume", "new"
+    stale: bool = False  # finished, but by a command with other arguments (another override, an older table file)
 
     def command(self, program: list[str]) -> list[str]:
         extra = ["--ckpt_path", str(self.run_dir / "checkpoints" / "last.ckpt")] if self.status == "resume" else []
@@ -241,13 +242,15 @@ def plan(table: Table, seeds: list[int], output_root: str | Path, profile: str |
                 "--run_dir",
                 str(run_dir),
             ]
+            stale = False
             if (run_dir / "results.json").is_file():
                 status = "finished"
+                stale = _recorded_args(run_dir) not in (None, args)
             elif (run_dir / "checkpoints" / "last.ckpt").is_file() and _recorded_args(run_dir) in (None, args):
                 status = "resume"
             else:
                 status = "new"
-            jobs.append(Job(row, seed, run_dir, args, status))
+            jobs.append(Job(row, seed, run_dir, args, status, stale))
     return jobs
 
 
@@ -356,6 +359,8 @@ def _parser() -> argparse.ArgumentParser:
         "  robustrep reproduce spread_fig4 --rows 'MNIST*' --seeds 3 --trainer.accelerator gpu",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    known = sorted(p.stem for p in (REPO_ROOT / "experiments" / "tables").glob("*.yaml"))
+    parser.epilog += "\n\ntables: " + (", ".join(known) or "none")
     parser.add_argument("table", help="a table name (experiments/tables/NAME.yaml) or a path to a table file")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per row (default: the table's `seeds`, else 1)")
     parser.add_argument("--rows", default=None, help="only rows whose label or folder name matches this glob")
@@ -384,6 +389,9 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
             else:
                 print(shlex.join(job.command(["robustrep"])))
         return 0
+    for job in jobs:
+        if job.stale:
+            print(f"note: {job.run_dir} finished with other arguments (see its reproduce.json); kept - delete it to re-run", file=sys.stderr)
     program = program or [sys.executable, "-m", "robustrep.cli"]
     failed = []
     if not args.report_only:

@@ -197,6 +197,9 @@ def test_runs_rows_skips_finished_and_reports_paper_column(tmp_path, fake, capsy
     assert reproduce(args, program) == 0
     assert len(calls()) == 4
     assert "4 runs, 4 finished, 0 to run" in capsys.readouterr().out
+    # a finished run made with other arguments is kept, with a note
+    assert reproduce([*args, "--trainer.max_epochs", "7"], program) == 0
+    assert len(calls()) == 4 and capsys.readouterr().err.count("finished with other arguments") == 4
     # one more seed runs only the new seed of each row
     assert reproduce([*args, "--seeds", "3"], program) == 0
     assert [c[c.index("--seed_everything") + 1] for c in calls()[4:]] == ["2", "2"]
@@ -251,7 +254,7 @@ def test_option_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smoke_table_end_to_end_kill_and_resume(tmp_path):
+def test_smoke_table_end_to_end_kill_and_resume(tmp_path, capsys):
     """A real one-row table in subprocesses: killed after its first checkpoint, re-run -> resumed and reported."""
     table = tmp_path / "one.yaml"
     table.write_text(
@@ -259,14 +262,14 @@ def test_smoke_table_end_to_end_kill_and_resume(tmp_path):
         title: One row
         columns: {{acc: test/acc, worst: test/worst_group_acc}}
         profiles:
-          smoke: {{data.init_args.size: 8, data.init_args.train_size: 640, data.init_args.val_size: 32, data.init_args.test_size: 32}}
+          smoke: {{data.init_args.size: 8, data.init_args.train_size: 320, data.init_args.val_size: 32, data.init_args.test_size: 32}}
         rows:
           - {{label: ERM, config: {ROOT / "experiments" / "quickstart.yaml"}, paper: {{acc: 50.0}}}}
         """)
     )
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "robustrep.cli", "reproduce", str(table), "--profile", "smoke", "--output_root", str(tmp_path / "runs")]
-    slow = ["--trainer.max_epochs", "6", "--trainer.limit_train_batches", "20"]
+    slow = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "8"]
     run_dir = tmp_path / "runs" / "tables" / "one-smoke" / "erm" / "seed0"
     proc = subprocess.Popen([*argv, *slow], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
@@ -286,9 +289,10 @@ def test_smoke_table_end_to_end_kill_and_resume(tmp_path):
     assert 0.0 <= results["metrics"]["test/worst_group_acc"] <= results["metrics"]["test/acc"] <= 1.0
     import torch
 
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["epoch"] == 6
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["epoch"] == 3
     report = (tmp_path / "runs" / "tables" / "one-smoke" / "report.md").read_text()
     assert f"| ERM | {100 * results['metrics']['test/acc']:8.2f} |        50 |" in report
 
-    again = subprocess.run([*argv, *slow], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "1 runs, 1 finished, 0 to run" in again.stdout
+    # a third time (in this process): nothing left to run
+    assert reproduce([table, "--profile", "smoke", "--output_root", tmp_path / "runs", *slow], program=["false"]) == 0
+    assert "1 runs, 1 finished, 0 to run" in capsys.readouterr().out
