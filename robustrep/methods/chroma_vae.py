@@ -269,6 +269,10 @@ class ChromaVAE(RobustMethod):
             weigh the reconstruction more against the KL.
         classifier_hidden: hidden units of the z1-classifier; 0 (default) = linear.
         kl_warmup_steps: linearly anneal ``beta`` from 0 over this many optimiser steps (0 = off).
+        classifier_warmup_steps: for this many optimiser steps the cross-entropy weight is
+            ``classifier_warmup_weight`` instead of ``classifier_weight`` (0 = off) [ours]: a strong
+            early pull of the shortcut into z1, then a weak lambda that does not memorise label noise.
+        classifier_warmup_weight: lambda during the warm-up; None = ``C * H * W``.
         classifier_on: ``z1`` (Chroma-VAE) or ``z`` (all of ``mu``: the Naive-VAE-Class baseline).
         stage2: ``knn`` (default; the paper's best), ``logistic``, ``mlp``, ``x2`` (image classifier on
             partial reconstructions) or ``none``.
@@ -296,6 +300,8 @@ class ChromaVAE(RobustMethod):
         gaussian_std: float = 0.1,
         classifier_hidden: int = 0,
         kl_warmup_steps: int = 0,
+        classifier_warmup_steps: int = 0,
+        classifier_warmup_weight: float | None = None,
         classifier_on: Literal["z1", "z"] = "z1",
         stage2: Literal["knn", "logistic", "mlp", "x2", "none"] = "knn",
         stage2_on: Literal["z2", "z"] = "z2",
@@ -320,6 +326,8 @@ class ChromaVAE(RobustMethod):
         self.beta, self.likelihood, self.gaussian_std = beta, likelihood, gaussian_std
         self.classifier_weight = float(math.prod(self.image_shape)) if classifier_weight is None else classifier_weight
         self.kl_warmup_steps = kl_warmup_steps
+        self.classifier_warmup_steps = classifier_warmup_steps
+        self.classifier_warmup_weight = float(math.prod(self.image_shape)) if classifier_warmup_weight is None else classifier_warmup_weight
         self.classifier_on, self.stage2_on, self.predict_with = classifier_on, stage2_on, predict
         self.stage2_on_validation = stage2_on_validation
         self.mu_head = nn.Linear(self.feature_dim, dim_z)
@@ -401,7 +409,8 @@ class ChromaVAE(RobustMethod):
         beta = self.beta * min(1.0, (self.global_step + 1) / self.kl_warmup_steps) if self.kl_warmup_steps > 0 and self.training else self.beta
         logits = self.classifier(self.classifier_features(mu))
         ce = F.cross_entropy(logits.float(), y)
-        loss = (nll + beta * kl).mean() + self.classifier_weight * ce
+        lam = self.classifier_warmup_weight if self.training and self.global_step < self.classifier_warmup_steps else self.classifier_weight
+        loss = (nll + beta * kl).mean() + lam * ce
         return {"loss": loss, "nll": nll.mean(), "kl": kl.mean(), "ce": ce, "logits": logits, "mu": mu}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

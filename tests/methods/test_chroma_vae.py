@@ -50,6 +50,18 @@ def test_classifier_gradient_reaches_z1_only():
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.decoder.parameters())
 
 
+def test_classifier_warmup_uses_the_warmup_lambda_first():
+    dm = tiny_synthetic()
+    model = make(dm, classifier_weight=1.0, classifier_warmup_steps=5, classifier_warmup_weight=100.0)
+    batch = batch_of(dm)
+    torch.manual_seed(0)
+    warm = model.losses(batch)  # global_step 0 < 5: lambda = 100
+    torch.manual_seed(0)
+    model.classifier_warmup_steps = 0
+    plain = model.losses(batch)
+    torch.testing.assert_close(warm["loss"] - plain["loss"], 99.0 * plain["ce"])
+
+
 def test_partial_reconstructions_replace_the_other_half_with_noise():
     dm = tiny_synthetic()
     model = make(dm, dim_z=8, z_p=0.25).eval()
