@@ -204,3 +204,13 @@ def test_wandb_reader_joins_records_split_across_blocks(tmp_path):
     path.write_bytes(b"not a wandb file")
     with pytest.raises(CorruptDataError, match="header"):
         list(read_wandb_records(path))
+
+
+def test_comparison_subcommands_are_listed_and_dispatched(capsys):
+    assert run_cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    for sub in ("report", "reproduce", "analyze"):
+        assert f"  {sub} " in out
+    for sub in ("report", "reproduce", "analyze"):
+        assert run_cli([sub, "--help"]) == 0
+        assert f"usage: robustrep {sub}" in capsys.readouterr().out
