@@ -259,6 +259,7 @@ def run_config(config: str, root: Path, tmp_path: Path) -> dict:
     return json.loads(results.read_text())["metrics"]
 
 
+@pytest.mark.slow
 def test_colored_mnist_config_runs_both_stages_on_the_embedded_digits(tmp_path):
     args = ["fit", "--config", str(EXPERIMENTS / "chroma_colored_mnist.yaml"), "--output_root", str(tmp_path), "--trainer.fast_dev_run", "1"]
     args += ["--trainer.logger", "false", "--data.init_args.digits_source", "sklearn", "--data.init_args.batch_size", "16"]
