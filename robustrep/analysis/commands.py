@@ -87,9 +87,9 @@ def analyze_command(argv: list[str]) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = _run(args, config, overrides)
-    for w in caught:
-        if "umap" in str(w.message).lower():
-            print(f"notice: {w.message}")
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        if "umap" in message.lower():
+            print(f"notice: {message}")
     print(result.table())
     if args.output:
         Path(args.output).write_text(json.dumps(dataclasses.asdict(result), indent=2))

@@ -110,7 +110,9 @@ def trained_run(tmp_path_factory):
     args = ["fit", "--config", "experiments/spread_synthetic_strata.yaml", "--trainer.max_epochs", "1", "--trainer.logger", "false"]
     args += ["--output_root", str(out), "--model.init_args.contrastive_label_noise", "0.25", "--data.init_args.batch_size", "32"]
     args += [x for k, v in {"train_size": 96, "val_size": 32, "test_size": 64, "num_attributes": 2}.items() for x in (f"--data.init_args.{k}", str(v))]
-    assert run_cli(args) == 0
+    assert run_cli(args) == 0  # the experiment config runs end to end through the CLI (fit + test + probes)
+    metrics = json.loads(next(out.rglob("results.json")).read_text())["metrics"]
+    assert {"probe/acc", "c2f/acc", "test/worst_group_acc"} <= set(metrics)
     return next(out.rglob("last.ckpt"))
 
 
