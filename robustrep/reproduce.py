@@ -36,6 +36,7 @@ examples), so a whole table runs on a laptop CPU in minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import math
@@ -349,6 +350,27 @@ def write_report(table: Table, root: Path, jobs: list[Job], profile: str | None)
     return markdown
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While running rows, SIGTERM (a scheduler's time limit, ``kill``) raises KeyboardInterrupt, so the
+    running child is stopped too (its last.ckpt lets the next run resume). The old handler is restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robustrep reproduce",
@@ -397,22 +419,23 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
     if not args.report_only:
         todo = [j for j in jobs if j.status != "finished"]
         print(f"{table.title}: {len(jobs)} runs, {len(jobs) - len(todo)} finished, {len(todo)} to run -> {root}")
-        for i, job in enumerate(todo, 1):
-            what = f"[{i}/{len(todo)}] {job.row.label} seed {job.seed}" + (" (resuming)" if job.status == "resume" else "")
-            print(what + " ...", flush=True)
-            start = time.time()
-            try:
-                code = run_job(job, program)
-            except KeyboardInterrupt:
-                print(f"\ninterrupted; run the same command again to resume from {job.run_dir}/checkpoints/last.ckpt", file=sys.stderr)
-                return 130
-            took = time.time() - start
-            if code != 0 or not (job.run_dir / "results.json").is_file():
-                failed.append(job)
-                tail = (job.run_dir / "reproduce.log").read_text().splitlines()[-15:]
-                print(f"    FAILED (exit {code}) after {took:.0f} s; log: {job.run_dir / 'reproduce.log'}\n      " + "\n      ".join(tail), flush=True)
-            else:
-                print(f"    done in {took:.0f} s", flush=True)
+        with _sigterm_as_interrupt():
+            for i, job in enumerate(todo, 1):
+                what = f"[{i}/{len(todo)}] {job.row.label} seed {job.seed}" + (" (resuming)" if job.status == "resume" else "")
+                print(what + " ...", flush=True)
+                start = time.time()
+                try:
+                    code = run_job(job, program)
+                except KeyboardInterrupt:
+                    print(f"\ninterrupted; run the same command again to resume from {job.run_dir}/checkpoints/last.ckpt", file=sys.stderr)
+                    return 130
+                took = time.time() - start
+                if code != 0 or not (job.run_dir / "results.json").is_file():
+                    failed.append(job)
+                    tail = (job.run_dir / "reproduce.log").read_text().splitlines()[-15:]
+                    print(f"    FAILED (exit {code}) after {took:.0f} s; log: {job.run_dir / 'reproduce.log'}\n      " + "\n      ".join(tail), flush=True)
+                else:
+                    print(f"    done in {took:.0f} s", flush=True)
     markdown = write_report(table, root, jobs, args.profile)
     print("\n" + markdown)
     print(f"written: {root / 'report.md'}, report.csv, report.html" + (", report.png" if (root / "report.png").exists() else ""))

@@ -241,6 +241,35 @@ def test_failed_row_does_not_stop_the_table(tmp_path, fake, monkeypatch, capsys)
     assert len(calls()) == 3 and "/jtt/" in calls()[-1][calls()[-1].index("--run_dir") + 1]
 
 
+def test_sigterm_stops_the_running_child(tmp_path, capsys):
+    """A scheduler's SIGTERM to `reproduce` stops the row's process too (no orphan keeps training)."""
+    import threading
+
+    sleeper = tmp_path / "sleeper.py"
+    pid_file = tmp_path / "child.pid"
+    sleeper.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+
+    def send_sigterm():
+        deadline = time.time() + 60
+        while not pid_file.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=send_sigterm)
+    thread.start()
+    start = time.time()
+    code = reproduce([write_table(tmp_path), "--output_root", tmp_path / "runs", "--seeds", "1"], [sys.executable, str(sleeper)])
+    thread.join()
+    assert code == 130 and time.time() - start < 60
+    assert "run the same command again to resume" in capsys.readouterr().err
+    child = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # terminated and reaped
+        os.kill(child, 0)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is only installed while rows run
+
+
 def test_option_errors(tmp_path, capsys):
     table = write_table(tmp_path)
     assert reproduce([table, "--rows", "nothing*", "--dry-run"]) == 2
