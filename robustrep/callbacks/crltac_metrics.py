@@ -222,7 +222,7 @@ class CRLTACMetrics(pl.Callback):
         for i in range(n):
             axes[0, i].imshow(images[i].float().mean(0), cmap="gray", vmin=0, vmax=1)
             axes[1, i].imshow(probs[i].view(*pl_module.grid_shape), cmap="magma")
-            axes[1, i].set_title(f"max {probs[i].max():.2f}", fontsize=7)
+            axes[1, i].set_title(f"max {probs[i].max():.3f}", fontsize=7)
             for ax in axes[:, i]:
                 ax.set_xticks([])
                 ax.set_yticks([])
