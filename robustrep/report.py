@@ -81,12 +81,18 @@ def runs_from_wandb(project: str, api: Any = None, filters: dict | None = None) 
     Method = the run's job type, benchmark = its group, seed = the ``seed_everything`` config value,
     metrics = the summary keys of the ``test/``, ``probe/``, ``c2f/`` and ``knn/`` families.
     """
-    if api is None:
-        import wandb
+    try:
+        if api is None:
+            import wandb
 
-        api = wandb.Api()
+            api = wandb.Api()
+        runs = list(api.runs(project, filters=filters or {}))
+    except Exception as err:  # no login, no network, unknown project: one readable line instead of a traceback
+        raise ConfigError(
+            f"could not read the W&B project {project!r} ({type(err).__name__}: {err}); run `wandb login` and check the name, or give run directories"
+        ) from err
     rows = []
-    for run in api.runs(project, filters=filters or {}):
+    for run in runs:
         summary = dict(run.summary)
         row: dict[str, Any] = {
             "method": run.job_type,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from robustrep.errors import CorruptDataError
+from robustrep.errors import ConfigError, CorruptDataError
 from robustrep.report import aggregate, format_cell, load_runs, read_offline_run, read_wandb_records, runs_from_wandb, select_metrics, to_markdown
 
 # method, benchmark, seed, metrics (fractions, as the CLI writes them)
@@ -143,6 +143,12 @@ def test_runs_from_wandb_api():
                 Run("ERM", "synthetic", 1, {"test/acc": 0.7}),
             ]
 
+    class Offline:
+        def runs(self, path, filters=None):
+            raise ConnectionError("no network")
+
+    with pytest.raises(ConfigError, match="could not read the W&B project 'me/robustrep' .ConnectionError: no network"):
+        runs_from_wandb("me/robustrep", api=Offline())
     df = runs_from_wandb("me/robustrep", api=Api())
     assert list(df["seed"]) == [0, 1] and "val/acc" not in df.columns and "group_accuracy" not in df.columns
     agg = aggregate(df, ["method", "benchmark"], ["test/acc"])
