@@ -10,6 +10,8 @@ name       what
 ``resnet18`` / ``resnet50``  torchvision ResNets; ``pretrained: true`` loads ImageNet weights from
            the local torch cache (never downloaded in tests); ``cifar_stem: true`` swaps the stem for a
            3x3 stride-1 conv without max-pool (small images)
+``vit``    ViT for 32 x 32 inputs (4 x 4 patches, width 256, 7 pre-norm layers, 8 heads, MLP 512;
+           the L_spread paper's encoder); features = the CLS token
 ========== ===================================================================================
 """
 
