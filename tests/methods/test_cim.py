@@ -232,8 +232,8 @@ def test_every_table_row_has_a_config():
     assert "sclE2E_waterbirds" in names
 
 
-# The CIM+VIB config of each benchmark runs in the fast tier (TN, triplets, VIB, the callbacks); the rest in the slow one.
-CONFIG_PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem.startswith("cim_vib_") else pytest.mark.slow) for p in CIM_CONFIGS]
+# Two CIM+VIB configs run in the fast tier (TN, triplets, VIB, both callbacks, in-memory and JPEG data); the rest in the slow one.
+CONFIG_PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem in ("cim_vib_colored_mnist", "cim_vib_bg_challenge") else pytest.mark.slow) for p in CIM_CONFIGS]
 
 
 @pytest.mark.parametrize("config", CONFIG_PARAMS)
