@@ -203,6 +203,9 @@ def test_runs_rows_skips_finished_and_reports_paper_column(tmp_path, fake, capsy
     # one more seed runs only the new seed of each row
     assert reproduce([*args, "--seeds", "3"], program) == 0
     assert [c[c.index("--seed_everything") + 1] for c in calls()[4:]] == ["2", "2"]
+    # --report-only never runs anything, even for seeds not run yet
+    assert reproduce([*args, "--seeds", "5", "--report-only"], program) == 0
+    assert len(calls()) == 6 and "| ERM |" in capsys.readouterr().out
     # --dry-run lists nothing left to do
     assert reproduce([*args, "--seeds", "3", "--dry-run"]) == 0
     assert capsys.readouterr().out.count("robustrep fit") == 0
