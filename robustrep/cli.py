@@ -182,11 +182,14 @@ def _build_cli_class():
         def _finish(self, stage: str) -> None:
             if not self.trainer.is_global_zero or self.run_dir is None:
                 return
-            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(("test/", "probe/", "c2f/", "knn/"))}
+            # everything the final evaluation logged (test/, probe/, c2f/, knn/, method-specific ones
+            # such as crltac/), not the training or validation curves
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if not k.startswith(("train/", "val/")) and v.numel() == 1}
             config = self.config[self.subcommand]
             results = {
                 "stage": stage,
                 "method": type(self.model).__name__,
+                "variant": _method_variant(self.model),
                 "benchmark": getattr(self.datamodule, "benchmark_name", type(self.datamodule).__name__),
                 "name": config.get("name"),
                 "seed": config.get("seed_everything"),

@@ -55,4 +55,5 @@ def _log_wandb(trainer: pl.Trainer, key: str, path: str, caption: str | None) ->
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[path], caption=[caption] if caption else None, step=trainer.global_step)
+            extra = {"caption": [caption]} if caption else {}  # WandbLogger rejects caption=None
+            logger.log_image(key=key, images=[path], step=trainer.global_step, **extra)

@@ -12,4 +12,18 @@ from robustrep.methods.jtt import JTT
 from robustrep.methods.naive_vae import NaiveIndependent, NaiveVAEClass
 from robustrep.methods.spread_supcon import SpreadSupCon
 
-__all__ = ["CRLTAC", "ChromaVAE", "NaiveIndependent", "NaiveVAEClass", "CIM", "ERM", "JTT", "Classifier", "GroupDRO", "Distill", "IPIRM", "RobustMethod", "SpreadSupCon"]
+__all__ = [
+    "CRLTAC",
+    "ChromaVAE",
+    "NaiveIndependent",
+    "NaiveVAEClass",
+    "CIM",
+    "ERM",
+    "JTT",
+    "Classifier",
+    "GroupDRO",
+    "Distill",
+    "IPIRM",
+    "RobustMethod",
+    "SpreadSupCon",
+]
