@@ -21,10 +21,10 @@ demo: $(STAMP)
 	$(BIN)/robustrep fit --config experiments/quickstart.yaml
 
 test: $(STAMP)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q -x --durations=10
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -n 2 --durations=10
 
 test-fast: $(STAMP)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q -x -m "not slow"
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -161,8 +161,8 @@ def _ddp_worker(rank: int, world: int, port: int, z1, z2, y, queue) -> None:
         z, yy, inst = stack_views([a1, a2], y[sl])
         loss = contrastive_loss(z, yy, inst, kind, tau=0.5, alpha=0.3, gather=True)
         loss.backward()
-        out[kind] = (loss.item(), a1.grad.clone(), a2.grad.clone())
-    queue.put((rank, out))
+        out[kind] = (loss.item(), a1.grad.numpy().copy(), a2.grad.numpy().copy())
+    queue.put((rank, out))  # numpy arrays pickle by value: no shared-memory handle outlives this process
     dist.destroy_process_group()
 
 
@@ -192,6 +192,7 @@ def test_two_process_gathered_loss_equals_one_process():
         ref.backward()
         for rank in range(2):
             loss, g1, g2 = results[rank][kind]
+            g1, g2 = torch.as_tensor(g1), torch.as_tensor(g2)
             assert loss == pytest.approx(ref.item(), rel=1e-5)
             sl = slice(rank * 4, (rank + 1) * 4)
             # DDP averages gradients over ranks, so each rank's gradient is world_size x its share
