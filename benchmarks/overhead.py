@@ -5,7 +5,7 @@ same batch size and optimiser; runs alternate (robustrep, plain, robustrep, ...)
 machine hits both. Only the training loop is timed (no validation). The last line is the ratio of
 steps per second, robustrep / plain (1.0 = no overhead).
 
-    python benchmarks/overhead.py [--rounds 3] [--epochs 2]
+    python benchmarks/overhead.py [--rounds 3] [--epochs 4]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def run_plain(dm: SyntheticSpurious, epochs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; fewer lets fixed start-up costs dominate")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1 = least noisy)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

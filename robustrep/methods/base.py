@@ -9,7 +9,7 @@ A method overrides :meth:`RobustMethod.training_step` (and, if it has no plain c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -83,6 +83,23 @@ class RobustMethod(pl.LightningModule):
                 "(--trainer.gradient_clip_val 1.0) or use 32-bit precision; the checkpoints written so far are kept."
             )
         return loss
+
+    def should_log_train(self) -> bool:
+        """True on the steps whose training metrics reach the logger (every ``log_every_n_steps``).
+
+        Lightning forwards step-level metrics to the logger only on those steps, so computing and
+        logging them on the others is pure overhead (~8% of a small model's step on a CPU).
+        """
+        if self._trainer is None:
+            return True
+        every = max(1, self.trainer.log_every_n_steps)
+        return (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0 or self.trainer.is_last_batch
+
+    def log_train(self, metrics: dict[str, Any] | Callable[[], dict[str, Any]], batch_size: int) -> None:
+        """Log step-level training metrics (shown in the progress bar) on logging steps only; pass a
+        callable to skip computing them on the other steps."""
+        if self.should_log_train():
+            self.log_dict(metrics() if callable(metrics) else metrics, prog_bar=True, batch_size=batch_size)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

@@ -14,6 +14,5 @@ class ERM(Classifier):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.check_finite(nn.functional.cross_entropy(logits.float(), batch["label"]), "cross-entropy")
-        acc = (logits.argmax(1) == batch["label"]).float().mean()
-        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True, batch_size=len(logits))
+        self.log_train(lambda: {"train/loss": loss, "train/acc": (logits.argmax(1) == batch["label"]).float().mean()}, len(logits))
         return loss

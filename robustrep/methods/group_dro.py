@@ -60,11 +60,12 @@ class GroupDRO(Classifier):
         world = self.trainer.world_size if self._trainer is not None else 1
         group_loss = sums / g_counts.clamp(min=1) * world
         loss = self.check_finite((self.group_weights * group_loss).sum(), "group DRO loss")
-        global_loss = (self.group_weights * g_sums / g_counts.clamp(min=1)).sum()
-        acc = (logits.argmax(1) == batch["label"]).float().mean()
-        self.log_dict(
-            {"train/loss": global_loss, "train/acc": acc, "train/max_group_weight": self.group_weights.max()},
-            prog_bar=True,
-            batch_size=len(logits),
+        self.log_train(
+            lambda: {
+                "train/loss": (self.group_weights * g_sums / g_counts.clamp(min=1)).sum(),
+                "train/acc": (logits.argmax(1) == batch["label"]).float().mean(),
+                "train/max_group_weight": self.group_weights.max(),
+            },
+            len(logits),
         )
         return loss

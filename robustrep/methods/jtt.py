@@ -60,7 +60,7 @@ class JTT(Classifier):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.check_finite(self.weighted_loss(logits, batch["label"], batch["index"]), "JTT loss")
-        self.log_dict({"train/loss": loss, "train/acc": (logits.argmax(1) == batch["label"]).float().mean()}, prog_bar=True, batch_size=len(logits))
+        self.log_train(lambda: {"train/loss": loss, "train/acc": (logits.argmax(1) == batch["label"]).float().mean()}, len(logits))
         return loss
 
     @torch.no_grad()
