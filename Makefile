@@ -10,9 +10,8 @@ export JSONARGPARSE_DEPRECATION_WARNINGS ?= off
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	# torch/torchvision first, pinned to the pair that lies on this kind of machine's disk
-	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	# one resolver run; torch/torchvision pinned to the pair that lies on this kind of machine's disk
+	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
