@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
 export WANDB_MODE ?= offline
 export JSONARGPARSE_DEPRECATION_WARNINGS ?= off
 
@@ -11,25 +12,30 @@ export JSONARGPARSE_DEPRECATION_WARNINGS ?= off
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# one resolver run; torch/torchvision pinned to the pair that lies on this kind of machine's disk
-	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]"
+	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# test tools (pytest, pytest-xdist, ruff) only for the targets that need them
+$(DEVSTAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(DEVSTAMP)
+
+install: $(DEVSTAMP)
 
 demo: $(STAMP)
 	$(BIN)/robustrep fit --config experiments/quickstart.yaml
 
-test: $(STAMP)
+test: $(DEVSTAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -n 2 --durations=10
 
-test-fast: $(STAMP)
+test-fast: $(DEVSTAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -n 2 -m "not slow"
 
-lint: $(STAMP)
+lint: $(DEVSTAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEVSTAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
