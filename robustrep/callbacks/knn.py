@@ -17,13 +17,11 @@ Under DDP every rank computes the same result on the whole sets (no gather neede
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from robustrep.callbacks.linear_probe import _features
+from robustrep.callbacks.linear_probe import FrozenFeatureEvaluation, _features
 from robustrep.errors import ConfigError
 
 
@@ -67,7 +65,7 @@ def knn_predict(
     return torch.cat(scores) if scores else torch.zeros(0, c, device=bank.device)
 
 
-class KNNMonitor(pl.Callback):
+class KNNMonitor(FrozenFeatureEvaluation):
     """kNN accuracy of ``embed`` features (see the module docstring).
 
     Args:
@@ -90,28 +88,7 @@ class KNNMonitor(pl.Callback):
         self.target = target
         self.prefix = prefix
         self.max_block_elements = max_block_elements
-        self.last: dict[str, float] = {}
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "embed", None)):
-            raise ConfigError(f"KNNMonitor needs a model with an `embed(images)` method; {type(pl_module).__name__} has none")
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "train_eval_dataloader"):
-            raise ConfigError("KNNMonitor needs a robustrep datamodule (with train_eval_dataloader)")
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        self._run(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run(trainer, pl_module, "test")
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.__dict__.pop("_probe_feature_cache", None)  # free the features shared with the probes
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.__dict__.pop("_probe_feature_cache", None)
+        super().__init__()
 
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
         """kNN accuracy on every evaluation set of ``stage`` with the training set as the bank."""
@@ -136,18 +113,6 @@ class KNNMonitor(pl.Callback):
             acc = (scores.argmax(1)[known] == y[known]).float().mean() if known.any() else torch.tensor(float("nan"))
             values[f"{base}/acc" if i == 0 else f"{base}/{name}/acc"] = float(acc)
         return values
-
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        values = self.compute(trainer, pl_module, stage)
-        for name, value in values.items():
-            pl_module.log(name, value, add_dataloader_idx=False, sync_dist=False, rank_zero_only=False)
-        self.last.update(values)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last": self.last}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last = dict(state_dict.get("last", {}))
 
 
 __all__ = ["KNNMonitor", "knn_predict"]

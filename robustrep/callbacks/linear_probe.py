@@ -109,7 +109,57 @@ def fit_linear_probe(
     return predict_large
 
 
-class LinearProbe(pl.Callback):
+class FrozenFeatureEvaluation(pl.Callback):
+    """Shared schedule of the callbacks that evaluate frozen ``embed`` features (probe, kNN, c2f).
+
+    Subclasses implement ``compute(trainer, pl_module, stage) -> {metric name: value}``; this base
+    checks the model and datamodule in ``setup``, runs ``compute`` on the validation sets every
+    ``every_n_epochs`` epochs and at test time, logs the values and keeps the last ones in checkpoints.
+    """
+
+    every_n_epochs: int = 0
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "embed", None)):
+            raise ConfigError(f"{type(self).__name__} needs a model with an `embed(images)` method; {type(pl_module).__name__} has none")
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "train_eval_dataloader"):
+            raise ConfigError(f"{type(self).__name__} needs a robustrep datamodule (with train_eval_dataloader)")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._run(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module, "test")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.__dict__.pop("_probe_feature_cache", None)  # free the features shared by these callbacks
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.__dict__.pop("_probe_feature_cache", None)
+
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        values = self.compute(trainer, pl_module, stage)
+        for name, value in values.items():
+            pl_module.log(name, value, add_dataloader_idx=False, sync_dist=False, rank_zero_only=False)
+        self.last.update(values)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last": self.last}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last = dict(state_dict.get("last", {}))
+
+
+class LinearProbe(FrozenFeatureEvaluation):
     """Logistic-regression probe on frozen ``embed`` features (see the module docstring).
 
     Args:
@@ -140,35 +190,17 @@ class LinearProbe(pl.Callback):
         self.max_iter = max_iter
         self.sklearn_max_examples = sklearn_max_examples
         self.group_metrics = group_metrics
-        self.last: dict[str, float] = {}
+        super().__init__()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "embed", None)):
-            raise ConfigError(f"{type(self).__name__} needs a model with an `embed(images)` method; {type(pl_module).__name__} has none")
+        super().setup(trainer, pl_module, stage)
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "train_eval_dataloader"):
-            raise ConfigError(f"{type(self).__name__} needs a robustrep datamodule (with train_eval_dataloader)")
         item = dm.train_eval_dataset()[0]
         if self.target not in item:
             raise ConfigError(
                 f"{type(self).__name__} predicts the batch key {self.target!r}, which {type(dm).__name__} does not provide "
                 f"(it gives {sorted(item)}). Use a benchmark with that annotation (e.g. a coarse-label benchmark for fine_label)."
             )
-
-    # ------------------------------------------------------------------ hooks
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        self._run(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run(trainer, pl_module, "test")
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.__dict__.pop("_probe_feature_cache", None)  # free the cached features
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.__dict__.pop("_probe_feature_cache", None)
 
     # ------------------------------------------------------------------ work
     def _loaders(self, dm, stage: str) -> dict[str, DataLoader]:
@@ -204,18 +236,6 @@ class LinearProbe(pl.Callback):
             for key, value in metric.compute().items():
                 values[f"{prefix}/{key}"] = float(value)
         return values
-
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        values = self.compute(trainer, pl_module, stage)
-        for name, value in values.items():
-            pl_module.log(name, value, add_dataloader_idx=False, sync_dist=False, rank_zero_only=False)
-        self.last.update(values)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last": self.last}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last = dict(state_dict.get("last", {}))
 
 
 _FEATURE_KEYS = ("label", "group", "fine_label")
