@@ -149,21 +149,25 @@ def auto_scales(side: int) -> tuple[int, int]:
 
 def ms_ssim_triplet_scores(
     anchor: torch.Tensor,
-    positive: torch.Tensor,
-    negative: torch.Tensor,
+    positive: torch.Tensor | None,
+    negative: torch.Tensor | None,
     data_range: float = 1.0,
     win_size: int | None = None,
     levels: int | None = None,
     win_sigma: float = 1.5,
     K: tuple[float, float] = (0.01, 0.03),
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(MS(anchor, positive), MS(anchor, negative))`` per anchor, in one pass.
 
     The same score as :func:`ms_ssim` on the two pairs (the tests check it), computed faster: the
-    eight local statistics a triplet needs (``a, p, n, a^2, p^2, n^2, a p, a n``) go through the
+    local statistics a triplet needs (``a, p, n, a^2, p^2, n^2, a p, a n``) go through the
     package's ``gaussian_filter`` in a single grouped convolution per scale, and the anchor's
-    statistics are shared by both pairs.
+    statistics are shared by both pairs. ``positive`` or ``negative`` may be None (the one-sided
+    ablations): its score is then neither computed nor returned.
     """
+    others = [o for o in (positive, negative) if o is not None]
+    if not others:
+        raise ValueError("ms_ssim_triplet_scores needs a positive or a negative batch")
     side = min(anchor.shape[-2:])
     auto_win, auto_levels = auto_scales(side)
     win_size = win_size if win_size is not None else auto_win
@@ -172,17 +176,19 @@ def ms_ssim_triplet_scores(
     w = torch.tensor(STANDARD_WEIGHTS[:levels], dtype=torch.float32)
     weights = (w / w.sum()).to(anchor.device)
     c1, c2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
+    k = len(others)
     with torch.autocast(device_type=anchor.device.type, enabled=False):
-        a, p, n = anchor.float(), positive.float(), negative.float()
+        a, others = anchor.float(), [o.float() for o in others]
         channels = a.shape[1]
-        win = _fspecial_gauss_1d(win_size, win_sigma).to(a.device).repeat([8 * channels, 1, 1, 1])
-        scores_p, scores_n = [], []
+        win = _fspecial_gauss_1d(win_size, win_sigma).to(a.device).repeat([(2 + 3 * k) * channels, 1, 1, 1])
+        scores: list[list[torch.Tensor]] = [[] for _ in others]
         for level in range(levels):
-            stats = gaussian_filter(torch.cat([a, p, n, a * a, p * p, n * n, a * p, a * n], dim=1), win)
-            mu_a, mu_p, mu_n, e_aa, e_pp, e_nn, e_ap, e_an = stats.chunk(8, dim=1)
-            var_a, var_p, var_n = e_aa - mu_a.square(), e_pp - mu_p.square(), e_nn - mu_n.square()
-            for mu_o, var_o, e_ao, out in ((mu_p, var_p, e_ap, scores_p), (mu_n, var_n, e_an, scores_n)):
-                cs_map = (2 * (e_ao - mu_a * mu_o) + c2) / (var_a + var_o + c2)
+            stats = gaussian_filter(torch.cat([a, a * a, *others, *(o * o for o in others), *(a * o for o in others)], dim=1), win)
+            mu_a, e_aa, *rest = stats.chunk(2 + 3 * k, dim=1)
+            var_a = e_aa - mu_a.square()
+            for j, out in enumerate(scores):
+                mu_o, e_oo, e_ao = rest[j], rest[k + j], rest[2 * k + j]
+                cs_map = (2 * (e_ao - mu_a * mu_o) + c2) / (var_a + e_oo - mu_o.square() + c2)
                 if level < levels - 1:
                     out.append(cs_map.flatten(2).mean(-1))
                 else:
@@ -190,5 +196,7 @@ def ms_ssim_triplet_scores(
                     out.append((lum * cs_map).flatten(2).mean(-1))
             if level < levels - 1:
                 padding = [s % 2 for s in a.shape[2:]]
-                a, p, n = (F.avg_pool2d(t, kernel_size=2, padding=padding) for t in (a, p, n))
-        return _combine(scores_p, weights), _combine(scores_n, weights)
+                a = F.avg_pool2d(a, kernel_size=2, padding=padding)
+                others = [F.avg_pool2d(o, kernel_size=2, padding=padding) for o in others]
+        combined = iter([_combine(s, weights) for s in scores])
+        return (next(combined) if positive is not None else None), (next(combined) if negative is not None else None)

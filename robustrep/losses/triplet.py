@@ -3,7 +3,9 @@
 Each loss takes an anchor batch and one positive (same class) and one negative (other class) per
 anchor and returns the mean over anchors of ``d(anchor, positive) - d(anchor, negative)``, or with a
 ``margin`` the hinge ``max(0, d_pos - d_neg + margin)``. Lower is better: the loss falls as the
-anchor moves toward its positive and away from its negative.
+anchor moves toward its positive and away from its negative. Passing ``None`` for the positive or
+the negative keeps one side, for the paper's Table 5 ablations: "only x+" (the mean of ``d_pos``) or
+"only x-" (the mean of ``-d_neg``); a margin needs both.
 
 * :func:`msssim_triplet` (CIM): ``d = 1 - MS-SSIM``, i.e. ``MS(a, x-) - MS(a, x+)``. The paper's
   Eq. 8 prints the opposite sign, which would push the morphed image away from its positives;
@@ -24,7 +26,13 @@ import torch.nn.functional as F
 from robustrep.losses.msssim import ms_ssim_triplet_scores
 
 
-def _reduce(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float | None) -> torch.Tensor:
+def _reduce(d_pos: torch.Tensor | None, d_neg: torch.Tensor | None, margin: float | None) -> torch.Tensor:
+    if (d_pos is None or d_neg is None) and margin is not None:
+        raise ValueError("a triplet margin needs both a positive and a negative")
+    if d_neg is None:
+        return d_pos.mean()
+    if d_pos is None:
+        return -d_neg.mean()
     diff = d_pos - d_neg
     if margin is not None:
         diff = F.relu(diff + margin)
@@ -33,8 +41,8 @@ def _reduce(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float | None) -> t
 
 def msssim_triplet(
     anchor: torch.Tensor,
-    positive: torch.Tensor,
-    negative: torch.Tensor,
+    positive: torch.Tensor | None,
+    negative: torch.Tensor | None,
     margin: float | None = None,
     data_range: float = 1.0,
     win_size: int | None = None,
@@ -44,7 +52,8 @@ def msssim_triplet(
 
     Args:
         anchor: the morphed images ``psi(x)``.
-        positive, negative: one same-class and one other-class image per anchor.
+        positive, negative: one same-class and one other-class image per anchor (either may be
+            None: that side is left out and not computed).
         margin: None (default, the plain difference, in [-1, 1]) or a hinge margin.
         data_range: value range of the images.
         win_size, levels: forwarded to :func:`robustrep.losses.msssim.ms_ssim` (None = chosen from
@@ -52,7 +61,7 @@ def msssim_triplet(
     """
     # Both pairs in one pass, fp32 with autocast off (see ms_ssim_triplet_scores).
     sim_pos, sim_neg = ms_ssim_triplet_scores(anchor, positive, negative, data_range=data_range, win_size=win_size, levels=levels)
-    return _reduce(1.0 - sim_pos, 1.0 - sim_neg, margin)
+    return _reduce(None if sim_pos is None else 1.0 - sim_pos, None if sim_neg is None else 1.0 - sim_neg, margin)
 
 
 def gram_matrix(images: torch.Tensor) -> torch.Tensor:
@@ -61,23 +70,31 @@ def gram_matrix(images: torch.Tensor) -> torch.Tensor:
     return flat @ flat.transpose(1, 2) / flat.shape[-1]
 
 
-def gram_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float | None = None) -> torch.Tensor:
+def gram_triplet(anchor: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None, margin: float | None = None) -> torch.Tensor:
     """CIMg's triplet loss on normalised channel Gram matrices (squared Frobenius distances)."""
     with torch.autocast(device_type=anchor.device.type, enabled=False):
-        ga, gp, gn = gram_matrix(anchor.float()), gram_matrix(positive.float()), gram_matrix(negative.float())
-        return _reduce((ga - gp).square().flatten(1).sum(1), (ga - gn).square().flatten(1).sum(1), margin)
+        ga = gram_matrix(anchor.float())
+        d_pos, d_neg = ((ga - gram_matrix(o.float())).square().flatten(1).sum(1) if o is not None else None for o in (positive, negative))
+        return _reduce(d_pos, d_neg, margin)
 
 
-def feature_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float | None = None, normalize: bool = True) -> torch.Tensor:
+def feature_triplet(
+    anchor: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None, margin: float | None = None, normalize: bool = True
+) -> torch.Tensor:
     """SCL-E2E's triplet ``||E(x)-E(x+)||^2 - ||E(x)-E(x-)||^2`` on feature vectors N x D.
 
     Args:
         normalize: L2-normalise the features first (default). Without it and without a margin the
             loss is unbounded below (the encoder can scale its features up), so turn it off only
             together with a ``margin``.
+        positive, negative: either may be None (one-sided ablation).
     """
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().flatten(1)
+        return F.normalize(x, dim=1) if normalize else x
+
     with torch.autocast(device_type=anchor.device.type, enabled=False):
-        a, p, n = anchor.float().flatten(1), positive.float().flatten(1), negative.float().flatten(1)
-        if normalize:
-            a, p, n = F.normalize(a, dim=1), F.normalize(p, dim=1), F.normalize(n, dim=1)
-        return _reduce((a - p).square().sum(1), (a - n).square().sum(1), margin)
+        a = prepare(anchor)
+        d_pos, d_neg = ((a - prepare(o)).square().sum(1) if o is not None else None for o in (positive, negative))
+        return _reduce(d_pos, d_neg, margin)

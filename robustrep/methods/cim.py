@@ -53,6 +53,7 @@ from robustrep.losses.vib import gaussian_kl, reparameterize
 from robustrep.methods.base import RobustMethod
 
 VARIANTS = ("mask", "gram", "feature", "scl")
+TRIPLET_TERMS = ("both", "positive", "negative")
 
 
 class TransformationNetwork(nn.Module):
@@ -264,6 +265,9 @@ class CIM(RobustMethod):
             ``psi(x+)``/``psi(x-)``) or ``scl`` (SCL-E2E: feature triplet on backbone features).
         lam: ``lambda``, the weight of the triplet loss; 0 turns it off (and skips the sampling).
         margin: hinge margin of the triplet loss; None (default) = the plain difference.
+        triplet_terms: ``both`` (default, the triplet), ``positive`` ("only x+": pull toward ``x+``
+            only) or ``negative`` ("only x-": push away from ``x-`` only) — the paper's Table 5
+            ablation. The unused example is neither drawn nor read.
         transform_network: use the TN (False for the ERM, VIB and SCL-E2E baselines).
         tn_width, tn_depth, tn_skip, mask_bias_init: the TN's shape, see
             :class:`TransformationNetwork` (None = chosen from the image size).
@@ -289,6 +293,7 @@ class CIM(RobustMethod):
         variant: Literal["mask", "gram", "feature", "scl"] = "mask",
         lam: float = 1.0,
         margin: float | None = None,
+        triplet_terms: Literal["both", "positive", "negative"] = "both",
         transform_network: bool = True,
         tn_width: int | None = None,
         tn_depth: int | None = None,
@@ -310,8 +315,13 @@ class CIM(RobustMethod):
             raise ConfigError(f"lam and vib_beta must be >= 0, got lam={lam}, vib_beta={vib_beta}")
         if lam > 0 and variant != "scl" and not transform_network:
             raise ConfigError(f"variant {variant!r} trains the Transformation Network; with transform_network: false use lam: 0 or variant: scl")
+        if triplet_terms not in TRIPLET_TERMS:
+            raise ConfigError(f"triplet_terms must be one of {', '.join(TRIPLET_TERMS)}, got {triplet_terms!r}")
+        if margin is not None and triplet_terms != "both":
+            raise ConfigError("a triplet margin needs both terms: use triplet_terms: both or margin: null")
         self.variant = variant
         self.lam = lam
+        self.triplet_terms = triplet_terms
         self.margin = margin
         self.vib_beta = vib_beta
         self.feature_normalize = feature_normalize
@@ -372,11 +382,16 @@ class CIM(RobustMethod):
             self.triplets.to(self.device)
             self.triplets.reseed(self.triplet_seed * 1_000_003 + process_rank() * 10_007 + self.current_epoch)
 
-    def draw_triplets(self, labels: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positive and negative images for a batch of anchors, on the module's device."""
+    def draw_triplets(self, labels: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Positive and negative images for a batch of anchors, on the module's device (None for the
+        side ``triplet_terms`` leaves out; it is not read)."""
         if self.triplets is None:
             raise ConfigError("no triplet source: fit with a datamodule or call set_triplet_source(dataset)")
         pos, neg = self.triplets.sample(labels, keys)
+        if self.triplet_terms == "positive":
+            return self.triplets.images(pos, self.device), None
+        if self.triplet_terms == "negative":
+            return None, self.triplets.images(neg, self.device)
         both = self.triplets.images(torch.cat([pos, neg]), self.device)
         return both.chunk(2)
 
@@ -396,10 +411,10 @@ class CIM(RobustMethod):
             positive, negative = self.draw_triplets(labels, batch.get("index"))
         if self.variant == "scl" and self.lam > 0:
             # SCL-E2E encodes x, x+ and x- (a batch of 3n) and contrasts backbone features.
-            others = torch.cat([positive, negative])
-            feats_all = self.backbone(torch.cat([morphed, self.morph(others)])).flatten(1)
+            others = [t for t in (positive, negative) if t is not None]
+            feats_all = self.backbone(torch.cat([morphed, self.morph(torch.cat(others))])).flatten(1)
             features = feats_all[:n]
-            f_pos, f_neg = feats_all[n:].chunk(2)
+            f_pos, f_neg = _split_like(feats_all[n:], positive, negative)
             contrastive = feature_triplet(features, f_pos, f_neg, self.margin, self.feature_normalize)
         else:
             features = self.backbone(morphed).flatten(1)
@@ -424,9 +439,17 @@ class CIM(RobustMethod):
         self.log_dict(logs, prog_bar=True, batch_size=n)
         return loss
 
-    def _image_triplet(self, morphed: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    def _image_triplet(self, morphed: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None) -> torch.Tensor:
         if self.variant == "gram":
             return gram_triplet(morphed, positive, negative, self.margin)
         if self.variant == "feature":
-            positive, negative = self.morph(torch.cat([positive, negative])).chunk(2)
+            others = [t for t in (positive, negative) if t is not None]
+            positive, negative = _split_like(self.morph(torch.cat(others)), positive, negative)
         return msssim_triplet(morphed, positive, negative, self.margin, win_size=self.msssim_win_size, levels=self.msssim_levels)
+
+
+def _split_like(stacked: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Undo ``torch.cat`` of the present ones of ``(positive, negative)`` (None stays None)."""
+    if positive is not None and negative is not None:
+        return stacked.chunk(2)  # type: ignore[return-value]
+    return (stacked, None) if positive is not None else (None, stacked)

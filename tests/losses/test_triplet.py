@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from pytorch_msssim import ms_ssim as package_ms_ssim
 
@@ -68,3 +69,19 @@ def test_feature_triplet_against_a_loop():
     normed = torch.stack([((an[i] - pn[i]) ** 2).sum() - ((an[i] - nn_[i]) ** 2).sum() for i in range(6)]).mean()
     torch.testing.assert_close(feature_triplet(a, p, n), normed)
     assert feature_triplet(a, p, n, margin=0.2) >= 0
+
+
+def test_one_sided_triplets_keep_one_term():
+    """Table 5's "only x+" / "only x-": the mean of d_pos, or of -d_neg, for every triplet loss."""
+    gen = torch.Generator().manual_seed(3)
+    a, p, n = (torch.rand(4, 3, 64, 64, generator=gen) for _ in range(3))
+    ms_pos = package_ms_ssim(a, p, data_range=1.0, size_average=False, win_size=3)
+    ms_neg = package_ms_ssim(a, n, data_range=1.0, size_average=False, win_size=3)
+    torch.testing.assert_close(msssim_triplet(a, p, None), (1 - ms_pos).mean(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(msssim_triplet(a, None, n), -(1 - ms_neg).mean(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(msssim_triplet(a, p, None) + msssim_triplet(a, None, n), msssim_triplet(a, p, n), atol=1e-5, rtol=1e-5)
+    for loss in (gram_triplet, feature_triplet):
+        torch.testing.assert_close(loss(a, p, None) + loss(a, None, n), loss(a, p, n))
+    assert feature_triplet(a, p, None) > 0 > feature_triplet(a, None, n)
+    with pytest.raises(ValueError, match="margin"):
+        msssim_triplet(a, p, None, margin=0.1)

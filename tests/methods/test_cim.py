@@ -229,7 +229,7 @@ def test_every_table_row_has_a_config():
     names = {p.stem for p in CIM_CONFIGS}
     for bench in ("colored_mnist", "bg_challenge", "vlcs", "celeba", "waterbirds"):
         assert {f"cim_{bench}", f"cim_vib_{bench}", f"vib_{bench}"} <= names
-    assert "sclE2E_waterbirds" in names
+    assert {"sclE2E_waterbirds", "sclE2E_vlcs", "sclE2E_bg_challenge"} <= names
 
 
 # Two CIM+VIB configs run in the fast tier (TN, triplets, VIB, both callbacks, in-memory and JPEG data); the rest in the slow one.
@@ -251,3 +251,32 @@ def test_config_runs_on_fixture(config, cim_benchmarks, tmp_path):
     assert np.isfinite(metrics["test/acc"])
     if "bg_challenge" in config.stem:
         assert metrics["test/bg_gap"] == pytest.approx(metrics["test/mixed_same/acc"] - metrics["test/mixed_rand/acc"])
+
+
+@pytest.mark.parametrize("terms", ["positive", "negative"])
+def test_one_sided_triplet_reads_only_its_side(terms):
+    """Table 5's ablations draw and read only the examples the kept term uses."""
+    torch.manual_seed(0)
+    model = _cim(8, triplet_terms=terms)
+    train = _labelled_dataset(num_classes=2)
+    model.set_triplet_source(train)
+    model.triplets.reseed(0)
+    reads = []
+    original = model.triplets.images
+    model.triplets.images = lambda idx, device: reads.append(len(idx)) or original(idx, device)
+    labels = torch.tensor([0, 1, 0, 1])
+    positive, negative = model.draw_triplets(labels, None)
+    assert reads == [4]
+    kept = positive if terms == "positive" else negative
+    assert (positive is None) == (terms == "negative") and (negative is None) == (terms == "positive")
+    assert kept.shape == (4, 1, 8, 8)
+    batch = {"image": torch.rand(4, 1, 8, 8), "label": labels, "index": torch.arange(4)}
+    model = CIM(num_classes=2, num_groups=2, image_shape=(1, 8, 8), backbone="tiny", triplet_terms=terms)
+    model.set_triplet_source(train)
+    model.triplets.reseed(0)
+    loss = model.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="margin"):
+        _cim(triplet_terms=terms, margin=0.1)
+    with pytest.raises(ConfigError, match="triplet_terms"):
+        _cim(triplet_terms="neither")
