@@ -141,6 +141,25 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size:
     return multiscale_ssim(x, y, win_size=win, levels=levels, data_range=data_range)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _filter_groups(tensors: list[torch.Tensor], win_1d: torch.Tensor) -> list[torch.Tensor]:
+    """The package's ``gaussian_filter`` of every tensor (N x C x H x W each), batched: one grouped
+    convolution for the tensors that need a gradient and one for those that do not."""
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    for needs_grad in (True, False):
+        picked = [i for i, t in enumerate(tensors) if t.requires_grad == needs_grad]
+        if not picked:
+            continue
+        stacked = torch.cat([tensors[i] for i in picked], dim=1)
+        filtered = gaussian_filter(stacked, win_1d.repeat([stacked.shape[1], 1, 1, 1]))
+        for i, f in zip(picked, filtered.chunk(len(picked), dim=1)):
+            out[i] = f
+    return out  # type: ignore[return-value]
+
+
 def auto_scales(side: int) -> tuple[int, int]:
     """``(win_size, levels)`` :func:`ms_ssim` uses at ``side`` px (the package's 5 scales above 32 px)."""
     win = package_window(side)
@@ -178,13 +197,15 @@ def ms_ssim_triplet_scores(
     c1, c2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
     k = len(others)
     with torch.autocast(device_type=anchor.device.type, enabled=False):
-        a, others = anchor.float(), [o.float() for o in others]
-        channels = a.shape[1]
-        win = _fspecial_gauss_1d(win_size, win_sigma).to(a.device).repeat([(2 + 3 * k) * channels, 1, 1, 1])
+        # channels-last: the grouped (depthwise) Gaussian convolutions run ~2x faster on CPU.
+        a, others = _channels_last(anchor.float()), [_channels_last(o.float()) for o in others]
+        win = _fspecial_gauss_1d(win_size, win_sigma).to(a.device)
         scores: list[list[torch.Tensor]] = [[] for _ in others]
         for level in range(levels):
-            stats = gaussian_filter(torch.cat([a, a * a, *others, *(o * o for o in others), *(a * o for o in others)], dim=1), win)
-            mu_a, e_aa, *rest = stats.chunk(2 + 3 * k, dim=1)
+            # The statistics of constant images (raw x+/x-) are filtered apart from the anchor's, so
+            # the backward pass only runs through the ones that need a gradient.
+            stats = _filter_groups([a, a * a, *others, *(o * o for o in others), *(a * o for o in others)], win)
+            mu_a, e_aa, *rest = stats
             var_a = e_aa - mu_a.square()
             for j, out in enumerate(scores):
                 mu_o, e_oo, e_ao = rest[j], rest[k + j], rest[2 * k + j]
@@ -196,7 +217,7 @@ def ms_ssim_triplet_scores(
                     out.append((lum * cs_map).flatten(2).mean(-1))
             if level < levels - 1:
                 padding = [s % 2 for s in a.shape[2:]]
-                a = F.avg_pool2d(a, kernel_size=2, padding=padding)
-                others = [F.avg_pool2d(o, kernel_size=2, padding=padding) for o in others]
+                a = _channels_last(F.avg_pool2d(a, kernel_size=2, padding=padding))
+                others = [_channels_last(F.avg_pool2d(o, kernel_size=2, padding=padding)) for o in others]
         combined = iter([_combine(s, weights) for s in scores])
         return (next(combined) if positive is not None else None), (next(combined) if negative is not None else None)
