@@ -33,7 +33,7 @@ SUBCOMMANDS = {
     "data": "list the benchmarks (`data list`) or check a copy on disk (`data check`)",
     "report": "compare runs: results.json -> mean ± std over seeds table (md/csv/html) and a bar plot",
     "reproduce": "run a paper table (experiments/tables/NAME.yaml) and report ours beside the paper's numbers",
-    "analyze": "downstream analyses on frozen embeddings (strata recovery, noisy labels, coresets)",
+    "analyze": "analyses of a trained model (strata recovery, noisy labels, coresets, CIM's mask)",
 }
 
 HELP = """usage: robustrep SUBCOMMAND [--config FILE] [overrides]

@@ -1,10 +1,11 @@
-"""``robustrep analyze strata|noisy-labels|coreset``: the downstream applications on frozen embeddings.
+"""``robustrep analyze strata|noisy-labels|coreset|cim-mask``: analyses of a trained representation.
 
 Examples::
 
     robustrep analyze strata --ckpt runs/spread_x/<run>/checkpoints/last.ckpt
     robustrep analyze noisy-labels --ckpt <ckpt> --noise-rate 0.2
     robustrep analyze coreset --config experiments/spread_synthetic_strata.yaml --target 0.3 --max-epochs 3
+    robustrep analyze cim-mask --ckpt runs/cim_colored_mnist/<run>/checkpoints/last.ckpt --set digits_source=sklearn
 
 ``--config`` defaults to the ``config.yaml`` of the checkpoint's run directory; ``--set KEY=VALUE``
 overrides datamodule arguments (e.g. ``--set digits_source=sklearn``). Results are printed and,
@@ -23,7 +24,10 @@ from robustrep.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robustrep analyze", description="Downstream applications of a trained representation (L_spread paper, section 5).")
+    parser = argparse.ArgumentParser(
+        prog="robustrep analyze",
+        description="Downstream applications of a trained representation (L_spread paper, section 5) and CIM's mask statistics.",
+    )
     sub = parser.add_subparsers(dest="analysis", required=True)
 
     def common(p: argparse.ArgumentParser, ckpt_required: bool) -> None:
@@ -60,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--repeats", type=int, default=3, help="runs per subset size")
     c.add_argument("--max-epochs", type=int, default=None, help="epochs of each partial-training run (default: the config's)")
     c.add_argument("--eval-epochs", type=int, default=None, help="epochs of the fresh model (default: --max-epochs)")
+    m = sub.add_parser("cim-mask", help="CIM: mean mask on the foreground / background / per class of a test set")
+    common(m, True)
+    m.add_argument("--eval-set", default=None, help="named test set (default: the primary one)")
     return parser
 
 
@@ -107,6 +114,10 @@ def _run(args, config: dict, overrides: dict):
         return run_coreset(config, args.target, args.fractions, args.repeats, epochs, args.eval_epochs, data_overrides=overrides, seed=args.seed)
     dm = common.build_datamodule(config, overrides)
     model = common.load_model(args.ckpt)
+    if args.analysis == "cim-mask":
+        from robustrep.analysis.cim_mask import mask_statistics
+
+        return mask_statistics(model, dm, args.eval_set)
     feats = common.embed_splits(model, dm, ("train", "test"))
     if args.analysis == "strata":
         from robustrep.analysis.strata import run_strata

@@ -287,6 +287,16 @@ class ColoredMNISTCIM(_DigitsModule):
         self.attribute_names = ["yellow", "blue"]
         self.image_shape = (3, 28, 28)
 
+    def foreground(self, images: torch.Tensor) -> torch.Tensor:
+        """Boolean N x 1 x H x W map of the pixels whose ink exceeds 0.5 (the digit's strokes), read
+        back from images in [0, 1] painted by :func:`colour_digits` (for ``robustrep analyze
+        cim-mask``)."""
+        if self.colour_region == "background":  # c * (1 - ink) + ink: every channel >= ink
+            return images.min(1, keepdim=True).values > 0.5
+        if self.colour_region == "digit":  # c * ink: the colour's full channel is ink
+            return images.max(1, keepdim=True).values > 0.5
+        return images.max(1, keepdim=True).values > 0.75  # both: c * (0.5 + 0.5 * ink)
+
     def make(self, images: torch.Tensor, digits: torch.Tensor, aligned_fraction: float, stream: int) -> TensorImageDataset:
         """Colour one split: per class exactly ``round(aligned_fraction * n_class)`` get the test colour."""
         gen = torch.Generator().manual_seed(self.seed * 1000 + 100 + stream)
