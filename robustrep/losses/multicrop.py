@@ -14,6 +14,8 @@ It is :func:`~robustrep.losses.contrastive.masked_info_nce` with instance masks;
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +49,65 @@ def multicrop_terms(z: torch.Tensor, m: int, beta: float = 0.5, normalize: bool 
     return loss
 
 
+def weighted_multicrop_terms(z: torch.Tensor, log_w: torch.Tensor, m: int, beta: float = 0.5, weight_negatives: bool = True) -> torch.Tensor:
+    """Per-anchor multi-crop InfoNCE terms with importance weights on the positives and negatives.
+
+    The policy step of CRL-TAC evaluates the objective (paper eq. 2, Jensen bound eqs. 18-19) on
+    crops drawn *uniformly*, so every expectation over ``T ~ P(T|x)`` becomes a weighted sum with
+    ``w_ik = P(t_ik|x_i) / sum_j P(t_ij|x_i)`` (self-normalised importance weights). For anchor
+    ``(i, k)``:
+
+    ``l_ik = -sum_{j != k} w_ij / (1 - w_ik) * s_ik,ij + log sum_{(i',j') != (i,k)} m w_i'j' exp(s_ik,i'j')``
+
+    The positives (other crops of the same image) and the negatives (every other crop of the batch)
+    are weighted by the policy; the anchor weight ``w_ik`` is applied by the caller. With uniform
+    weights (``w = 1/m``) this equals :func:`multicrop_terms`.
+
+    Args:
+        z: L2-normalised embeddings (N x d, image-major, ``m`` rows per image); treated as constants.
+        log_w: log of the per-image renormalised weights, ``N`` values (or ``n x m``); gradients
+            flow through it.
+        m: crops per image.
+        beta: inverse temperature.
+        weight_negatives: weight the denominator by ``m w`` (else plain: every other crop counts once).
+    """
+    n = z.shape[0]
+    if m < 2 or n % m:
+        raise ValueError(f"weighted multi-crop InfoNCE needs m >= 2 and whole instances, got N = {n}, m = {m}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = z.float()
+        log_w = log_w.float().reshape(n)
+        sim = beta * (z @ z.T)
+        instance = torch.arange(n, device=z.device) // m
+        others = ~torch.eye(n, dtype=torch.bool, device=z.device)
+        positives = (instance[:, None] == instance[None, :]) & others
+        neg_inf = torch.finfo(sim.dtype).min
+        pos_w = torch.softmax(log_w[None, :].masked_fill(~positives, neg_inf), dim=1)  # w_ij / (1 - w_ik)
+        pos_term = (pos_w * sim).sum(1)
+        logits = sim + log_w[None, :] + math.log(m) if weight_negatives else sim
+        log_denom = torch.logsumexp(logits.masked_fill(~others, neg_inf), dim=1)
+    return log_denom - pos_term
+
+
+def cross_multicrop_terms(anchors: torch.Tensor, views: torch.Tensor, m: int, beta: float = 0.5) -> torch.Tensor:
+    """Per-anchor InfoNCE terms of ``anchors`` against a separate set of ``views`` of the same images.
+
+    Both are image-major with ``m`` rows per image (``n * m`` rows each, L2-normalised). For anchor
+    ``(i, k)``: ``-(1/m) sum_j s(a_ik, v_ij) + log sum_{i', j} exp(s(a_ik, v_i'j))``, with
+    ``s = beta * a.b``: the positives are the views of the same image, the denominator every view
+    of the batch. CRL-TAC's ``policy_objective: sampled`` uses it with uniformly drawn anchors and
+    policy-drawn views (eq. 2's ``T' ~ P(T'|x)`` by sampling).
+    """
+    n = anchors.shape[0]
+    if m < 1 or n % m or views.shape[0] != n:
+        raise ValueError(f"cross multi-crop InfoNCE needs {n} anchors and views, m = {m} rows per image")
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        sim = beta * (anchors.float() @ views.float().T)
+        same = (torch.arange(n, device=sim.device) // m)[:, None] == (torch.arange(n, device=sim.device) // m)[None, :]
+        pos = (sim * same).sum(1) / m
+        return torch.logsumexp(sim, dim=1) - pos
+
+
 def multicrop_info_nce(z: torch.Tensor, m: int, beta: float = 0.5, normalize: bool = True, gather: bool = False) -> torch.Tensor:
     """Mean of :func:`multicrop_terms` over every anchor.
 
@@ -59,4 +120,4 @@ def multicrop_info_nce(z: torch.Tensor, m: int, beta: float = 0.5, normalize: bo
     return multicrop_terms(z, m, beta, normalize).mean()
 
 
-__all__ = ["multicrop_info_nce", "multicrop_terms"]
+__all__ = ["cross_multicrop_terms", "multicrop_info_nce", "multicrop_terms", "weighted_multicrop_terms"]

@@ -14,9 +14,12 @@ METHODS.md section 3.
 - **Training** (Algorithm 1, manual optimisation, two optimisers), every iteration:
   (a) encoder step: ``m`` crops per image drawn from the policy (no gradient to eta), the multi-crop
   InfoNCE (:mod:`robustrep.losses.multicrop`) updates ``f`` and ``g`` with the ``optimizer``;
-  (b) policy step: ``m`` crops per image drawn *uniformly*, per-crop InfoNCE terms with ``h`` fixed,
-  weighted by ``P(t|x)`` renormalised over the image's sampled crops; eta descends
-  ``sum_j w_j loss_j - lambda_H * H(P(T|x))`` (mean over images) with its own Adam (``policy_lr``).
+  (b) policy step: ``m`` crops per image drawn *uniformly*, embedded with ``h`` fixed (the encoder in
+  eval mode: ``policy_step_eval``), ``w_ij = P(t_ij|x_i)`` renormalised over the image's sampled crops;
+  eta descends ``mean_i sum_k w_ik l_ik - lambda_H * mean_i H(P(T|x_i))`` with its own Adam
+  (``policy_lr``). ``l_ik`` (``policy_objective``): ``anchor`` (default, METHODS.md's reading) the
+  plain per-crop InfoNCE term; ``full`` the paper's eq. 2 / 18-19 with the positives and the
+  negatives importance-weighted too; ``positives`` only the positives weighted.
   SimCLR runs step (a) only.
 - **Representation** (:meth:`CRLTAC.embed`): ``normalise(sum_t P(t|x) h(t(x)))`` over all crops
   (``embed_weighting: policy``); ``top_n``: the mean over the ``top_n`` most probable crops;
@@ -44,10 +47,11 @@ from torch import nn
 from robustrep.backbones import register_backbone
 from robustrep.distributed import gather_no_grad, is_distributed, rank
 from robustrep.errors import ConfigError
-from robustrep.losses.multicrop import multicrop_info_nce, multicrop_terms
+from robustrep.losses.multicrop import cross_multicrop_terms, multicrop_info_nce, multicrop_terms, weighted_multicrop_terms
 from robustrep.methods.base import RobustMethod
 
 POLICIES = ("learned", "uniform")
+POLICY_OBJECTIVES = ("anchor", "sampled", "full", "positives")
 EMBED_OUTPUTS = ("head", "trunk")
 EMBED_WEIGHTINGS = ("policy", "top_n", "uniform", "oracle")
 
@@ -176,6 +180,22 @@ class CRLTAC(RobustMethod):
         embed_chunk: images per chunk when embedding all crops at inference (memory bound).
         grad_clip: clip the gradient norm of each step to this value (None = off).
         gather_distributed: under DDP, contrast against the crops of every rank.
+        policy_objective: the per-crop term ``l_ik`` of the policy step (default ``anchor``): ``anchor``
+            = the plain multi-crop InfoNCE term of crop k (uniform positives and negatives), as
+            METHODS.md specifies; ``full`` = Algorithm 1's "evaluate (2) with P(t|x) weights" read
+            literally, the positives (other crops of the image) and the negatives (the batch's crops)
+            weighted by the policy as well
+            (:func:`~robustrep.losses.multicrop.weighted_multicrop_terms`); ``positives`` = only
+            the positives weighted. Measured on Grid MNIST (README): ``full`` and ``positives`` move
+            the policy *off* the digit (identical blank crops are perfect positives), ``anchor``
+            onto it.
+        policy_step_eval: the policy step embeds its uniform crops with the encoder in eval mode
+            (BatchNorm running statistics, not updated by these crops; no dropout), i.e. with the same
+            fixed ``h`` as at inference [ours; default True]. False: training mode (batch statistics of
+            the uniform crops, which also enter the running statistics).
+        dedupe_constant_crops: when the encoder runs in eval mode without gradient (the policy step
+            with ``policy_step_eval``, inference), encode each distinct constant crop (e.g. the blank
+            canvas, most of Grid MNIST's crops) once and copy its output; exact [ours; default True].
         *args, **kwargs: see ``RobustMethod`` (backbone = the trunk ``f``, default ``crltac_cnn``;
             optimizer = the encoder's optimiser, default Adam 1e-3; metadata).
     """
@@ -206,6 +226,9 @@ class CRLTAC(RobustMethod):
         embed_chunk: int = 64,
         grad_clip: float | None = None,
         gather_distributed: bool = True,
+        policy_objective: str = "anchor",
+        policy_step_eval: bool = True,
+        dedupe_constant_crops: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, backbone=backbone, **kwargs)
@@ -225,6 +248,9 @@ class CRLTAC(RobustMethod):
         self.embed_output, self.embed_weighting, self.top_n = embed_output, embed_weighting, top_n
         self.oracle_crops, self.oracle_grid, self.embed_chunk = oracle_crops, oracle_grid, embed_chunk
         self.grad_clip, self.gather_distributed = grad_clip, gather_distributed
+        if policy_objective not in POLICY_OBJECTIVES:
+            raise ConfigError(f"CRLTAC: policy_objective must be one of {POLICY_OBJECTIVES}, got {policy_objective!r}")
+        self.policy_objective, self.policy_step_eval, self.dedupe_constant_crops = policy_objective, policy_step_eval, dedupe_constant_crops
         self.register_buffer("offsets", crop_offsets(self.image_shape[1:], crop_size, crop_stride), persistent=False)
         self.num_crops = int(self.offsets.shape[0])
         self.grid_shape = (len(range(0, self.image_shape[1] - crop_size + 1, crop_stride)), len(range(0, self.image_shape[2] - crop_size + 1, crop_stride)))
@@ -272,23 +298,88 @@ class CRLTAC(RobustMethod):
         return multicrop_info_nce(z, self.m, self.beta, normalize=False, gather=self.gather_distributed)
 
     def policy_loss(self, images: torch.Tensor, log_p: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, entropy)`` of the policy step: uniformly sampled crops, per-crop InfoNCE terms with
-        ``h`` fixed, weighted by ``P(t|x)`` renormalised over each image's sampled crops, minus
-        ``lambda_h`` times the mean entropy of ``P(T|x)`` (gradient to eta only). ``log_p``: the
-        policy's log-probabilities (with their graph) if already computed."""
+        """``(loss, entropy)`` of the policy step (gradient to eta only): ``m`` uniformly sampled crops
+        per image, embedded with ``h`` fixed; ``w_ij = P(t_ij|x_i)`` renormalised over each image's
+        sampled crops; the loss is ``mean_i sum_k w_ik l_ik - lambda_h * mean_i H(P(T|x_i))``.
+        ``policy_objective: anchor`` (default): ``l_ik`` is the plain per-crop InfoNCE term (uniform
+        positives and negatives); ``full`` (the paper's eq. 2 / 18-19 under importance weights):
+        ``l_ik`` weights the positives and the negatives by ``w`` too
+        (:func:`~robustrep.losses.multicrop.weighted_multicrop_terms`); ``positives``: only the
+        positives. ``log_p``: the policy's log-probabilities (with their graph) if already computed."""
         index, crops = self.sample_crops(images, uniform=True)
+        log_p = self.policy_log_probs(images) if log_p is None else log_p
         with torch.no_grad():
-            _, z = self.encode(crops)
+            if self.policy_objective == "sampled":
+                crops = torch.cat([crops, self.sample_crops(images, log_p=log_p)[1]])
+            _, z = self._encode_fixed(crops)
+            if self.policy_objective == "sampled":
+                z, views = z.chunk(2)
             n_local = z.shape[0]
             if self.gather_distributed and is_distributed():
                 z = gather_no_grad(z)
-            terms = multicrop_terms(z, self.m, self.beta, normalize=False)
-            terms = terms[rank() * n_local : rank() * n_local + n_local] if z.shape[0] != n_local else terms
-        log_p = self.policy_log_probs(images) if log_p is None else log_p
-        weights = torch.softmax(log_p.gather(1, index), dim=1)  # P(t|x) renormalised over the sampled crops
-        expected = (weights * terms.view(-1, self.m)).sum(1).mean()
+                if self.policy_objective == "sampled":
+                    views = gather_no_grad(views)
+        log_w = torch.log_softmax(log_p.gather(1, index), dim=1)  # P(t|x) renormalised over the sampled crops
+        if self.policy_objective in ("full", "positives"):
+            all_log_w = log_w.reshape(-1)
+            if z.shape[0] != n_local:  # other ranks' weights enter the denominators as constants
+                gathered = gather_no_grad(all_log_w.detach())
+                start = rank() * n_local
+                all_log_w = torch.cat([gathered[:start], all_log_w, gathered[start + n_local :]])
+            terms = weighted_multicrop_terms(z, all_log_w, self.m, self.beta, weight_negatives=self.policy_objective == "full")
+        elif self.policy_objective == "sampled":
+            terms = cross_multicrop_terms(z, views, self.m, self.beta)
+        else:
+            with torch.no_grad():
+                terms = multicrop_terms(z, self.m, self.beta, normalize=False)
+        if z.shape[0] != n_local:
+            terms = terms[rank() * n_local : rank() * n_local + n_local]
+        expected = (log_w.exp() * terms.view(-1, self.m)).sum(1).mean()
         entropy = -(log_p.exp() * log_p).sum(1).mean()
         return expected - self.lambda_h * entropy, entropy
+
+    def _encoder_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.projection]
+
+    def _encode_fixed(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode`` for the policy step (no gradient): with ``policy_step_eval`` the encoder runs in
+        eval mode (BatchNorm uses and keeps its running statistics, no dropout), so ``h`` is one fixed
+        function of each crop, as at inference; otherwise in the current (training) mode."""
+        if not self.policy_step_eval:
+            return self.encode(crops)
+        modes = [(mod, mod.training) for enc in self._encoder_modules() for mod in enc.modules()]
+        for mod, _ in modes:
+            mod.training = False
+        try:
+            return self.encode_no_grad(crops)
+        finally:
+            for mod, mode in modes:
+                mod.training = mode
+
+    @torch.no_grad()
+    def encode_no_grad(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` without gradient. When the encoder is in eval mode (each crop is then mapped
+        on its own) and ``dedupe_constant_crops`` is on, each distinct constant crop (every pixel equal,
+        e.g. the blank canvas of Grid MNIST: most of its 289 crops) is encoded once and its output
+        copied: the same result, with far fewer crops through the CNN."""
+        in_eval = not any(mod.training for enc in self._encoder_modules() for mod in enc.modules())
+        if not (self.dedupe_constant_crops and in_eval and crops.shape[0] > 1):
+            return self.encode(crops)
+        flat = crops.flatten(1)
+        first = flat[:, 0]
+        constant = (flat == first[:, None]).all(1)
+        if not bool(constant.any()):
+            return self.encode(crops)
+        values, which = first[constant].unique(return_inverse=True)
+        varying = (~constant).nonzero().squeeze(1)
+        unique_crops = values.view(-1, *([1] * (crops.dim() - 1))).expand(-1, *crops.shape[1:])
+        f, h = self.encode(torch.cat([crops[varying], unique_crops.to(crops.dtype)]))
+        n_var = varying.shape[0]
+        out_f = f.new_empty(crops.shape[0], f.shape[1])
+        out_h = h.new_empty(crops.shape[0], h.shape[1])
+        out_f[varying], out_h[varying] = f[:n_var], h[:n_var]
+        out_f[constant], out_h[constant] = f[n_var:][which], h[n_var:][which]
+        return out_f, out_h
 
     def _step(self, optimizer, loss: torch.Tensor, params) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -334,7 +425,7 @@ class CRLTAC(RobustMethod):
         all_crops = torch.arange(self.num_crops, device=images.device)
         for chunk in images.split(self.embed_chunk):
             crops = take_crops(chunk, all_crops.expand(chunk.shape[0], -1), self.crop_size, self.crop_stride)
-            f, h = self.encode(crops.reshape(-1, *crops.shape[2:]))
+            f, h = self.encode_no_grad(crops.reshape(-1, *crops.shape[2:]))
             out["f"].append(f.float().view(chunk.shape[0], self.num_crops, -1))
             out["h"].append(h.view(chunk.shape[0], self.num_crops, -1))
             out["probs"].append(self.policy_log_probs(chunk).exp())

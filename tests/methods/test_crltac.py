@@ -14,7 +14,7 @@ from conftest import quick_trainer, run_cli, tiny_synthetic
 from robustrep.callbacks.crltac_metrics import CRLTACMetrics, boxes_crop_mask, gaussian_potential, ink_crop_mask
 from robustrep.data import GridMNIST
 from robustrep.losses.contrastive import nt_xent
-from robustrep.losses.multicrop import multicrop_info_nce, multicrop_terms
+from robustrep.losses.multicrop import cross_multicrop_terms, multicrop_info_nce, multicrop_terms, weighted_multicrop_terms
 from robustrep.methods.crltac import CRLTAC, crop_offsets, oracle_weights, take_crops
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -48,6 +48,34 @@ def test_multicrop_terms_match_naive_loop():
         denom = math.log(sum(math.exp(beta * float(z[i] @ z[j])) for j in others))
         expected = denom - sum(beta * float(z[i] @ z[p]) for p in positives) / len(positives)
         assert abs(float(got[i]) - expected) < 1e-5
+
+
+def test_weighted_terms_match_naive_loop_and_reduce_to_plain_terms():
+    torch.manual_seed(2)
+    n, m, beta = 3, 4, 0.7
+    z = F.normalize(torch.randn(n * m, 6), dim=1)
+    w = torch.softmax(torch.randn(n, m), dim=1)
+    got = weighted_multicrop_terms(z, w.log(), m, beta)
+    flat = w.reshape(-1)
+    for i in range(n * m):
+        others = [j for j in range(n * m) if j != i]
+        positives = [j for j in others if j // m == i // m]
+        denom = math.log(sum(m * float(flat[j]) * math.exp(beta * float(z[i] @ z[j])) for j in others))
+        pos = sum(float(flat[p]) * beta * float(z[i] @ z[p]) for p in positives) / sum(float(flat[p]) for p in positives)
+        assert abs(float(got[i]) - (denom - pos)) < 1e-5
+    uniform = torch.full((n, m), 1.0 / m)
+    torch.testing.assert_close(weighted_multicrop_terms(z, uniform.log(), m, beta), multicrop_terms(z, m, beta))
+
+
+def test_cross_terms_match_naive_loop():
+    torch.manual_seed(4)
+    n, m, beta = 3, 2, 0.9
+    a, v = F.normalize(torch.randn(n * m, 5), dim=1), F.normalize(torch.randn(n * m, 5), dim=1)
+    got = cross_multicrop_terms(a, v, m, beta)
+    for i in range(n * m):
+        denom = math.log(sum(math.exp(beta * float(a[i] @ v[j])) for j in range(n * m)))
+        pos = sum(beta * float(a[i] @ v[j]) for j in range(n * m) if j // m == i // m) / m
+        assert abs(float(got[i]) - (denom - pos)) < 1e-5
 
 
 def test_multicrop_rejects_bad_shapes():
@@ -101,26 +129,62 @@ def test_policy_step_changes_only_policy_and_encoder_step_only_encoder():
     assert {id(p) for g in pol_opt.param_groups for p in g["params"]} == {id(p) for p in model.policy.parameters()}
 
 
-def test_policy_loss_is_weighted_terms_minus_entropy_bonus():
+@pytest.mark.parametrize("objective", ["anchor", "sampled", "full"])
+def test_policy_loss_is_weighted_terms_minus_entropy_bonus(objective):
     torch.manual_seed(0)
-    model = small_model(lambda_h=0.0)
+    model = small_model(lambda_h=0.0, policy_objective=objective)
     with torch.no_grad():
         model.policy.fc[-1].bias.copy_(torch.randn(model.num_crops))  # a non-uniform policy
     images = torch.rand(5, 1, 12, 12)
     torch.manual_seed(3)
     plain, entropy = model.policy_loss(images)
-    torch.manual_seed(3)  # same uniform crops
+    torch.manual_seed(3)  # same uniform crops (and policy-drawn views)
     index, crops = model.sample_crops(images, uniform=True)
-    terms = multicrop_terms(model.encode(crops)[1], model.m, model.beta, normalize=False).view(5, model.m)
     log_p = model.policy_log_probs(images)
+    model.eval()  # the policy step embeds with the encoder in eval mode (policy_step_eval)
+    z = model.encode(crops)[1]
+    if objective == "sampled":
+        views = model.encode(model.sample_crops(images, log_p=log_p)[1])[1]
+    model.train()
     p_sel = log_p.exp().gather(1, index)
-    expected = (p_sel / p_sel.sum(1, keepdim=True) * terms).sum(1).mean()
+    w = p_sel / p_sel.sum(1, keepdim=True)
+    if objective == "full":
+        terms = weighted_multicrop_terms(z, w.log(), model.m, model.beta).view(5, model.m)
+    elif objective == "sampled":
+        terms = cross_multicrop_terms(z, views, model.m, model.beta).view(5, model.m)
+    else:
+        terms = multicrop_terms(z, model.m, model.beta, normalize=False).view(5, model.m)
+    expected = (w * terms).sum(1).mean()
     torch.testing.assert_close(plain, expected)
     torch.testing.assert_close(entropy, -(log_p.exp() * log_p).sum(1).mean())
     model.lambda_h = 0.5
     torch.manual_seed(3)
     bonus, _ = model.policy_loss(images)
     torch.testing.assert_close(bonus, plain - 0.5 * entropy)  # minimising the loss raises the entropy
+
+
+def test_policy_step_keeps_batchnorm_statistics_and_training_mode():
+    torch.manual_seed(0)
+    model = small_model()
+    images = torch.rand(6, 1, 12, 12)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running" in k}
+    model.policy_loss(images)[0].backward()
+    after = {k: v for k, v in model.backbone.state_dict().items() if "running" in k}
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(mod.training for mod in model.modules())
+
+
+def test_constant_crops_are_encoded_once_with_the_same_result():
+    torch.manual_seed(0)
+    model = small_model().eval()
+    images = torch.zeros(3, 1, 12, 12)
+    images[:, :, 2:6, 3:7] = torch.rand(3, 1, 4, 4)
+    images[2, :, 6:, :] = 0.5  # a second constant value
+    crops = take_crops(images, torch.arange(model.num_crops).expand(3, -1), model.crop_size, model.crop_stride).reshape(-1, 1, 6, 6)
+    fast = model.encode_no_grad(crops)
+    model.dedupe_constant_crops = False
+    slow = model.encode_no_grad(crops)
+    torch.testing.assert_close(fast, slow)
 
 
 def test_entropy_bonus_spreads_a_peaked_policy():
