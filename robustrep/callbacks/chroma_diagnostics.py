@@ -16,6 +16,11 @@ At the end of every ``every_n_epochs``-th validation and of every test, for a mo
   on the training images plus their counterfactual copies (attribute flipped), so the attribute is
   independent of everything else; fitted on half of the pairs, scored on the other half
   (``<stage>/chroma/attr_probe_z2``, ``attr_probe_z1``; 0.5 = not decodable).
+- **stage-2 flip rate**: the fraction of those training images whose z2-classifier prediction
+  changes when the counterfactual is applied (``<stage>/chroma/stage2_flip_rate``; 0 = the
+  prediction ignores the attribute). Linear decodability alone overstates what a distance-based
+  z2-kNN reads: an attribute kept in ``mu_2`` at a small scale is still linearly decodable but
+  barely moves the nearest neighbours. Needs a fitted stage 2 (skipped otherwise).
 
 PNGs go to ``<run dir>/images``; W&B gets the same pictures (``callbacks.images``).
 """
@@ -124,6 +129,19 @@ class ChromaDiagnostics(pl.Callback):
         clf = LogisticRegression(max_iter=1000).fit(x[train], y[train])
         return float(clf.score(x[test], y[test]))
 
+    @staticmethod
+    @torch.no_grad()
+    def stage2_flip_rate(pl_module, mu: torch.Tensor, mu_cf: torch.Tensor) -> float | None:
+        """Fraction of examples whose stage-2 prediction differs between ``mu`` and ``mu_cf``
+        (None when the model has no fitted, up-to-date stage 2)."""
+        stage2 = getattr(pl_module, "stage2", None)
+        if stage2 is None or not stage2.fitted or getattr(pl_module, "stage2_stale", False):
+            return None
+        decode = getattr(pl_module, "_decode_x2", None)
+        feats, feats_cf = pl_module.stage2_features(mu).float(), pl_module.stage2_features(mu_cf).float()
+        pred, pred_cf = stage2.scores(feats, decode=decode).argmax(1), stage2.scores(feats_cf, decode=decode).argmax(1)
+        return float((pred != pred_cf).float().mean())
+
     def shift_figure(self, shift: torch.Tensor, dim_z1: int):
         import matplotlib
 
@@ -160,6 +178,9 @@ class ChromaDiagnostics(pl.Callback):
             if attrs is not None and int(attrs.max()) <= 1:
                 values[f"{stage}/chroma/attr_probe_z1"] = self.probe_accuracy(mu[:, :d1], mu_cf[:, :d1], attrs)
                 values[f"{stage}/chroma/attr_probe_z2"] = self.probe_accuracy(mu[:, d1:], mu_cf[:, d1:], attrs)
+            rate = self.stage2_flip_rate(pl_module, mu.to(pl_module.device), mu_cf.to(pl_module.device))
+            if rate is not None:
+                values[f"{stage}/chroma/stage2_flip_rate"] = rate
         pl_module.train(was_training)
         for key, value in values.items():
             pl_module.log(key, value, sync_dist=False)

@@ -14,7 +14,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
 from robustrep.methods import ChromaVAE, NaiveIndependent, NaiveVAEClass
-from robustrep.methods.chroma_vae import ConvDecoder, ConvEncoder, knn_predict
+from robustrep.methods.chroma_vae import ConvDecoder, ConvEncoder, Stage2, knn_predict
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -200,8 +200,9 @@ def test_diagnostics_callback_writes_plots_and_measures_the_shortcut(tmp_path):
     trainer.test(model, datamodule=dm, verbose=False)
     pngs = sorted(p.name for p in (tmp_path / "images").glob("*.png"))
     assert any("partial_reconstructions" in p for p in pngs) and any("counterfactual_shift" in p for p in pngs)
-    for key in ("test/chroma/cf_shift_z1", "test/chroma/cf_shift_z2", "test/chroma/attr_probe_z2"):
+    for key in ("test/chroma/cf_shift_z1", "test/chroma/cf_shift_z2", "test/chroma/attr_probe_z2", "test/chroma/stage2_flip_rate"):
         assert key in trainer.callback_metrics, key
+    assert 0.0 <= float(trainer.callback_metrics["test/chroma/stage2_flip_rate"]) <= 1.0
     images = torch.arange(2 * 3 * 4.0).view(2, 3, 2, 2)
     flipped = diag.flip(images)
     assert torch.equal(flipped[:, 0], images[:, 1]) and torch.equal(flipped[:, 1], images[:, 0]) and torch.equal(flipped[:, 2], images[:, 2])
@@ -215,6 +216,25 @@ def test_attribute_probe_reads_a_present_attribute_and_not_an_absent_one():
     with_attr_cf = torch.cat([content, 1 - attrs[:, None].float()], 1)
     assert ChromaDiagnostics.probe_accuracy(with_attr, with_attr_cf, attrs) > 0.95
     assert abs(ChromaDiagnostics.probe_accuracy(content, content, attrs) - 0.5) < 0.05
+
+
+def test_stage2_flip_rate_counts_changed_kNN_predictions():
+    class Fake:
+        dim_z1, stage2_stale = 1, False
+
+        def __init__(self):
+            self.stage2 = Stage2("knn", 2, k=1)
+            self.stage2.fit(torch.tensor([[0.0], [10.0]]), torch.tensor([0, 1]))
+
+        def stage2_features(self, mu):
+            return mu[:, 1:]
+
+    mu = torch.tensor([[5.0, 0.0], [5.0, 10.0], [0.0, 0.0], [0.0, 10.0]])
+    mu_cf = torch.tensor([[-5.0, 0.0], [-5.0, 10.0], [0.0, 10.0], [0.0, 0.0]])  # z1 moves for the first two, z2 for the last two
+    assert ChromaDiagnostics.stage2_flip_rate(Fake(), mu, mu_cf) == 0.5
+    fake = Fake()
+    fake.stage2_stale = True
+    assert ChromaDiagnostics.stage2_flip_rate(fake, mu, mu_cf) is None
 
 
 CHROMA_CONFIGS = [
