@@ -269,6 +269,9 @@ class CIM(RobustMethod):
         triplet_terms: ``both`` (default, the triplet), ``positive`` ("only x+": pull toward ``x+``
             only) or ``negative`` ("only x-": push away from ``x-`` only) — the paper's Table 5
             ablation. The unused example is neither drawn nor read.
+        printed_sign: False (default) = the loss the text describes (pull ``psi(x)`` toward ``x+``);
+            True = Eq. 8 as printed, ``MS(psi(x), x+) - MS(psi(x), x-)`` minimised (pushes toward
+            ``x-``; METHODS.md section 1), for the ablation that checks which sign a result needs.
         transform_network: use the TN (False for the ERM, VIB and SCL-E2E baselines).
         tn_width, tn_depth, tn_skip, mask_bias_init: the TN's shape, see
             :class:`TransformationNetwork` (None = chosen from the image size).
@@ -295,6 +298,7 @@ class CIM(RobustMethod):
         lam: float = 1.0,
         margin: float | None = None,
         triplet_terms: Literal["both", "positive", "negative"] = "both",
+        printed_sign: bool = False,
         transform_network: bool = True,
         tn_width: int | None = None,
         tn_depth: int | None = None,
@@ -323,6 +327,7 @@ class CIM(RobustMethod):
         self.variant = variant
         self.lam = lam
         self.triplet_terms = triplet_terms
+        self.printed_sign = printed_sign
         self.margin = margin
         self.vib_beta = vib_beta
         self.feature_normalize = feature_normalize
@@ -434,6 +439,8 @@ class CIM(RobustMethod):
         if self.vib is not None:
             loss = loss + self.vib_beta * self.check_finite(kl, "VIB KL")
         if contrastive is not None:
+            if self.printed_sign:
+                contrastive = -contrastive
             loss = loss + self.lam * self.check_finite(contrastive, "triplet loss")
             logs["train/triplet"] = contrastive
         logs.update({"train/loss": loss, "train/ce": ce, "train/acc": (logits.argmax(1) == labels).float().mean()})

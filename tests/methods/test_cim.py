@@ -280,3 +280,20 @@ def test_one_sided_triplet_reads_only_its_side(terms):
         _cim(triplet_terms=terms, margin=0.1)
     with pytest.raises(ConfigError, match="triplet_terms"):
         _cim(triplet_terms="neither")
+
+
+def test_printed_sign_flips_only_the_triplet_term():
+    train = _labelled_dataset(num_classes=2)
+    batch = {"image": torch.rand(6, 1, 8, 8), "label": torch.tensor([0, 1, 0, 1, 0, 1]), "index": torch.arange(6)}
+    losses = {}
+    for printed in (False, True):
+        torch.manual_seed(0)
+        model = CIM(num_classes=2, num_groups=2, image_shape=(1, 8, 8), backbone="tiny", lam=2.0, printed_sign=printed)
+        with torch.no_grad():
+            model.tn.out.weight.normal_(0, 1.0)  # a non-uniform mask
+        model.set_triplet_source(train)
+        model.triplets.reseed(0)
+        losses[printed] = model.training_step(batch, 0)
+    ce = torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])
+    torch.testing.assert_close(losses[False] + losses[True], 2 * ce)
+    assert not torch.isclose(losses[False], losses[True])
