@@ -273,9 +273,6 @@ class RobustDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle if sampler is None else False,
             sampler=sampler,
-            # In-order loaders get their own generator: starting one (its worker base seed) then
-            # draws nothing from the global stream the training shuffle and augmentations use.
-            generator=None if shuffle else torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             drop_last=drop_last,
             persistent_workers=self.num_workers > 0,

@@ -124,18 +124,6 @@ class RobustMethod(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
 
     # ------------------------------------------------------------------ evaluation
-    # Validation must not move the global random streams that training draws from (shuffling,
-    # augmentations, dropout, sampling): otherwise how often one validates, or the sanity check,
-    # changes the trained model. Subclasses that override these hooks call super().
-    def on_validation_start(self) -> None:
-        self._rng_before_validation = rng_states()
-
-    def on_validation_end(self) -> None:
-        states = getattr(self, "_rng_before_validation", None)
-        if states is not None:
-            set_rng_states(states)
-            self._rng_before_validation = None
-
     def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """Logits for the group metrics; the loss is logged for the primary eval set only."""
         logits = self(batch["image"])
@@ -163,28 +151,3 @@ class Classifier(RobustMethod):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(images))
-
-
-def rng_states() -> dict[str, Any]:
-    """The global random states: Python, NumPy, torch CPU and every CUDA device."""
-    import random
-
-    import numpy as np
-
-    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`rng_states` returned."""
-    import random
-
-    import numpy as np
-
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])

@@ -458,7 +458,6 @@ class ChromaVAE(RobustMethod):
             self.fit_stage2()
 
     def on_validation_start(self) -> None:
-        super().on_validation_start()
         self._maybe_fit_stage2("val")
 
     def on_test_start(self) -> None:

@@ -82,17 +82,3 @@ def test_jtt_error_set_restart_and_checkpoint(tmp_path):
     losses = torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"], reduction="none")
     w = torch.where(model.error_set[batch["index"]], 5.0, 1.0)
     assert model.weighted_loss(model(batch["image"]), batch["label"], batch["index"]).item() == pytest.approx(float((w * losses).sum() / w.sum()), rel=1e-5)
-
-
-@pytest.mark.parametrize("trainer_kwargs", [dict(check_val_every_n_epoch=2), dict(num_sanity_val_steps=2), dict(limit_val_batches=0)])
-def test_validation_does_not_change_training(trainer_kwargs):
-    """How often one validates (and the sanity check) must not move the random streams training uses."""
-
-    def weights(**kwargs):
-        pl.seed_everything(0)
-        model = ERM(backbone="tiny", num_classes=2, num_groups=4, image_shape=(3, 8, 8))
-        args = dict(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-        pl.Trainer(**{**args, **kwargs}).fit(model, datamodule=tiny_synthetic(augment="standard"))
-        return torch.cat([p.detach().flatten() for p in model.parameters()])
-
-    torch.testing.assert_close(weights(**trainer_kwargs), weights(), rtol=0, atol=0)
