@@ -33,6 +33,7 @@ import lightning.pytorch as pl
 import torch
 
 from robustrep.callbacks.images import log_figure, log_image_grid
+from robustrep.callbacks.schedule import validation_due
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -188,7 +189,7 @@ class ChromaDiagnostics(pl.Callback):
         return values
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not validation_due(trainer, self.every_n_epochs):
             return
         self.run(trainer, pl_module, "val")
 

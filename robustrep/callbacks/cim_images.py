@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 
 from robustrep.callbacks.images import log_image_grid
+from robustrep.callbacks.schedule import validation_due
 
 
 class CIMImages(pl.Callback):
@@ -70,7 +71,7 @@ class CIMImages(pl.Callback):
         self.last_path = log_image_grid(trainer, self.key, self.grid(pl_module, images), nrow=len(images), caption="input / mask / morphed")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not validation_due(trainer, self.every_n_epochs):
             return
         self._log(trainer, pl_module, "val")
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from robustrep.callbacks.images import log_figure
 from robustrep.callbacks.linear_probe import fit_linear_probe
+from robustrep.callbacks.schedule import validation_due
 from robustrep.errors import ConfigError
 
 #: Variant name -> (output, weighting) of :meth:`CRLTAC.embed_variants`.
@@ -117,7 +118,7 @@ class CRLTACMetrics(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not validation_due(trainer, self.every_n_epochs):
             return
         self._log(pl_module, self.compute(trainer, pl_module, "val"))
 

@@ -20,12 +20,14 @@ Under DDP every rank computes the same probe on the whole sets (identical result
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from robustrep.callbacks.schedule import validation_due
 from robustrep.errors import ConfigError
 from robustrep.metrics import GroupAccuracy
 
@@ -109,7 +111,7 @@ def fit_linear_probe(
     return predict_large
 
 
-class FrozenFeatureEvaluation(pl.Callback):
+class FrozenFeatureEvaluation(pl.Callback, ABC):
     """Shared schedule of the callbacks that evaluate frozen ``embed`` features (probe, kNN, c2f).
 
     Subclasses implement ``compute(trainer, pl_module, stage) -> {metric name: value}``; this base
@@ -130,7 +132,7 @@ class FrozenFeatureEvaluation(pl.Callback):
             raise ConfigError(f"{type(self).__name__} needs a robustrep datamodule (with train_eval_dataloader)")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not validation_due(trainer, self.every_n_epochs):
             return
         self._run(trainer, pl_module, "val")
 
@@ -143,8 +145,9 @@ class FrozenFeatureEvaluation(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.__dict__.pop("_probe_feature_cache", None)
 
+    @abstractmethod
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
-        raise NotImplementedError
+        """The metrics of ``stage`` (``val`` or ``test``), ``{name: value}``."""
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         values = self.compute(trainer, pl_module, stage)
