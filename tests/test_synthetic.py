@@ -67,6 +67,38 @@ def test_sklearn_digits_source():
     assert set(y.tolist()) == set(range(10)) and x.max() > 200
 
 
+def test_sklearn_box_gives_mnist_layout_and_grid_crops_can_hold_a_digit():
+    """sklearn_box 20 puts the ink in the centred 20 x 20 box (4 px border, as MNIST); in Grid
+    MNIST every digit then fits one 20 x 20 crop on the stride-4 grid, with the default 28 none does."""
+    from robustrep.data import GridMNIST
+    from robustrep.data.digits import load_digits
+
+    full, _ = load_digits("sklearn", train=True)
+    boxed, labels = load_digits("sklearn", train=True, sklearn_box=20)
+    assert boxed.shape == full.shape and labels.shape[0] == full.shape[0]
+    border = torch.ones(28, 28, dtype=torch.bool)
+    border[4:24, 4:24] = False
+    assert boxed[:, 0][:, border].max() == 0 and boxed.max() > 200
+    assert (full[:, 0, 0] > 50).any(1).all()  # the default layout has ink in the top row of every digit
+    with pytest.raises(ValueError, match="sklearn_box"):
+        GridMNIST(digits_source="sklearn", sklearn_box=30)
+
+    def fits_one_crop(sklearn_box: int) -> float:
+        dm = GridMNIST(digits_source="sklearn", sklearn_box=sklearn_box)
+        dm.setup("fit")
+        ink = dm.splits.train.images[:100, 0] > 50
+        starts = torch.arange(0, 65, 4)
+        fits = []
+        for img in ink:
+            rows, cols = img.any(1).nonzero().squeeze(1), img.any(0).nonzero().squeeze(1)
+            ok_r = (starts <= rows.min()) & (starts + 20 > rows.max())
+            ok_c = (starts <= cols.min()) & (starts + 20 > cols.max())
+            fits.append(bool(ok_r.any() and ok_c.any()))
+        return sum(fits) / len(fits)
+
+    assert fits_one_crop(20) == 1.0 and fits_one_crop(28) == 0.0
+
+
 def test_train_fraction_reindexes_and_keeps_groups():
     dm = SyntheticSpurious(size=8, train_size=100, train_fraction=0.3)
     dm.setup("fit")

@@ -60,13 +60,24 @@ def exact_mask(n: int, fraction: float, gen: torch.Generator) -> torch.Tensor:
 
 
 class _DigitsModule(RecipeMixin, RobustDataModule):
-    """Shared arguments of the digit benchmarks (``digits_source``, ``val_fraction``). Their
-    ``standard`` augmentation translates by up to 2 px and never flips (:mod:`robustrep.data.presets`)."""
+    """Shared arguments of the digit benchmarks (``digits_source``, ``val_fraction``,
+    ``sklearn_box``). Their ``standard`` augmentation translates by up to 2 px and never flips
+    (:mod:`robustrep.data.presets`).
+
+    ``sklearn_box`` (``digits_source: sklearn`` only; real MNIST is already in its own layout):
+    the 8 x 8 digits are upsampled into a centred square of this side inside the 28 x 28 frame.
+    28 (default, as in earlier releases) fills the frame with ink; 20 is MNIST's layout (ink in a
+    20 x 20 box with a 4 px border) - use it where the geometry matters, e.g. Grid MNIST, where
+    a 20 x 20 crop can then hold a whole digit as on real MNIST.
+    """
 
     augment_recipe = "digits"
 
-    def __init__(self, digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs) -> None:
+    def __init__(self, digits_source: str = "mnist", val_fraction: float = 1 / 12, sklearn_box: int = 28, **kwargs) -> None:
         super().__init__(**kwargs)
+        if not 1 <= sklearn_box <= 28:
+            raise ValueError(f"sklearn_box must be in [1, 28], got {sklearn_box}")
+        self.sklearn_box = sklearn_box
         if digits_source not in DIGIT_SOURCES:
             raise ValueError(f"digits_source must be one of {DIGIT_SOURCES}, got {digits_source!r}")
         if not 0.0 < val_fraction < 1.0:
@@ -89,7 +100,7 @@ class _DigitsModule(RecipeMixin, RobustDataModule):
             found = [next((raw / c for c in (n, n + ".gz") if (raw / c).exists()), None) for n in names]
             if all(found):
                 return read_idx(found[0])[:, None].contiguous(), read_idx(found[1]).long()
-        return load_digits(self.digits_source, self.root, train=train, download=self.download, seed=self.seed)
+        return load_digits(self.digits_source, self.root, train=train, download=self.download, seed=self.seed, sklearn_box=self.sklearn_box)
 
     def train_val_digits(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """(train images, labels), (val images, labels): val carved from the training digits, seeded."""
