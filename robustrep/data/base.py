@@ -13,6 +13,7 @@ Every dataset item is a dict: ``image`` (float C x H x W in [0, 1]), ``label``, 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,7 +107,7 @@ class Splits:
     test: dict[str, Dataset] = field(default_factory=dict)
 
 
-class RobustDataModule(pl.LightningDataModule):
+class RobustDataModule(pl.LightningDataModule, ABC):
     """Base datamodule: shared arguments, metadata for linking, named evaluation sets.
 
     Args:
@@ -186,9 +187,9 @@ class RobustDataModule(pl.LightningDataModule):
         return [f"{c}/{a}" for c in classes for a in attrs]
 
     # ----------------------------------------------------------------------------- to implement
+    @abstractmethod
     def build_splits(self) -> Splits:
         """Read or generate the data; return the untransformed train set and named eval sets."""
-        raise NotImplementedError(f"{type(self).__name__} must implement build_splits()")
 
     # ----------------------------------------------------------------------------- lightning hooks
     def setup(self, stage: str | None = None) -> None:
