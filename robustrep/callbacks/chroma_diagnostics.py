@@ -21,6 +21,12 @@ At the end of every ``every_n_epochs``-th validation and of every test, for a mo
   prediction ignores the attribute). Linear decodability alone overstates what a distance-based
   z2-kNN reads: an attribute kept in ``mu_2`` at a small scale is still linearly decodable but
   barely moves the nearest neighbours. Needs a fitted stage 2 (skipped otherwise).
+- **active units** (Burda et al., 2016): the number of latent dimensions whose posterior mean varies
+  over the training images (``Var_x[mu_i] > active_threshold``), in z1 and in z2
+  (``<stage>/chroma/active_z1``, ``active_z2``). The rest have collapsed to the prior. z1 isolates
+  the shortcut only if it is a bottleneck: if ``dim_z1`` is not small next to the number of active
+  units, z1 has room for the task features too - lower ``z_p`` (the paper tunes ``z_p`` on the
+  partial reconstructions, without group labels).
 
 PNGs go to ``<run dir>/images``; W&B gets the same pictures (``callbacks.images``).
 """
@@ -55,6 +61,8 @@ class ChromaDiagnostics(pl.Callback):
         max_examples: training images used for the shift and the probes.
         every_n_epochs: run after every n-th validation (tests always run).
         seed: seed of the noise draws (the same samples every epoch).
+        active_threshold: a latent dimension is active when its posterior mean's variance over
+            the training images exceeds this (0.01, Burda et al.'s choice; the prior variance is 1).
     """
 
     def __init__(
@@ -66,12 +74,14 @@ class ChromaDiagnostics(pl.Callback):
         max_examples: int = 2000,
         every_n_epochs: int = 1,
         seed: int = 0,
+        active_threshold: float = 0.01,
     ) -> None:
         if counterfactual not in ("swap_channels", "none"):
             raise ValueError(f"counterfactual must be swap_channels or none, got {counterfactual!r}")
         self.num_images, self.num_samples = num_images, num_samples
         self.counterfactual, self.swap = counterfactual, tuple(swap)
         self.max_examples, self.every_n_epochs, self.seed = max_examples, every_n_epochs, seed
+        self.active_threshold = active_threshold
         self.last: dict[str, float] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -99,20 +109,27 @@ class ChromaDiagnostics(pl.Callback):
         return to_rgb(grid.flatten(0, 1))
 
     @torch.no_grad()
-    def latent_pairs(self, pl_module, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``mu(x)``, ``mu(x')`` and the attributes of up to ``max_examples`` training images."""
+    def latent_pairs(self, pl_module, loader) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``mu(x)``, ``mu(x')`` (None without a counterfactual) and the attributes of up to
+        ``max_examples`` training images."""
         mus, flipped, attrs = [], [], []
         seen = 0
         for batch in loader:
             x = batch["image"][: self.max_examples - seen].to(pl_module.device)
             mus.append(pl_module.encode(x)[0].float().cpu())
-            flipped.append(pl_module.encode(self.flip(x))[0].float().cpu())
+            if self.counterfactual != "none":
+                flipped.append(pl_module.encode(self.flip(x))[0].float().cpu())
             if "attribute" in batch:
                 attrs.append(batch["attribute"][: x.shape[0]].cpu())
             seen += x.shape[0]
             if seen >= self.max_examples:
                 break
-        return torch.cat(mus), torch.cat(flipped), torch.cat(attrs) if attrs else None
+        return torch.cat(mus), torch.cat(flipped) if flipped else None, torch.cat(attrs) if attrs else None
+
+    @staticmethod
+    def active_units(mu: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
+        """Boolean mask of the latent dimensions whose mean varies over the examples (N x D -> D)."""
+        return mu.var(0) > threshold
 
     @staticmethod
     def probe_accuracy(features: torch.Tensor, features_cf: torch.Tensor, attributes: torch.Tensor) -> float:
@@ -169,10 +186,13 @@ class ChromaDiagnostics(pl.Callback):
         n = min(self.num_images, len(val_set))
         images = torch.stack([val_set[i]["image"] for i in range(n)]).to(pl_module.device)
         log_image_grid(trainer, f"{stage}/chroma/partial_reconstructions", self.reconstruction_grid(pl_module, images), nrow=1 + 2 * self.num_samples)
-        if self.counterfactual != "none":
-            mu, mu_cf, attrs = self.latent_pairs(pl_module, dm.train_eval_dataloader(shard=False))
+        mu, mu_cf, attrs = self.latent_pairs(pl_module, dm.train_eval_dataloader(shard=False))
+        d1 = pl_module.dim_z1
+        active = self.active_units(mu, self.active_threshold)
+        values[f"{stage}/chroma/active_z1"] = float(active[:d1].sum())
+        values[f"{stage}/chroma/active_z2"] = float(active[d1:].sum())
+        if mu_cf is not None:
             shift = (mu - mu_cf).abs().mean(0)
-            d1 = pl_module.dim_z1
             values[f"{stage}/chroma/cf_shift_z1"] = float(shift[:d1].mean())
             values[f"{stage}/chroma/cf_shift_z2"] = float(shift[d1:].mean())
             log_figure(trainer, f"{stage}/chroma/counterfactual_shift", self.shift_figure(shift, d1))

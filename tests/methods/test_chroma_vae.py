@@ -202,6 +202,8 @@ def test_diagnostics_callback_writes_plots_and_measures_the_shortcut(tmp_path):
     assert any("partial_reconstructions" in p for p in pngs) and any("counterfactual_shift" in p for p in pngs)
     for key in ("test/chroma/cf_shift_z1", "test/chroma/cf_shift_z2", "test/chroma/attr_probe_z2", "test/chroma/stage2_flip_rate"):
         assert key in trainer.callback_metrics, key
+    active = int(trainer.callback_metrics["test/chroma/active_z1"]) + int(trainer.callback_metrics["test/chroma/active_z2"])
+    assert 0 <= int(trainer.callback_metrics["test/chroma/active_z1"]) <= model.dim_z1 and active <= model.dim_z
     assert 0.0 <= float(trainer.callback_metrics["test/chroma/stage2_flip_rate"]) <= 1.0
     images = torch.arange(2 * 3 * 4.0).view(2, 3, 2, 2)
     flipped = diag.flip(images)
@@ -216,6 +218,14 @@ def test_attribute_probe_reads_a_present_attribute_and_not_an_absent_one():
     with_attr_cf = torch.cat([content, 1 - attrs[:, None].float()], 1)
     assert ChromaDiagnostics.probe_accuracy(with_attr, with_attr_cf, attrs) > 0.95
     assert abs(ChromaDiagnostics.probe_accuracy(content, content, attrs) - 0.5) < 0.05
+
+
+def test_active_units_are_the_dimensions_whose_mean_varies_over_the_data():
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1.0, 0.5, 0.05, 0.0, 0.2])  # variances 1, 0.25, 0.0025, 0, 0.04
+    mu = torch.randn(5000, 5, generator=gen) * scales + 3.0  # the offset must not matter
+    assert ChromaDiagnostics.active_units(mu).tolist() == [True, True, False, False, True]
+    assert ChromaDiagnostics.active_units(mu, threshold=0.1).tolist() == [True, True, False, False, False]
 
 
 def test_stage2_flip_rate_counts_changed_kNN_predictions():
