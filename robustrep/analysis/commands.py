@@ -1,4 +1,4 @@
-"""``robustrep analyze strata|noisy-labels|coreset|cim-mask``: analyses of a trained representation.
+"""``robustrep analyze strata|noisy-labels|coreset|cim-mask|chroma-latents``: analyses of a trained representation.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     robustrep analyze noisy-labels --ckpt <ckpt> --noise-rate 0.2
     robustrep analyze coreset --config experiments/spread_synthetic_strata.yaml --target 0.3 --max-epochs 3
     robustrep analyze cim-mask --ckpt runs/cim_colored_mnist/<run>/checkpoints/last.ckpt --set digits_source=sklearn
+    robustrep analyze chroma-latents --ckpt runs/chroma_colored_mnist/<run>/checkpoints/last.ckpt
 
 ``--config`` defaults to the ``config.yaml`` of the checkpoint's run directory; ``--set KEY=VALUE``
 overrides datamodule arguments (e.g. ``--set digits_source=sklearn``). Results are printed and,
@@ -26,7 +27,7 @@ from robustrep.errors import ConfigError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robustrep analyze",
-        description="Downstream applications of a trained representation (L_spread paper, section 5) and CIM's mask statistics.",
+        description="Downstream applications of a trained representation (L_spread paper, section 5), CIM's mask statistics, Chroma-VAE's latents.",
     )
     sub = parser.add_subparsers(dest="analysis", required=True)
 
@@ -67,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("cim-mask", help="CIM: mean mask on the foreground / background / per class of a test set")
     common(m, True)
     m.add_argument("--eval-set", default=None, help="named test set (default: the primary one)")
+    v = sub.add_parser("chroma-latents", help="Chroma-VAE: kNN read-outs of label / fine label / attribute from z1, z2 and z; active units")
+    common(v, True)
     return parser
 
 
@@ -118,6 +121,10 @@ def _run(args, config: dict, overrides: dict):
         from robustrep.analysis.cim_mask import mask_statistics
 
         return mask_statistics(model, dm, args.eval_set)
+    if args.analysis == "chroma-latents":
+        from robustrep.analysis.chroma_latents import latent_readout
+
+        return latent_readout(model, dm)
     feats = common.embed_splits(model, dm, ("train", "test"))
     if args.analysis == "strata":
         from robustrep.analysis.strata import run_strata
