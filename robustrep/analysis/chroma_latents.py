@@ -9,6 +9,10 @@ varies over the training images, Var > 0.01). Signs of trouble: a high fine-labe
 (z1 is not a bottleneck - lower ``z_p``), an attribute accuracy from z2 far from chance, a low
 fine-label accuracy from z2 (z2 lost the shape).
 
+With ``--pixel-baseline`` the same kNN also reads the grey image (channels averaged, so a colour coded
+by the channel - red/green Colored MNIST - is gone): what a shape-only kNN on this data can reach, the
+practical ceiling of the z2-kNN. It stores every training image, so keep it to small benchmarks.
+
     robustrep analyze chroma-latents --ckpt runs/chroma_colored_mnist/<run>/checkpoints/last.ckpt
 """
 
@@ -23,6 +27,7 @@ from torch.utils.data import DataLoader
 from robustrep.errors import ConfigError
 
 PARTS = ("z1", "z2", "z")
+GREY = "grey pixels"
 TARGETS = ("label", "fine_label", "attribute")
 
 
@@ -40,27 +45,32 @@ class LatentReadout:
         lines.append("active units: " + ", ".join(f"{p} {self.active[p]}/{self.dims[p]}" for p in PARTS))
         for name, parts in self.accuracy.items():
             targets = [t for t in TARGETS if t in parts["z"]]
-            lines.append(f"{name:<12}" + "".join(f"{t:>12}" for t in targets))
-            lines += [f"  from {p:<5}" + "".join(f"{parts[p][t]:>12.3f}" for t in targets) for p in PARTS]
+            lines.append(f"{name:<18}" + "".join(f"{t:>12}" for t in targets))
+            lines += [f"  from {p:<12}" + "".join(f"{parts[p][t]:>12.3f}" for t in targets) for p in parts]
         return "\n".join(lines)
 
 
 @torch.no_grad()
-def _encode(model, loader) -> dict[str, torch.Tensor]:
-    mus, targets = [], {t: [] for t in TARGETS}
+def _encode(model, loader, pixels: bool = False) -> dict[str, torch.Tensor]:
+    mus, grey, targets = [], [], {t: [] for t in TARGETS}
     for batch in loader:
         mus.append(model.encode(batch["image"].to(model.device))[0].float().cpu())
+        if pixels:
+            grey.append(batch["image"].float().mean(1).flatten(1))
         for t in TARGETS:
             if t in batch:
                 value = batch[t]
                 targets[t].append((value[:, 0] if value.dim() > 1 else value).long().cpu())
     out = {"mu": torch.cat(mus)}
+    if pixels:
+        out[GREY] = torch.cat(grey)
     out.update({t: torch.cat(v) for t, v in targets.items() if v})
     return out
 
 
-def latent_readout(model, dm) -> LatentReadout:
-    """kNN accuracies of label / fine label / attribute from z1, z2 and all of ``mu`` on every test set."""
+def latent_readout(model, dm, pixel_baseline: bool = False) -> LatentReadout:
+    """kNN accuracies of label / fine label / attribute from z1, z2 and all of ``mu`` (and, with
+    ``pixel_baseline``, from the grey image) on every test set."""
     from sklearn.neighbors import KNeighborsClassifier
 
     from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
@@ -69,7 +79,7 @@ def latent_readout(model, dm) -> LatentReadout:
     if not (hasattr(model, "encode") and hasattr(model, "dim_z1")):
         raise ConfigError(f"{type(model).__name__} is not a Chroma-VAE; chroma-latents analyses ChromaVAE checkpoints")
     model.eval()
-    train = _encode(model, dm.train_eval_dataloader(shard=False))
+    train = _encode(model, dm.train_eval_dataloader(shard=False), pixel_baseline)
     n, d1 = train["mu"].shape[0], model.dim_z1
     k = max(1, round(math.sqrt(n)))
     parts = {"z1": slice(0, d1), "z2": slice(d1, None), "z": slice(None)}
@@ -78,11 +88,15 @@ def latent_readout(model, dm) -> LatentReadout:
     # A target is read only where it varies in training (no fine labels / attribute: -1 or constant).
     targets = [t for t in TARGETS if t in train and (train[t] >= 0).all() and train[t].unique().numel() > 1]
     for name, ds in dm.splits.test.items():
-        test = _encode(model, DataLoader(_with_transform(ds, dm.eval_transform(), 1), batch_size=dm.eval_batch_size, shuffle=False))
+        loader = DataLoader(_with_transform(ds, dm.eval_transform(), 1), batch_size=dm.eval_batch_size, shuffle=False)
+        test = _encode(model, loader, pixel_baseline)
+        features = {p: (train["mu"][:, s], test["mu"][:, s]) for p, s in parts.items()}
+        if pixel_baseline:
+            features[GREY] = (train[GREY], test[GREY])
         result.accuracy[name] = {}
-        for part, s in parts.items():
+        for part, (train_x, test_x) in features.items():
             result.accuracy[name][part] = {}
             for t in targets:
-                knn = KNeighborsClassifier(n_neighbors=min(k, n)).fit(train["mu"][:, s].numpy(), train[t].numpy())
-                result.accuracy[name][part][t] = float(knn.score(test["mu"][:, s].numpy(), test[t].numpy()))
+                knn = KNeighborsClassifier(n_neighbors=min(k, n)).fit(train_x.numpy(), train[t].numpy())
+                result.accuracy[name][part][t] = float(knn.score(test_x.numpy(), test[t].numpy()))
     return result

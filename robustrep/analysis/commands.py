@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--eval-set", default=None, help="named test set (default: the primary one)")
     v = sub.add_parser("chroma-latents", help="Chroma-VAE: kNN read-outs of label / fine label / attribute from z1, z2 and z; active units")
     common(v, True)
+    v.add_argument("--pixel-baseline", action="store_true", help="also read the grey image (channels averaged) with the same kNN: the shape-only ceiling")
     return parser
 
 
@@ -124,7 +125,7 @@ def _run(args, config: dict, overrides: dict):
     if args.analysis == "chroma-latents":
         from robustrep.analysis.chroma_latents import latent_readout
 
-        return latent_readout(model, dm)
+        return latent_readout(model, dm, pixel_baseline=args.pixel_baseline)
     feats = common.embed_splits(model, dm, ("train", "test"))
     if args.analysis == "strata":
         from robustrep.analysis.strata import run_strata

@@ -39,7 +39,7 @@ class PlantedLatents(nn.Module):
 def test_readout_finds_the_colour_in_z1_and_the_shape_in_z2():
     dm = ColoredMNISTIRM(digits_source="sklearn")
     dm.setup("fit")
-    result = latent_readout(PlantedLatents(), dm)
+    result = latent_readout(PlantedLatents(), dm, pixel_baseline=True)
     assert result.k == round(len(dm.splits.train) ** 0.5)
     assert result.dims == {"z1": 1, "z2": 66, "z": 67}
     assert result.active["z1"] == 1 and result.active["z2"] <= 64  # the two zero dimensions are dead
@@ -49,6 +49,8 @@ def test_readout_finds_the_colour_in_z1_and_the_shape_in_z2():
         assert z2["fine_label"] > 0.8  # the shape
     # colour alone predicts the OOD label badly, shape does not
     assert result.accuracy["test"]["z1"]["label"] < 0.3 < result.accuracy["test"]["z2"]["label"]
+    grey = result.accuracy["test"]["grey pixels"]
+    assert grey["fine_label"] > 0.8 and abs(grey["label"] - result.accuracy["test_iid"]["grey pixels"]["label"]) < 0.08  # colour-blind
     assert "from z1" in result.table() and "active units: z1 1/1" in result.table()
 
 
