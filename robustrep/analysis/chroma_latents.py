@@ -3,8 +3,9 @@
 Chroma-VAE works when z1 holds the shortcut and little else, and z2 holds the task features without
 the shortcut. This analysis reads each part of the posterior mean ``mu`` with the same classifier the
 method's stage 2 uses - a kNN with k = sqrt(N) fitted on the training images - and scores it on every
-test set, for three targets: the label, the fine label (e.g. the digit, i.e. the shape) and the binary
-attribute (e.g. the colour). It also counts the active units of each part (dimensions whose mean
+test set, for three targets: the label, the fine label (e.g. the digit, i.e. the shape) and the
+attribute (e.g. the colour; the first one when a benchmark has several). Targets a benchmark lacks are
+skipped. It also counts the active units of each part (dimensions whose mean
 varies over the training images, Var > 0.01). Signs of trouble: a high fine-label accuracy from z1
 (z1 is not a bottleneck - lower ``z_p``), an attribute accuracy from z2 far from chance, a low
 fine-label accuracy from z2 (z2 lost the shape).
