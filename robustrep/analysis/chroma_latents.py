@@ -1,8 +1,9 @@
 """What do a Chroma-VAE's z1 and z2 carry? kNN read-outs of the label, the fine label and the attribute.
 
 Chroma-VAE works when z1 holds the shortcut and little else, and z2 holds the task features without
-the shortcut. This analysis reads each part of the posterior mean ``mu`` with the same classifier the
-method's stage 2 uses - a kNN with k = sqrt(N) fitted on the training images - and scores it on every
+the shortcut. This analysis reads each part of the posterior mean ``mu`` with the kNN of the method's
+stage 2 (:func:`~robustrep.methods.chroma_vae.knn_indices`, k = sqrt(N), the training images as the
+bank) and scores it on every
 test set, for three targets: the label, the fine label (e.g. the digit, i.e. the shape) and the
 attribute (e.g. the colour; the first one when a benchmark has several). Targets a benchmark lacks are
 skipped. It also counts the active units of each part (dimensions whose mean
@@ -72,10 +73,9 @@ def _encode(model, loader, pixels: bool = False) -> dict[str, torch.Tensor]:
 def latent_readout(model, dm, pixel_baseline: bool = False) -> LatentReadout:
     """kNN accuracies of label / fine label / attribute from z1, z2 and all of ``mu`` (and, with
     ``pixel_baseline``, from the grey image) on every test set."""
-    from sklearn.neighbors import KNeighborsClassifier
-
     from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
     from robustrep.data.base import _with_transform
+    from robustrep.methods.chroma_vae import knn_indices, knn_votes
 
     if not (hasattr(model, "encode") and hasattr(model, "dim_z1")):
         raise ConfigError(f"{type(model).__name__} is not a Chroma-VAE; chroma-latents analyses ChromaVAE checkpoints")
@@ -96,8 +96,9 @@ def latent_readout(model, dm, pixel_baseline: bool = False) -> LatentReadout:
             features[GREY] = (train[GREY], test[GREY])
         result.accuracy[name] = {}
         for part, (train_x, test_x) in features.items():
+            neighbours = knn_indices(train_x, test_x, k)  # one search per part, a vote per target
             result.accuracy[name][part] = {}
             for t in targets:
-                knn = KNeighborsClassifier(n_neighbors=min(k, n)).fit(train_x.numpy(), train[t].numpy())
-                result.accuracy[name][part][t] = float(knn.score(test_x.numpy(), test[t].numpy()))
+                votes = knn_votes(train[t][neighbours], int(max(train[t].max(), test[t].max())) + 1)
+                result.accuracy[name][part][t] = float((votes.argmax(1) == test[t]).float().mean())
     return result

@@ -118,34 +118,15 @@ register_backbone("vae_conv", ConvEncoder)
 
 
 @torch.no_grad()
-def knn_predict(
-    bank: torch.Tensor,
-    bank_labels: torch.Tensor,
-    queries: torch.Tensor,
-    k: int,
-    num_classes: int,
-    max_elements: int = 2**25,
-) -> torch.Tensor:
-    """Brute-force Euclidean kNN with uniform votes, on the device of ``bank``, in chunks.
+def knn_indices(bank: torch.Tensor, queries: torch.Tensor, k: int, max_elements: int = 2**25) -> torch.Tensor:
+    """Indices (M x min(k, N)) of the ``k`` nearest bank rows (Euclidean, brute force) of each query.
 
     Distances are computed for as many queries at a time as fit in ``max_elements`` floats
     (default 128 MB) against the whole bank; if one query row alone is larger, the bank is also
-    chunked and the running top-k merged. So 160k-example banks fit anywhere. Matches scikit-learn's
-    ``KNeighborsClassifier(algorithm="brute")`` (ties between classes go to the lower class index).
-
-    Args:
-        bank: N x D training features; bank_labels: N ints.
-        queries: M x D features to classify.
-        k: number of neighbours (clipped to N).
-        num_classes: number of classes C.
-        max_elements: size of one distance block (speed/memory trade-off only).
-
-    Returns:
-        M x C vote fractions (``predict_proba``); ``argmax`` is the prediction.
+    chunked and the running top-k merged. So 160k-example banks fit anywhere. Runs on ``bank``'s device.
     """
     bank = bank.float()
     queries = queries.to(bank.device).float()
-    labels = bank_labels.to(bank.device)
     n = bank.shape[0]
     k = min(k, n)
     bank_sq = bank.square().sum(1)
@@ -165,9 +146,42 @@ def knn_predict(
             cand_d, cand_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
             best_d, pos = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False)
             best_i = cand_i.gather(1, pos)
-        votes = F.one_hot(labels[best_i], num_classes).sum(1).float()
-        out.append(votes / k)
-    return torch.cat(out) if out else torch.zeros(0, num_classes, device=bank.device)
+        out.append(best_i)
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long, device=bank.device)
+
+
+def knn_votes(neighbour_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """M x C vote fractions from the M x k labels of each query's neighbours (uniform votes)."""
+    return F.one_hot(neighbour_labels, num_classes).sum(1).float() / neighbour_labels.shape[1]
+
+
+@torch.no_grad()
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    k: int,
+    num_classes: int,
+    max_elements: int = 2**25,
+) -> torch.Tensor:
+    """Brute-force Euclidean kNN with uniform votes, on the device of ``bank``, in chunks
+    (:func:`knn_indices`). Matches scikit-learn's ``KNeighborsClassifier(algorithm="brute")`` (ties
+    between classes go to the lower class index).
+
+    Args:
+        bank: N x D training features; bank_labels: N ints.
+        queries: M x D features to classify.
+        k: number of neighbours (clipped to N).
+        num_classes: number of classes C.
+        max_elements: size of one distance block (speed/memory trade-off only).
+
+    Returns:
+        M x C vote fractions (``predict_proba``); ``argmax`` is the prediction.
+    """
+    if queries.shape[0] == 0:
+        return torch.zeros(0, num_classes, device=bank.device)
+    idx = knn_indices(bank, queries, k, max_elements)
+    return knn_votes(bank_labels.to(bank.device)[idx], num_classes)
 
 
 class Stage2:

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import run_cli
+from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
 from robustrep.analysis.chroma_latents import latent_readout
@@ -36,6 +37,13 @@ class PlantedLatents(nn.Module):
         return mu, torch.zeros_like(mu)
 
 
+def z2_and_digits(dataset):
+    """The planted z2 and the digits of a dataset, as numpy arrays (for the scikit-learn reference)."""
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))]).float()
+    digits = torch.tensor([int(dataset[i]["fine_label"]) for i in range(len(dataset))])
+    return PlantedLatents().encode(images)[0][:, PlantedLatents.dim_z1 :].numpy(), digits.numpy()
+
+
 def test_readout_finds_the_colour_in_z1_and_the_shape_in_z2():
     dm = ColoredMNISTIRM(digits_source="sklearn")
     dm.setup("fit")
@@ -51,6 +59,11 @@ def test_readout_finds_the_colour_in_z1_and_the_shape_in_z2():
     assert result.accuracy["test"]["z1"]["label"] < 0.3 < result.accuracy["test"]["z2"]["label"]
     grey = result.accuracy["test"]["grey pixels"]
     assert grey["fine_label"] > 0.8 and abs(grey["label"] - result.accuracy["test_iid"]["grey pixels"]["label"]) < 0.08  # colour-blind
+    # the read-out is scikit-learn's kNN on the same features
+    train_z2, train_digits = z2_and_digits(dm.splits.train)
+    test_z2, test_digits = z2_and_digits(dm.splits.test["test"])
+    reference = KNeighborsClassifier(result.k).fit(train_z2, train_digits).score(test_z2, test_digits)
+    assert result.accuracy["test"]["z2"]["fine_label"] == pytest.approx(reference)
     assert "from z1" in result.table() and "active units: z1 1/1" in result.table()
 
 
