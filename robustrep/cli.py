@@ -327,10 +327,19 @@ def _known_option_names() -> list[str]:
 
 
 def _finish_wandb() -> None:
-    """Close this run's W&B run so the next run in the same process starts a new one."""
+    """Close this run's W&B run so the next run in the same process starts a new one, and wait until
+    its run file is written to the end, so the run directory is complete when ``robustrep`` returns."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    run = wandb.run
+    run_file = run.settings.sync_file if run.settings.mode in ("offline", "online") else None
+    wandb.finish()
+    if run_file:
+        from robustrep.report import wait_for_run_file
+
+        if not wait_for_run_file(run_file):
+            print(f"robustrep: warning: W&B had not finished writing {run_file} after 60 s", file=sys.stderr)
 
 
 def _clean_message(err: BaseException) -> str:

@@ -24,6 +24,7 @@ import fnmatch
 import json
 import math
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -312,6 +313,27 @@ def read_wandb_records(path: str | Path) -> Iterator[Any]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(message)
         yield record
+
+
+def wait_for_run_file(path: str | Path, timeout: float = 60.0) -> bool:
+    """Wait until W&B has written a run file to its end (its ``exit`` record); True if it did in time.
+
+    ``wandb.finish()`` returns before W&B's service process has flushed the ``run-*.wandb`` file
+    (right after it the file can still be its 7-byte header), so a reader in the same process,
+    or a process that exits at once, can see a truncated run. ``timeout`` bounds the wait in seconds.
+    """
+    from robustrep.errors import CorruptDataError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if any(r.WhichOneof("record_type") == "exit" for r in read_wandb_records(path)):
+                return True
+        except (OSError, CorruptDataError):  # not created yet, or only part of its header written
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def read_offline_run(path: str | Path) -> dict[str, Any]:

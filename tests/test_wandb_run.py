@@ -66,3 +66,27 @@ def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monk
 )
 def test_method_variant_tag(hparams, expected):
     assert _method_variant(SimpleNamespace(hparams=hparams)) == expected
+
+
+def test_wait_for_run_file_waits_for_the_exit_record(tmp_path, monkeypatch):
+    """wandb.finish() can return while the run file is still its 7-byte header; the CLI waits for the end."""
+    import wandb
+
+    from robustrep.report import read_wandb_records, wait_for_run_file
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.teardown()
+    run = wandb.init(project="robustrep", dir=str(tmp_path), config={"a": 1})
+    run.log({"x": 1.0})
+    run_file = Path(run.settings.sync_file)
+    wandb.finish()
+    assert wait_for_run_file(run_file, timeout=60)
+    assert [r.WhichOneof("record_type") for r in read_wandb_records(run_file)][-1] == "exit"
+
+    header_only = tmp_path / "header.wandb"
+    header_only.write_bytes(run_file.read_bytes()[:7])
+    cut = tmp_path / "cut.wandb"  # everything but the exit record's last bytes
+    cut.write_bytes(run_file.read_bytes()[:-3])
+    (tmp_path / "empty.wandb").touch()
+    for path in (header_only, cut, tmp_path / "empty.wandb", tmp_path / "missing.wandb"):
+        assert not wait_for_run_file(path, timeout=0.1), path.name
