@@ -28,3 +28,43 @@ def test_two_processes_match_one(tmp_path, method):
     assert set(single) == set(double)
     for key in single:
         assert double[key] == pytest.approx(single[key], abs=1e-4), key
+
+
+def _close_worker(rank: int, port: int, queue) -> None:
+    import os
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    from robustrep.distributed import close_spawned_process_group
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    close_spawned_process_group(SimpleNamespace(strategy=SimpleNamespace(launcher=None)))  # e.g. plain `ddp`: keep it
+    kept = dist.is_initialized()
+    spawn_launcher = object.__new__(_MultiProcessingLauncher)
+    close_spawned_process_group(SimpleNamespace(strategy=SimpleNamespace(launcher=spawn_launcher)))
+    queue.put((rank, kept, dist.is_initialized()))
+
+
+@pytest.mark.slow
+def test_spawned_worker_closes_its_process_group():
+    """A ddp_spawn worker closes its gloo group itself instead of leaving it to the interpreter's exit."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_close_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = {rank: rest for rank, *rest in (queue.get(timeout=60) for _ in procs)}
+    for p in procs:
+        p.join(timeout=30)
+    assert results == {0: [True, False], 1: [True, False]}
+    assert [p.exitcode for p in procs] == [0, 0]

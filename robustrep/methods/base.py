@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from robustrep.backbones import build_backbone
+from robustrep.distributed import close_spawned_process_group
 from robustrep.errors import ConfigError, NonFiniteLossError
 
 
@@ -111,6 +112,11 @@ class RobustMethod(pl.LightningModule):
                     f"{type(self).__name__} needs the batch keys {missing}, which {type(dm).__name__} does not provide "
                     f"(it gives {sorted(item)}). Choose a benchmark with these annotations."
                 )
+
+    def teardown(self, stage: str) -> None:
+        """Close a spawned DDP worker's process group (see :func:`robustrep.distributed.close_spawned_process_group`)."""
+        if self._trainer is not None:
+            close_spawned_process_group(self.trainer)
 
     def configure_callbacks(self):
         from robustrep.callbacks.group_metrics import GroupMetrics
