@@ -68,3 +68,28 @@ def test_spawned_worker_closes_its_process_group():
         p.join(timeout=30)
     assert results == {0: [True, False], 1: [True, False]}
     assert [p.exitcode for p in procs] == [0, 0]
+
+
+@pytest.mark.slow
+def test_cli_fit_under_ddp_spawn_matches_a_one_process_test_of_its_checkpoint(tmp_path):
+    """`robustrep fit ... --trainer.strategy ddp_spawn` (the trainer and its config callback are pickled into
+    the workers) writes results.json whose test metrics, gathered over 2 ranks, equal a 1-process test."""
+    import json
+    from pathlib import Path
+
+    from conftest import run_cli
+
+    quickstart = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+    tiny = ["--data.init_args.size", "8", "--data.init_args.train_size", "64", "--data.init_args.val_size", "32", "--data.init_args.test_size", "32"]
+    common = ["--config", str(quickstart), *tiny, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"]
+    assert run_cli(["fit", *common, *ddp, "--trainer.max_epochs", "2", "--output_root", str(tmp_path / "ddp")]) == 0
+    (fit_results,) = (tmp_path / "ddp").glob("quickstart/*/results.json")
+    ckpt = fit_results.parent / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    assert run_cli(["test", *common, "--ckpt_path", str(ckpt), "--run_dir", str(tmp_path / "one")]) == 0
+    distributed = json.loads(fit_results.read_text())["metrics"]
+    single = json.loads((tmp_path / "one" / "results.json").read_text())["metrics"]
+    assert {"test/acc", "test/worst_group_acc"} <= set(distributed) and set(distributed) == set(single)
+    for key in single:
+        assert distributed[key] == pytest.approx(single[key], abs=1e-5), key
