@@ -39,6 +39,15 @@ def quick_trainer(tmp_path, **overrides) -> pl.Trainer:
     return pl.Trainer(**kwargs)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a hand-made gloo process group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(args: list[str]) -> int:
     """Run ``robustrep`` in-process; returns its exit status."""
     from robustrep.cli import main

@@ -2,7 +2,7 @@
 
 import lightning.pytorch as pl
 import pytest
-from conftest import quick_trainer, tiny_synthetic
+from conftest import free_port, quick_trainer, tiny_synthetic
 
 from robustrep.methods import ERM, GroupDRO
 
@@ -51,13 +51,9 @@ def _close_worker(rank: int, port: int, queue) -> None:
 @pytest.mark.slow
 def test_spawned_worker_closes_its_process_group():
     """A ddp_spawn worker closes its gloo group itself instead of leaving it to the interpreter's exit."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_close_worker, args=(r, port, queue)) for r in range(2)]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import free_port
 
 from robustrep.losses.contrastive import attract, contrastive_loss, masked_info_nce, nt_xent, repel, spread, stack_views, supcon
 
@@ -168,15 +169,11 @@ def _ddp_worker(rank: int, world: int, port: int, z1, z2, y, queue) -> None:
 
 @pytest.mark.slow
 def test_two_process_gathered_loss_equals_one_process():
-    import socket
-
     import torch.multiprocessing as mp
 
     g = torch.Generator().manual_seed(6)
     z1, z2, y = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g), torch.randint(3, (8,), generator=g)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, z1, z2, y, queue)) for r in range(2)]
