@@ -67,8 +67,8 @@ def close_spawned_process_group(trainer: Any) -> None:
     worker ("terminate called without an active exception", SIGABRT) after the work has finished:
     21 of 150 two-process runs, 0 of 150 with this call (``python benchmarks/ddp_spawn_exit.py``).
     A worker of the multiprocessing launcher exits right after the call, so both ranks meet at a
-    barrier and close the group here. With the other launchers (``ddp``: the processes live on for the next call) this
-    does nothing.
+    barrier and close the group here. With the other launchers (``ddp``: the processes live on for
+    the next call) this does nothing.
     """
     from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -14,6 +15,10 @@ import torch  # noqa: E402
 from robustrep.data import SyntheticSpurious  # noqa: E402
 
 torch.set_num_threads(1)
+
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml")
+# CLI overrides that shrink the quickstart's synthetic benchmark to 8 px and 64 / 32 / 32 images
+TINY_QUICKSTART = ["--data.init_args.size", "8", "--data.init_args.train_size", "64", "--data.init_args.val_size", "32", "--data.init_args.test_size", "32"]
 
 
 def tiny_synthetic(**overrides) -> SyntheticSpurious:

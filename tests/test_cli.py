@@ -3,19 +3,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import QUICKSTART as QUICK
+from conftest import TINY_QUICKSTART, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = str(ROOT / "experiments" / "quickstart.yaml")
 TINY = [
-    "--data.init_args.size",
-    "8",
-    "--data.init_args.train_size",
-    "64",
-    "--data.init_args.val_size",
-    "32",
-    "--data.init_args.test_size",
-    "32",
+    *TINY_QUICKSTART,
     "--data.init_args.batch_size",
     "16",
     "--trainer.max_epochs",

@@ -71,13 +71,10 @@ def test_cli_fit_under_ddp_spawn_matches_a_one_process_test_of_its_checkpoint(tm
     """`robustrep fit ... --trainer.strategy ddp_spawn` (the trainer and its config callback are pickled into
     the workers) writes results.json whose test metrics, gathered over 2 ranks, equal a 1-process test."""
     import json
-    from pathlib import Path
 
-    from conftest import run_cli
+    from conftest import QUICKSTART, TINY_QUICKSTART, run_cli
 
-    quickstart = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
-    tiny = ["--data.init_args.size", "8", "--data.init_args.train_size", "64", "--data.init_args.val_size", "32", "--data.init_args.test_size", "32"]
-    common = ["--config", str(quickstart), *tiny, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+    common = ["--config", QUICKSTART, *TINY_QUICKSTART, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
     ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"]
     assert run_cli(["fit", *common, *ddp, "--trainer.max_epochs", "2", "--output_root", str(tmp_path / "ddp")]) == 0
     (fit_results,) = (tmp_path / "ddp").glob("quickstart/*/results.json")

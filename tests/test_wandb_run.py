@@ -6,13 +6,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_cli
+from conftest import QUICKSTART, TINY_QUICKSTART, run_cli
 
 from robustrep.cli import _method_variant
 from robustrep.report import read_offline_run
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--data.init_args.size", "8", "--data.init_args.train_size", "64", "--data.init_args.val_size", "32", "--data.init_args.test_size", "32"]
 
 
 def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monkeypatch):
@@ -20,7 +17,7 @@ def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monk
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     wandb.teardown()  # other tests set up wandb's process-wide settings in disabled mode
-    args = ["fit", "--config", str(ROOT / "experiments" / "quickstart.yaml"), *TINY, "--trainer.max_epochs", "1", "--seed_everything", "3"]
+    args = ["fit", "--config", QUICKSTART, *TINY_QUICKSTART, "--trainer.max_epochs", "1", "--seed_everything", "3"]
     assert run_cli([*args, "--trainer.enable_progress_bar", "false", "--output_root", str(tmp_path)]) == 0
     (results_path,) = tmp_path.glob("quickstart/*/results.json")
     results = json.loads(results_path.read_text())
