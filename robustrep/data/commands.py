@@ -1,14 +1,17 @@
-"""``robustrep data list`` and ``robustrep data check --data NAME --root PATH [--set KEY=VALUE ...]``.
+"""``robustrep data list`` and ``robustrep data check --data NAME --root PATH [--set KEY=VALUE ...] [--decode]``.
 
 ``list`` prints every benchmark with the files it expects and its groups. ``check`` loads a user's
 copy (metadata only: images are decoded lazily, so this is quick even for CelebA), prints the
 examples per group and split as a table, and - where the benchmark publishes reference counts
-(CelebA Blond/Male, Waterbirds) - says whether the copy matches them.
+(CelebA Blond/Male, Waterbirds) - says whether the copy matches them. With ``--decode`` it then
+opens every image file the splits name, with the dataset's own decoder, and exits with status 1
+when any is missing or unreadable.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 
 import pandas as pd
@@ -42,6 +45,35 @@ def compare_published(dm, table: pd.DataFrame) -> list[str]:
     return ["published group counts:", *lines] if lines else []
 
 
+def decode_all(dm) -> tuple[int, list[tuple[str, str]]] | None:
+    """Decode every image file of train and of every val and test set once, with the decoder of the
+    dataset that names it (the code ``__getitem__`` uses). Returns (files, [(path, reason)]), or
+    None when no split is file-backed (the images are held in memory)."""
+    from tqdm import tqdm
+
+    from robustrep.errors import CorruptDataError, DataNotFoundError
+
+    splits = dm.splits
+    decoders = {}
+    for ds in [splits.train, *splits.val.values(), *splits.test.values()]:
+        if hasattr(ds, "image_paths"):
+            for path in ds.image_paths():
+                decoders.setdefault(path, ds.decode)
+    if not decoders:
+        return None
+    bad = []
+    for path, decode in tqdm(decoders.items(), desc="decoding", unit="img", file=sys.stderr):
+        try:
+            decode(path)
+        except DataNotFoundError:
+            bad.append((path, "missing"))
+        except CorruptDataError as err:
+            bad.append((path, f"unreadable: {err.__cause__ or err}"))
+        except Exception as err:  # e.g. PIL's DecompressionBombError: training would fail on it too
+            bad.append((path, f"unreadable: {type(err).__name__}: {err}"))
+    return len(decoders), bad
+
+
 def list_benchmarks() -> str:
     """The text of ``robustrep data list``."""
     from robustrep.data import BENCHMARKS
@@ -51,7 +83,7 @@ def list_benchmarks() -> str:
         out.append(f"{name}  ({cls.__module__}.{cls.__name__})")
         out.append(textwrap.fill(files, width=110, initial_indent="    files:  ", subsequent_indent=" " * 12))
         out.append(f"    groups: {groups}")
-    out.append("\nCheck a copy on disk: robustrep data check --data NAME --root PATH [--set key=value ...]")
+    out.append("\nCheck a copy on disk: robustrep data check --data NAME --root PATH [--set key=value ...] [--decode]")
     return "\n".join(out)
 
 
@@ -61,7 +93,11 @@ def data_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="robustrep data", description="List the benchmarks or check a copy on disk.")
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="every benchmark with its expected files and groups")
-    check = sub.add_parser("check", help="load a benchmark from ROOT and print its group counts per split")
+    check = sub.add_parser(
+        "check",
+        help="load a benchmark from ROOT and print its group counts per split",
+        description="Load a benchmark from ROOT and print its group counts per split. Reads the metadata only unless --decode is given.",
+    )
     check.add_argument("--data", required=True, choices=sorted(BENCHMARKS), help="benchmark name (see `robustrep data list`)")
     check.add_argument("--root", default="data", help="folder that holds the benchmark's files")
     check.add_argument(
@@ -70,6 +106,13 @@ def data_command(argv: list[str]) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="extra datamodule arguments in YAML syntax, e.g. target=Attractive digits_source=sklearn eval_variants=[original,mixed_rand]",
+    )
+    check.add_argument(
+        "--decode",
+        action="store_true",
+        help="also open every image file the train, val and test splits name (each once) with the loader's own decoder; list each "
+        "missing or unreadable file and exit with status 1 if there is any. Slow for large benchmarks. Benchmarks held in "
+        "memory have no image files: their raw files are read while loading, so there is nothing more to check",
     )
     args = parser.parse_args(argv)
     if args.action == "list":
@@ -89,6 +132,19 @@ def data_command(argv: list[str]) -> int:
     print(table.to_string())
     for line in compare_published(dm, table):
         print(line)
+    if not args.decode:
+        return 0
+    result = decode_all(dm)
+    if result is None:
+        print("images are held in memory (loaded above); nothing to decode beyond loading")
+        return 0
+    total, bad = result
+    for path, reason in bad:
+        print(f"{path}: {reason}")
+    if bad:
+        print(f"{len(bad)} of {total} images could not be read")
+        return 1
+    print(f"all {total} images decode")
     return 0
 
 

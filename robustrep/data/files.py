@@ -192,12 +192,21 @@ class ImageFileDataset(Dataset):
             clone.edit = self.edit.select(idx)
         return clone
 
-    def load(self, index: int) -> torch.Tensor:
-        """The uint8 image of example ``index`` after decoding, cropping, resizing and ``edit``."""
+    def image_paths(self) -> list[str]:
+        """The image file of every example, in order (``robustrep data check --decode`` opens each)."""
+        return list(self.paths)
+
+    def decode(self, path: str | Path) -> torch.Tensor:
+        """Decode one file exactly as :meth:`load` does (before cropping and resizing): uint8 C x H x W;
+        a missing file raises DataNotFoundError, an unreadable one CorruptDataError."""
         draft = None
         if self.size is not None and self.center_crop in (None, "square"):
             draft = (max(self.size), max(self.size))  # any aspect ratio keeps both sides >= the target
-        image = resize_uint8(decode_image(self.paths[index], self.channels, draft), self.size, self.center_crop, self.final_crop)
+        return decode_image(path, self.channels, draft)
+
+    def load(self, index: int) -> torch.Tensor:
+        """The uint8 image of example ``index`` after decoding, cropping, resizing and ``edit``."""
+        image = resize_uint8(self.decode(self.paths[index]), self.size, self.center_crop, self.final_crop)
         if self.edit is not None:
             image = self.edit(image, index)
         return image
