@@ -63,6 +63,13 @@ def run_cli(args: list[str]) -> int:
         return int(exit_.code or 0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_run_seed(monkeypatch):
+    """Every test starts without a run seed from an earlier test in the same worker (``seed_everything``
+    exports PL_GLOBAL_SEED, which the training sampler and the step seeds read)."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+
+
 @pytest.fixture
 def synthetic():
     return tiny_synthetic

@@ -22,7 +22,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from robustrep.data.sampling import ResumableLoader
 from robustrep.data.transforms import build_transform
+from robustrep.randomness import run_seed
 
 #: Optional per-example keys a benchmark may provide besides image/label/group/index.
 OPTIONAL_KEYS = ("attribute", "fine_label", "domain")
@@ -232,7 +234,10 @@ class RobustDataModule(pl.LightningDataModule, ABC):
         return _with_transform(self.splits.train, self.eval_transform(), 1)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, shuffle=self.shuffle_train, drop_last=False)
+        """Training batches in an order and with augmentations that depend only on the run seed, the
+        epoch and the position (:mod:`robustrep.data.sampling`), so resuming and validating cannot
+        change them; the loader's position is saved in checkpoints."""
+        return ResumableLoader(self.train_dataset(), self.batch_size, seed=run_seed(), shuffle=self.shuffle_train, num_workers=self.num_workers)
 
     def train_eval_dataloader(self, shard: bool = True) -> DataLoader:
         """Training examples in order with the eval transform. ``shard=False`` gives every rank the

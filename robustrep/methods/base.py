@@ -20,11 +20,7 @@ from torch import nn
 from robustrep.backbones import build_backbone
 from robustrep.distributed import close_spawned_process_group
 from robustrep.errors import ConfigError, NonFiniteLossError
-
-
-def default_optimizer(params) -> torch.optim.Optimizer:
-    """Adam, lr 1e-3 — the default when a config names no optimizer."""
-    return torch.optim.Adam(params, lr=1e-3)
+from robustrep.randomness import TrainingSeeds
 
 
 class RobustMethod(pl.LightningModule):
@@ -36,7 +32,9 @@ class RobustMethod(pl.LightningModule):
         backbone_kwargs: keyword arguments for a registry backbone (e.g. ``{width: 64}``).
         num_classes, num_groups, group_names, image_shape: the benchmark's metadata; the CLI links
             them from the datamodule, so configs never set them.
-        optimizer: optimiser factory (``--optimizer`` in the CLI); default Adam, lr 1e-3.
+        optimizer: optimiser class and arguments; default Adam with its defaults (lr 1e-3). Change the
+            rate with ``--model.init_args.optimizer.lr 0.01``, the class with
+            ``--model.init_args.optimizer SGD --model.init_args.optimizer.lr 0.1``.
         lr_scheduler: optional scheduler factory.
     """
 
@@ -51,7 +49,7 @@ class RobustMethod(pl.LightningModule):
         num_groups: int | None = None,
         group_names: Sequence[str] | None = None,
         image_shape: Sequence[int] = (3, 32, 32),
-        optimizer: OptimizerCallable = default_optimizer,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
@@ -121,7 +119,7 @@ class RobustMethod(pl.LightningModule):
     def configure_callbacks(self):
         from robustrep.callbacks.group_metrics import GroupMetrics
 
-        return [GroupMetrics()]
+        return [GroupMetrics(), TrainingSeeds()]
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

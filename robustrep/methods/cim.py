@@ -29,8 +29,8 @@ Triplets come from the *training set*, not the batch: in ``setup()`` the module 
 label-indexed view of ``datamodule.train_dataset()`` (labels read from the dataset's metadata, no
 image decoded) and, every step, draws for each anchor one positive (same class, never the anchor
 itself) and one negative (another class) with index arithmetic on the device. The draw uses a
-generator seeded from ``triplet_seed``, the process rank and the epoch, so under DDP each rank draws
-for its own anchors, and a run resumed at an epoch boundary draws the same triplets. Only the
+generator seeded from ``triplet_seed``, the epoch, the batch and the process rank, so under DDP each
+rank draws for its own anchors, and a resumed run draws the same triplets. Only the
 ``2 * batch`` sampled images are read (directly from the uint8 tensor of in-memory benchmarks).
 """
 
@@ -51,6 +51,7 @@ from robustrep.errors import ConfigError
 from robustrep.losses.triplet import feature_triplet, gram_triplet, msssim_triplet
 from robustrep.losses.vib import gaussian_kl, reparameterize
 from robustrep.methods.base import RobustMethod
+from robustrep.randomness import derive_seed
 
 VARIANTS = ("mask", "gram", "feature", "scl")
 TRIPLET_TERMS = ("both", "positive", "negative")
@@ -283,7 +284,7 @@ class CIM(RobustMethod):
             (default; without a margin the raw loss is unbounded below) [ours].
         msssim_win_size, msssim_levels: override the MS-SSIM window / number of scales (None =
             chosen from the image size, see :mod:`robustrep.losses.msssim`).
-        triplet_seed: seed of the triplet draw (combined with rank and epoch).
+        triplet_seed: seed of the triplet draw (combined with epoch, batch and rank).
         triplet_workers: threads decoding the drawn ``x+``/``x-`` of file-based benchmarks (JPEG
             datasets); in-memory benchmarks ignore it.
         *args, **kwargs: see :class:`~robustrep.methods.base.RobustMethod` (backbone, optimizer, ...).
@@ -386,7 +387,10 @@ class CIM(RobustMethod):
     def on_train_epoch_start(self) -> None:
         if self.triplets is not None:
             self.triplets.to(self.device)
-            self.triplets.reseed(self.triplet_seed * 1_000_003 + process_rank() * 10_007 + self.current_epoch)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.triplets is not None:  # the draw depends only on (seed, epoch, batch, rank): exact resume anywhere
+            self.triplets.reseed(derive_seed(self.triplet_seed, "triplets", self.current_epoch, batch_idx, process_rank()))
 
     def draw_triplets(self, labels: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Positive and negative images for a batch of anchors, on the module's device (None for the
