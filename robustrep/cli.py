@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import platform
 import re
 import sys
 import warnings
-from pathlib import Path
-from typing import Any
 
 from robustrep.errors import RobustRepError
 
@@ -67,71 +64,6 @@ def _build_cli_class():
     from robustrep.lightning_cli import RobustRepCLI
 
     return RobustRepCLI
-
-
-def _method_variant(model) -> str:
-    """The baseline/variant a method module runs as, from its hyperparameters: ``"supcon"`` (SpreadSupCon's
-    ``loss``), ``"uniform"`` (CRL-TAC's SimCLR policy), ``"simclr+invariance"`` (IP-IRM), ``"mask+vib"`` (CIM)...;
-    ``""`` for modules without such switches. W&B gets it as a tag and as ``config.variant``."""
-    hp = dict(getattr(model, "hparams", {}) or {})
-    pieces = [hp[key] for key in ("variant", "loss", "base", "policy", "stage2") if isinstance(hp.get(key), str)]
-    if hp.get("invariance") is True:
-        pieces.append("invariance")
-    if hp.get("transform_network") is False:
-        pieces.append("no_tn")
-    if isinstance(hp.get("vib_beta"), int | float) and hp["vib_beta"] > 0:
-        pieces.append("vib")
-    if not pieces:
-        pieces = [str(getattr(model, "variant", "") or "")]
-    return "+".join(p for p in pieces if p)
-
-
-def _flat_config(dump: str) -> dict[str, Any]:
-    """The resolved YAML config as a flat ``{"model.init_args.lr": ...}`` dict for W&B."""
-    import yaml
-
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        else:
-            out[prefix] = node if isinstance(node, int | float | str | bool) or node is None else str(node)
-
-    walk(yaml.safe_load(dump), "")
-    return out
-
-
-def _default_name(config) -> str:
-    cfgs = config.get("config") or []
-    if cfgs:
-        return Path(str(cfgs[-1])).stem
-    model = str(config.model.get("class_path", "model")).rsplit(".", 1)[-1].lower()
-    data = str(config.data.get("class_path", "data")).rsplit(".", 1)[-1].lower()
-    return f"{model}_{data}"
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("robustrep", "torch", "torchvision", "lightning", "torchmetrics", "wandb"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _summary(results: dict[str, Any], path: Path) -> str:
-    m = results["metrics"]
-    keys = [k for k in m if k.count("/") <= 2 and "group_acc/" not in k and not k.endswith("/loss")]
-    width = max([len(k) for k in keys] + [10])
-    lines = ["", f"robustrep: {results['method']} on {results['benchmark']} (seed {results['seed']})", "-" * (width + 10)]
-    lines += [f"{k:<{width}}  {m[k]:.4f}" for k in keys]
-    lines += ["-" * (width + 10), f"results: {path}", ""]
-    return "\n".join(lines)
 
 
 def config_error_message(err: BaseException, argv: list[str]) -> str:
@@ -219,9 +151,15 @@ def main(argv: list[str] | None = None) -> int:
             from robustrep.analysis.commands import analyze_command
 
             return analyze_command(argv[1:])
+        from robustrep.lifecycle import EXIT_CODES, RunStopped, stop_on_signals
+
         cli_class = _build_cli_class()
         try:
-            cli_class(args=argv if argv != sys.argv[1:] else None)
+            with stop_on_signals():
+                cli_class(args=argv if argv != sys.argv[1:] else None)
+        except RunStopped as stop:  # SIGTERM / Ctrl-C: the checkpoint is saved; say how to resume
+            print(f"\nrobustrep: {stop}\n", file=sys.stderr)
+            return EXIT_CODES.get(stop.signum, 1)
         finally:
             _finish_wandb()
     except RobustRepError as err:

@@ -1,30 +1,82 @@
-"""robustrep's LightningCLI subclass: links, run directories, W&B conventions, results.json.
+"""robustrep's LightningCLI subclass: links, run records, model selection, results.json.
 
 A module of its own, imported only when a Lightning subcommand runs (``robustrep --help`` and
 ``robustrep data`` stay fast), and at module level so that ``ddp_spawn`` workers, which unpickle the
-trainer and its ``SaveConfigCallback`` (whose parser refers to this class), can import it.
+trainer, can import it. The record layout and ``results.json`` are described in
+:mod:`robustrep.records`; checkpoints, stops and selection in :mod:`robustrep.lifecycle`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import secrets
+import os
+import re
+import signal
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import robustrep.data  # noqa: F401  (register the datamodules for class_path short names)
 import robustrep.methods  # noqa: F401
-from robustrep.cli import _default_name, _flat_config, _method_variant, _summary, _versions
 from robustrep.data.base import RobustDataModule
+from robustrep.errors import ConfigError
+from robustrep.lifecycle import LossWatch, RunCheckpoint, RunStopped, Selection, stop_requested
 from robustrep.methods.base import RobustMethod
+from robustrep.records import (
+    config_differences,
+    config_key,
+    default_name,
+    digest,
+    flat_config,
+    method_variant,
+    new_run_name,
+    newest_checkpoint,
+    run_of_checkpoint,
+    summary_text,
+    versions,
+    write_json,
+)
+
+SELECTION_HELP = (
+    "Which weights the test pass scores. 'auto' (default): the best val/worst_group_acc when validation has "
+    "attribute groups and the method has a classifier, else the last epoch. 'last': the last epoch. A validation "
+    "metric such as val/worst_group_acc or val/acc (maximised), or 'min:val/loss'. results.json records the "
+    "selected epoch; the last epoch's test metrics are also kept, under last/."
+)
+
+
+def _launched_rank() -> int:
+    """The rank a multi-process launcher gave this process (0 when there is none)."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def resume_command(argv: list[str], ckpt: Path) -> str:
+    """``argv`` as a ``robustrep`` command line with ``--ckpt_path`` set to ``ckpt``."""
+    import shlex
+
+    out: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token == "--ckpt_path":
+            skip = True
+            continue
+        if token.startswith("--ckpt_path="):
+            continue
+        out.append(token)
+    return shlex.join(["robustrep", *out, "--ckpt_path", str(ckpt)])
 
 
 class RobustRepCLI(LightningCLI):
-    """LightningCLI with robustrep's links, run directories, results.json and summary."""
+    """LightningCLI with robustrep's links, run records, selection, results.json and summary."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("model_class", RobustMethod)
@@ -32,7 +84,8 @@ class RobustRepCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", None)  # the record writes config.yaml itself (never over another)
+        kwargs.setdefault("auto_configure_optimizers", False)  # methods take their optimiser as an argument
         # No prefix matching (a misspelt --trainer.max_epoch must not pass as max_epochs) and
         # parse errors raised to main(), which prints them as one short paragraph.
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "allow_abbrev": False})
@@ -44,41 +97,116 @@ class RobustRepCLI(LightningCLI):
         }
         defaults.update(kwargs.pop("trainer_defaults", None) or {})
         kwargs["trainer_defaults"] = defaults
+        self.argv = list(kwargs.get("args") or sys.argv[1:])
         self.run_dir: Path | None = None
+        self.record = "run"
+        self.flat: dict[str, Any] = {}
         self.config_digest = ""
-        super().__init__(*args, **kwargs)
+        self.selection: Selection | None = None
+        self.selection_reason = ""
+        self.loss_watch = LossWatch()
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException as err:  # a stop (signal) anywhere in the run: name the checkpoint and the resume command
+            signum = err.signum if isinstance(err, RunStopped) else stop_requested()
+            if signum is None:
+                raise
+            raise self._stopped(signum) from err
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--output_root", type=str, default="runs", help="Folder under which every run gets its own directory.")
         parser.add_argument("--run_dir", type=str | None, default=None, help="Use exactly this run directory (default: a new one under output_root).")
         parser.add_argument("--name", type=str | None, default=None, help="Experiment name for the run directory and W&B (default: the config file's name).")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.add_argument("--selection", type=str, default="auto", help=SELECTION_HELP)
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         for key in ("num_classes", "num_groups", "group_names", "image_shape"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
 
-    # -------------------------------------------------------------- run directory
+    # -------------------------------------------------------------- the run's record
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        self.config_digest = hashlib.sha256(self.parser.dump(self.config, skip_check=True).encode()).hexdigest()[:16]
-        name = config.get("name") or _default_name(config)
+        sub = self.subcommand
+        config = self.config[sub] if sub else self.config
+        name = config.get("name") or default_name(config)
         config["name"] = name
-        run_dir = config.get("run_dir")
-        ckpt_path = config.get("ckpt_path")
-        if run_dir is None and ckpt_path and Path(str(ckpt_path)).parent.name == "checkpoints":
-            run_dir = str(Path(str(ckpt_path)).parent.parent)  # resume into the interrupted run's directory
-        if run_dir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = str(Path(config["output_root"]) / name / f"{stamp}-s{config.get('seed_everything')}-{secrets.token_hex(2)}")
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config["run_dir"] = str(self.run_dir)
-        config.trainer.default_root_dir = str(self.run_dir)
-        config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
+        if "weights_only" in config and config.get("weights_only") is None:
+            config["weights_only"] = True  # checkpoints load as tensors and plain data, never as arbitrary pickles
+        self.flat = flat_config(self._parser(sub).dump(config, skip_check=True))
+        self.config_digest = digest(self.flat)
+        run_dir = self._choose_run_dir(sub, config)
+        self.run_dir = run_dir
+        config["run_dir"] = str(run_dir)
+        self.flat["run_dir"] = str(run_dir)
+        if _launched_rank() == 0:
+            os.environ["ROBUSTREP_RUN_DIR"] = str(run_dir)  # Lightning's ddp children (same argv) join this run
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_file = run_dir / "config.yaml"
+            if not config_file.exists():
+                config_file.write_text(self._parser(sub).dump(config, skip_check=True))
+        config.trainer.default_root_dir = str(run_dir)
+        config.checkpoint.dirpath = str(run_dir / "checkpoints")
         logger = config.trainer.get("logger")
         if logger and not isinstance(logger, bool | list) and "WandbLogger" in str(logger.get("class_path", "")):
-            logger.init_args.save_dir = str(self.run_dir)
-            logger.init_args.name = logger.init_args.get("name") or f"{name}/{self.run_dir.name}"
+            logger.init_args.save_dir = str(run_dir)
+            logger.init_args.name = logger.init_args.get("name") or f"{name}/{run_dir.name}"
+
+    def _choose_run_dir(self, sub: str, config) -> Path:
+        explicit = config.get("run_dir")
+        ckpt = config.get("ckpt_path")
+        owner = run_of_checkpoint(ckpt)
+        if _launched_rank() > 0 and os.environ.get("ROBUSTREP_RUN_DIR"):
+            return Path(os.environ["ROBUSTREP_RUN_DIR"])
+        if sub != "fit":
+            self.record = "evaluation"
+            if explicit:
+                run_dir = Path(explicit)
+                if (run_dir / "results.json").exists() or (run_dir / "config.yaml").exists():
+                    raise ConfigError(f"{run_dir} already holds a record; give `robustrep {sub}` a new --run_dir (or none: evaluations go beside their run)")
+                return run_dir
+            if owner is not None:
+                return owner / "evaluations" / new_run_name(config.get("seed_everything"), kind=sub)
+            return Path(config["output_root"]) / config["name"] / new_run_name(config.get("seed_everything"), kind=sub)
+        if explicit:
+            run_dir = Path(explicit)
+        elif owner is not None:
+            run_dir = owner  # resume into the interrupted run's directory
+        else:
+            run_dir = Path(config["output_root"]) / config["name"] / new_run_name(config.get("seed_everything"))
+        if (run_dir / "results.json").exists():
+            raise ConfigError(
+                f"{run_dir} is a finished run (it has results.json); its record is never overwritten. "
+                "To train it further, start a new run from its checkpoint: add --run_dir NEW_DIR (or drop --run_dir)."
+            )
+        if ckpt is None and (found := newest_checkpoint(run_dir)) is not None:
+            if run_dir.name.startswith("slurm-"):
+                config["ckpt_path"] = str(found)  # a requeued SLURM job continues where it stopped
+                self.flat["ckpt_path"] = str(found)
+            else:
+                raise ConfigError(f"{run_dir} holds an interrupted run (checkpoint {found}); resume it with --ckpt_path {found}, or choose another --run_dir")
+        config_file = run_dir / "config.yaml"
+        if config_file.exists():
+            changed = config_differences(flat_config(config_file.read_text()), {**self.flat, "run_dir": str(run_dir)})
+            if changed:
+                raise ConfigError(
+                    f"resuming {run_dir} with a different config than it was started with ({'; '.join(changed[:6])}"
+                    f"{' ...' if len(changed) > 6 else ''}). Resume with the same settings, or start a new run (--run_dir NEW_DIR)."
+                )
+        return run_dir
+
+    def _stopped(self, signum: int) -> RunStopped:
+        """The RunStopped of this run: names the checkpoint and the command that resumes it."""
+        sig = signal.Signals(signum).name
+        ckpt = self.run_dir / "checkpoints" / "last.ckpt" if self.run_dir is not None else None
+        if self.subcommand != "fit" or ckpt is None or not ckpt.is_file():
+            return RunStopped(signum, None, f"stopped by {sig}; nothing to resume: run the same command again")
+        position = ""
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+            position = f" at epoch {state.get('epoch')} step {state.get('global_step')}"
+        except Exception:  # noqa: BLE001  (the message is still useful without the position)
+            pass
+        done = " after the test pass (results.json written)" if self.run_dir and (self.run_dir / "results.json").exists() else ""
+        return RunStopped(signum, str(ckpt), f"stopped by {sig}{done}; checkpoint{position}: {ckpt}; resume: {resume_command(self.argv, ckpt)}")
 
     # -------------------------------------------------------------- W&B conventions
     def _configure_wandb(self) -> None:
@@ -88,8 +216,10 @@ class RobustRepCLI(LightningCLI):
         config = self.config[self.subcommand]
         method = type(self.model).__name__
         benchmark = getattr(self.datamodule, "benchmark_name", type(self.datamodule).__name__)
-        variant = _method_variant(self.model)
+        variant = method_variant(self.model)
         tags = [method, benchmark, f"seed{config.get('seed_everything')}"] + ([variant] if variant else [])
+        if self.record == "evaluation":
+            tags.append("evaluation")
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is None:
                 init = logger._wandb_init
@@ -98,15 +228,23 @@ class RobustRepCLI(LightningCLI):
                 init["job_type"] = init.get("job_type") or method
                 init["tags"] = sorted(set(init.get("tags") or []) | set(tags))
                 init["config"] = {
-                    **_flat_config(self._parser(self.subcommand).dump(config, skip_check=True)),
+                    **self.flat,
                     "config_digest": self.config_digest,
+                    "config_key": config_key(self.flat),
                     "method": method,
                     "benchmark": benchmark,
                     "variant": variant or "default",
+                    "record": self.record,
                 }
 
     def before_fit(self) -> None:
         self._configure_wandb()
+        self.selection, self.selection_reason = self._build_selection()
+        callbacks = self.trainer.callbacks
+        run_ckpt = next(i for i, cb in enumerate(callbacks) if isinstance(cb, RunCheckpoint))
+        if self.selection is not None:  # saved before last.ckpt, so last.ckpt holds the selection's state
+            callbacks.insert(run_ckpt, self.selection)
+        callbacks.insert(0, self.loss_watch)
 
     def before_test(self) -> None:
         self._configure_wandb()
@@ -114,40 +252,139 @@ class RobustRepCLI(LightningCLI):
     def before_validate(self) -> None:
         self._configure_wandb()
 
+    # -------------------------------------------------------------- model selection
+    def _build_selection(self) -> tuple[Selection | None, str]:
+        setting = str(self.config[self.subcommand].get("selection") or "auto").strip()
+        model, dm = self.model, self.datamodule
+        validating = self.trainer.limit_val_batches != 0 and self.trainer.check_val_every_n_epoch is not None
+        if setting == "last":
+            return None, "configured"
+        if setting == "auto":
+            metric = getattr(model, "selection_metric", None)
+            if metric is None:
+                return None, f"auto: {type(model).__name__} has no classifier to select on"
+            if getattr(dm, "num_attributes", 1) <= 1:
+                return None, "auto: the benchmark has no attribute groups"
+            if not validating:
+                return None, "auto: validation is off"
+            return Selection(str(self.run_dir / "checkpoints"), metric, "max", self._first_epoch()), "auto"
+        mode, _, metric = setting.rpartition(":")
+        mode = mode or "max"
+        if mode not in ("max", "min") or not metric.startswith("val/"):
+            raise ConfigError(f"--selection {setting!r}: use auto, last, or a validation metric such as val/worst_group_acc (max) or min:val/loss")
+        if not validating:
+            raise ConfigError(f"--selection {metric} needs validation, but it is off (limit_val_batches 0); use --selection last")
+        return Selection(str(self.run_dir / "checkpoints"), metric, mode, self._first_epoch()), "configured"
+
+    def _best_score(self, best: str) -> float | None:
+        """The selected checkpoint's metric value (read from the file when this process did not train,
+        as the main process of ``ddp_spawn``)."""
+        score = self.selection.best_model_score if self.selection is not None else None
+        if score is None:
+            state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+            score = next((cb.get("best_model_score") for key, cb in state.get("callbacks", {}).items() if key.startswith("Selection")), None)
+        return None if score is None else float(score)
+
+    def _first_epoch(self) -> int:
+        return int(getattr(self.model, "first_selectable_epoch", 0))
+
+    def _test_metrics(self, ckpt_path: str | None = None, log: bool = True) -> dict[str, float]:
+        """Run the test pass (on ``ckpt_path``'s weights, else the current ones) and return what it logged."""
+        loggers = self.trainer.loggers
+        if not log:
+            self.trainer.loggers = []
+        try:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=log)
+        finally:
+            self.trainer.loggers = loggers
+        return self._final_metrics(exclude=("train/", "val/"))
+
+    def _final_metrics(self, exclude: tuple[str, ...]) -> dict[str, float]:
+        return {k: float(v) for k, v in self.trainer.callback_metrics.items() if not k.startswith(exclude) and v.numel() == 1}
+
     # -------------------------------------------------------------- after the subcommands
     def after_fit(self) -> None:
         if self.trainer.interrupted:
             return
-        self.trainer.test(self.model, datamodule=self.datamodule)
-        self._finish("fit")
+        last_epoch = {"epoch": self.trainer.current_epoch - 1, "step": self.trainer.global_step}
+        best = self.selection.best_model_path if self.selection is not None else ""
+        if self.selection is not None and best:
+            last = self._test_metrics(log=False)
+            metrics = self._test_metrics(ckpt_path=best)
+            epoch, step = (int(x) for x in re.search(r"epoch(\d+)-step(\d+)", Path(best).stem).groups())
+            selection = {
+                "monitor": self.selection.monitor,
+                "mode": self.selection.mode,
+                "value": self._best_score(best),
+                "epoch": epoch,
+                "step": step,
+                "checkpoint": str(Path(best).relative_to(self.run_dir)) if self.run_dir else best,
+                "first_epoch": self.selection.first_epoch,
+                "reason": self.selection_reason,
+                "last": last_epoch,
+            }
+        else:
+            reason = self.selection_reason if self.selection is None else "no validation result was saved"
+            metrics = self._test_metrics()
+            last = dict(metrics)
+            selection = {"monitor": None, "mode": "last", "reason": reason, **last_epoch}
+        metrics.update({f"last/{k}": v for k, v in last.items()})
+        divergence = self.loss_watch.summary()
+        if divergence and divergence["diverged"] and self.trainer.is_global_zero:
+            print(
+                f"robustrep: warning: the training loss ended at {divergence['final_loss']:.3g}, against {divergence['first_loss']:.3g} "
+                "at the first step: the run diverged (flagged in results.json and by `robustrep report`).",
+                file=sys.stderr,
+            )
+        self._finish("fit", metrics, selection, divergence)
+        if stop_requested() is not None:
+            raise RunStopped(stop_requested(), None)
 
     def after_test(self) -> None:
-        self._finish("test")
+        self._finish("test", self._final_metrics(exclude=("train/", "val/")), self._checkpoint_selection())
 
-    def _finish(self, stage: str) -> None:
+    def after_validate(self) -> None:
+        metrics = {k: v for k, v in self._final_metrics(exclude=("train/",)).items() if k.startswith("val/")}
+        self._finish("validate", metrics, self._checkpoint_selection())
+
+    def _checkpoint_selection(self) -> dict[str, Any]:
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        out: dict[str, Any] = {"monitor": None, "mode": "checkpoint", "checkpoint": ckpt}
+        if ckpt and Path(str(ckpt)).is_file():
+            state = torch.load(str(ckpt), map_location="cpu", weights_only=True, mmap=True)
+            out.update({"epoch": state.get("epoch"), "step": state.get("global_step")})
+        return out
+
+    def _finish(self, stage: str, metrics: dict[str, float], selection: dict[str, Any], divergence: dict[str, Any] | None = None) -> None:
         if not self.trainer.is_global_zero or self.run_dir is None:
             return
-        # everything the final evaluation logged (test/, probe/, c2f/, knn/, method-specific ones
-        # such as crltac/), not the training or validation curves
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if not k.startswith(("train/", "val/")) and v.numel() == 1}
         config = self.config[self.subcommand]
+        ckpt = config.get("ckpt_path")
         results = {
+            "record": self.record,
             "stage": stage,
             "method": type(self.model).__name__,
-            "variant": _method_variant(self.model),
+            "variant": method_variant(self.model),
             "benchmark": getattr(self.datamodule, "benchmark_name", type(self.datamodule).__name__),
             "name": config.get("name"),
             "seed": config.get("seed_everything"),
             "config_digest": self.config_digest,
+            "config_key": config_key(self.flat),
             "run_dir": str(self.run_dir),
+            "evaluates": str(run_of_checkpoint(ckpt)) if self.record == "evaluation" and run_of_checkpoint(ckpt) else None,
+            "ckpt_path": str(ckpt) if ckpt else None,
+            "selection": selection,
+            "divergence": divergence,
             "metrics": dict(sorted(metrics.items())),
-            "versions": _versions(),
+            "config": self.flat,
+            "versions": versions(),
+            "started": self.started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         path = self.run_dir / "results.json"
-        path.write_text(json.dumps(results, indent=2))
+        write_json(path, results)
         self._wandb_summary(results["metrics"])
-        print(_summary(results, path))
+        print(summary_text(results, path))
 
     def _wandb_summary(self, metrics: dict[str, float]) -> None:
         """Final metrics as the W&B run summary; per-group accuracies as a W&B table."""
@@ -162,7 +399,7 @@ class RobustRepCLI(LightningCLI):
             run.summary.update(metrics)
             rows = []
             for key, value in metrics.items():
-                if "/group_acc/" in key:
+                if "/group_acc/" in key and not key.startswith("last/"):
                     prefix, group = key.split("/group_acc/", 1)
                     rows.append([prefix, group, value])
             if rows:

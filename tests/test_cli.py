@@ -72,23 +72,37 @@ def test_offline_wandb_run_is_written(tmp_path, monkeypatch):
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run in the run directory"
 
 
-def test_resume_from_checkpoint_continues_in_same_run_dir(tmp_path):
+def test_finished_run_is_never_resumed_into_but_can_seed_a_new_run(tmp_path, capsys):
     assert fit(tmp_path) == 0
     (run_dir,) = run_dirs(tmp_path)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    step = torch.load(ckpt, weights_only=False)["global_step"]
-    assert fit(tmp_path, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "2") == 0
-    assert run_dirs(tmp_path) == [run_dir]
-    assert torch.load(ckpt, weights_only=False)["global_step"] == 2 * step
+    before = {name: (run_dir / name).read_bytes() for name in ("results.json", "config.yaml")}
+    step = torch.load(ckpt, weights_only=True)["global_step"]
+    assert fit(tmp_path, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "2") == 2
+    assert "is a finished run" in capsys.readouterr().err
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    longer = tmp_path / "longer"
+    assert fit(tmp_path, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "2", "--run_dir", str(longer)) == 0
+    assert torch.load(longer / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * step
+    assert json.loads((longer / "results.json").read_text())["ckpt_path"] == str(ckpt)
 
 
-def test_test_subcommand_writes_results(tmp_path):
+def test_test_subcommand_writes_an_evaluation_record_beside_the_run(tmp_path):
     assert fit(tmp_path) == 0
     (run_dir,) = run_dirs(tmp_path)
-    (run_dir / "results.json").unlink()
-    args = ["test", "--config", QUICK, *TINY, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--output_root", str(tmp_path / "runs")]
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "wandb" not in p.parts}
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    args = ["test", "--config", QUICK, *TINY, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "4", "--output_root", str(tmp_path / "runs")]
     assert run_cli(args) == 0
-    assert json.loads((run_dir / "results.json").read_text())["stage"] == "test"
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "wandb" not in p.parts and "evaluations" not in p.parts}
+    assert after == before  # the training run's files are byte-identical
+    (evaluation,) = (run_dir / "evaluations").iterdir()
+    results = json.loads((evaluation / "results.json").read_text())
+    assert results["record"] == "evaluation" and results["stage"] == "test" and results["evaluates"] == str(run_dir)
+    assert results["selection"]["mode"] == "checkpoint" and results["selection"]["epoch"] == 0
+    assert "max_epochs: 4" in (evaluation / "config.yaml").read_text()
+    fitted = json.loads((run_dir / "results.json").read_text())
+    assert results["metrics"]["test/acc"] == pytest.approx(fitted["metrics"]["last/test/acc"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -108,13 +122,20 @@ def test_bad_config_gives_one_paragraph(tmp_path, capsys, override, expected):
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoints(tmp_path, capsys, monkeypatch):
-    assert fit(tmp_path) == 0
-    (run_dir,) = run_dirs(tmp_path)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    before = ckpt.read_bytes()
     real_ce = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
-    assert fit(tmp_path, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "3") == 2
+    calls = {"n": 0}
+
+    def ce_nan_after_epoch_0(*args, **kwargs):  # 4 training steps per epoch
+        calls["n"] += 1
+        loss = real_ce(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", ce_nan_after_epoch_0)
+    assert fit(tmp_path, "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "0") == 2
     err = capsys.readouterr().err
-    assert "cross-entropy became nan" in err and "global step 4" in err and "Traceback" not in err
-    assert ckpt.read_bytes() == before  # the last good checkpoint is untouched
+    assert "cross-entropy became nan" in err and "Traceback" not in err
+    assert "--model.init_args.optimizer.lr" in err  # the hint names an override that parses
+    (run_dir,) = run_dirs(tmp_path)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] < 3 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert not (run_dir / "results.json").exists()

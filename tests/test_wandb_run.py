@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import QUICKSTART, TINY_QUICKSTART, run_cli
 
-from robustrep.cli import _method_variant
+from robustrep.records import method_variant as _method_variant
 from robustrep.report import read_offline_run
 
 

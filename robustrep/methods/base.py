@@ -40,6 +40,11 @@ class RobustMethod(pl.LightningModule):
 
     #: Batch keys the method reads; checked in ``setup()`` against a real batch.
     required_keys: tuple[str, ...] = ("image", "label")
+    #: The validation metric ``--selection auto`` selects on (None: the method has no classifier,
+    #: so its test numbers come from the last epoch).
+    selection_metric: str | None = "val/worst_group_acc"
+    #: The first epoch model selection may choose (JTT: after its identification epochs).
+    first_selectable_epoch: int = 0
 
     def __init__(
         self,
@@ -78,7 +83,7 @@ class RobustMethod(pl.LightningModule):
         if not torch.isfinite(loss).all():
             raise NonFiniteLossError(
                 f"the {name} became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
-                "Lower the learning rate (--optimizer.init_args.lr), enable gradient clipping "
+                "Lower the learning rate (--model.init_args.optimizer.lr), enable gradient clipping "
                 "(--trainer.gradient_clip_val 1.0) or use 32-bit precision; the checkpoints written so far are kept."
             )
         return loss

@@ -201,6 +201,7 @@ class CRLTAC(RobustMethod):
     """
 
     required_keys = ("image",)
+    selection_metric = None  # self-supervised: probes give the accuracy; test the last epoch
 
     def __init__(
         self,

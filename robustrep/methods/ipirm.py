@@ -88,6 +88,7 @@ class IPIRM(RobustMethod):
     """
 
     required_keys = ("views", "index")
+    selection_metric = None  # self-supervised: probes give the accuracy; test the last epoch
 
     def __init__(
         self,

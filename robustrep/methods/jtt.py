@@ -39,6 +39,7 @@ class JTT(Classifier):
         if identification_epochs < 1:
             raise ValueError("identification_epochs must be >= 1")
         self.identification_epochs = identification_epochs
+        self.first_selectable_epoch = identification_epochs  # phase 1 is plain ERM: never select it
         self.upweight = upweight
         self.retrain = retrain
         self.error_set: torch.Tensor | None = None  # bool over training indices, set after phase 1

@@ -97,6 +97,8 @@ class SpreadSupCon(RobustMethod):
             hidden = projection_hidden or self.feature_dim
             self.projection = nn.Sequential(nn.Linear(self.feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, projection_dim))
         self.head = nn.Linear(self.feature_dim, self.num_classes) if ce_head else None
+        if self.head is None:
+            self.selection_metric = None  # no classifier to select on: test the last epoch
         self.noisy_labels: torch.Tensor | None = None  # contrastive labels by training index, when noise > 0
 
     # ------------------------------------------------------------------ model
