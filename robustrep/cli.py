@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrobustrep: error: {config_error_message(err, argv)}\n", file=sys.stderr)
         return 2
     except Exception as err:  # errors re-raised from DataLoader workers keep their type name only
+        from robustrep.checkpoints import is_unsafe_load_error, refused_message
+
+        if is_unsafe_load_error(err):
+            ckpt = argv[argv.index("--ckpt_path") + 1] if "--ckpt_path" in argv[:-1] else "the checkpoint"
+            print(f"\nrobustrep: error: {refused_message(ckpt, err)}\n", file=sys.stderr)
+            return 2
         cause = err
         while cause is not None and not isinstance(cause, RobustRepError):
             cause = cause.__cause__ or cause.__context__

@@ -9,7 +9,6 @@ checkpoint. Only the ``model``, ``data``, optimiser and ``trainer.max_epochs`` e
 from __future__ import annotations
 
 import functools
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +16,11 @@ import torch
 import yaml
 
 from robustrep.callbacks.linear_probe import extract_features
+from robustrep.checkpoints import import_class, load_model  # noqa: F401  (load_model: the analyses' entry point)
 from robustrep.errors import ConfigError
 
 #: Datamodule metadata the CLI links into the model.
 LINKED = ("num_classes", "num_groups", "group_names", "image_shape")
-
-
-def import_class(path: str):
-    module, _, name = path.rpartition(".")
-    if not module:
-        for package in ("robustrep.methods", "robustrep.data", "robustrep.callbacks"):
-            mod = importlib.import_module(package)
-            if hasattr(mod, name):
-                return getattr(mod, name)
-        raise ConfigError(f"cannot resolve the class {path!r}; give its full class_path")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"cannot import {path!r}: {err}") from err
 
 
 def instantiate(spec: Any) -> Any:
@@ -103,20 +89,6 @@ def build_model(config: dict, dm, overrides: dict[str, Any] | None = None):
     if scheduler is not None:
         init["lr_scheduler"] = scheduler
     return import_class(spec["class_path"])(**init)
-
-
-def load_model(ckpt: str | Path):
-    """A trained method from a Lightning checkpoint (the class is read from the checkpoint)."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise ConfigError(f"checkpoint not found: {ckpt}")
-    meta = torch.load(ckpt, map_location="cpu", weights_only=False)
-    class_path = (meta.get("hyper_parameters") or {}).get("_class_path")
-    if class_path is None:
-        raise ConfigError(f"{ckpt} does not record its model class (hyper_parameters._class_path); was it written by `robustrep fit`?")
-    model = import_class(class_path).load_from_checkpoint(ckpt, map_location="cpu")
-    model.eval()
-    return model
 
 
 def embed_splits(model, dm, sets: tuple[str, ...] = ("train", "test")) -> dict[str, dict[str, torch.Tensor]]:

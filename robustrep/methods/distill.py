@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustrep.checkpoints import load_checkpoint, load_model
 from robustrep.errors import ConfigError
 from robustrep.methods.base import Classifier
 
@@ -58,17 +59,9 @@ def distillation_loss(
 def load_teacher(path: str, teacher_class: str | None = None) -> nn.Module:
     """A frozen model from a Lightning checkpoint written by ``robustrep fit`` (its class is read
     from the checkpoint) or, for other checkpoints, by ``teacher_class`` (a dotted class path)."""
-    if teacher_class is None:
-        from robustrep.analysis.common import load_model
-
-        return load_model(path)
     if not Path(path).is_file():
         raise ConfigError(f"teacher checkpoint not found: {path}")
-    module_name, _, name = teacher_class.rpartition(".")
-    import importlib
-
-    cls = getattr(importlib.import_module(module_name), name)
-    return cls.load_from_checkpoint(path, map_location="cpu")
+    return load_model(path, teacher_class)
 
 
 class Distill(Classifier):
@@ -120,7 +113,7 @@ class Distill(Classifier):
         """Copy the ``backbone.*`` weights of a checkpoint into the student's backbone (strict)."""
         if not Path(path).is_file():
             raise ConfigError(f"init_from checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)
         state = state.get("state_dict", state)
         weights = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         if not weights:

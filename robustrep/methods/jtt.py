@@ -6,8 +6,8 @@ trains with the error set upweighted by ``upweight``, for the remaining ``max_ep
 No group labels are used. We upweight the loss of error-set examples rather than duplicating them in
 the sampler (the paper upsamples); the two agree in expectation.
 
-The error set (a 0/1 tensor over training indices) is kept in checkpoints, so a resumed run
-continues phase 2 with the same weights. Under DDP every rank scores the whole training set with
+The error set (a 0/1 tensor over training indices) and, during phase 1, the initial weights are kept
+in checkpoints, so a run resumed in either phase continues exactly. Under DDP every rank scores the whole training set with
 identical weights, so the error set is identical everywhere.
 """
 
@@ -46,7 +46,7 @@ class JTT(Classifier):
         self._initial_state: dict | None = None
 
     def on_fit_start(self) -> None:
-        if self.error_set is None:
+        if self.error_set is None and self._initial_state is None:  # not when resumed in phase 1
             self._initial_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.state_dict().items()})
 
     def weighted_loss(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -88,6 +88,9 @@ class JTT(Classifier):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["jtt_error_set"] = self.error_set
+        if self.error_set is None and self._initial_state is not None:
+            checkpoint["jtt_initial_state"] = self._initial_state  # phase 2 restarts from these weights
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.error_set = checkpoint.get("jtt_error_set")
+        self._initial_state = checkpoint.get("jtt_initial_state")
