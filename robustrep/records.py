@@ -48,6 +48,8 @@ NOT_IN_CONFIG_KEY = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
+    "verbose",
+    "weights_only",
 )
 
 #: Keys that may differ between an interrupted run's config.yaml and the command resuming it.

@@ -265,7 +265,15 @@ def _recorded_args(run_dir: Path) -> list[str] | None:
         return None
 
 
-def run_job(job: Job, program: list[str], env: dict[str, str] | None = None) -> int:
+class _Stops:
+    """The running row's process and the stop signal ``reproduce`` received (see :func:`_forward_stops`)."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.signum: int | None = None
+
+
+def run_job(job: Job, program: list[str], env: dict[str, str] | None = None, stops: _Stops | None = None) -> int:
     """Run one job in a subprocess, output appended to ``<run_dir>/reproduce.log``; returns its exit status."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     command = job.command(program)
@@ -275,15 +283,20 @@ def run_job(job: Job, program: list[str], env: dict[str, str] | None = None) -> 
         log.write(f"\n$ {shlex.join(command)}\n")
         log.flush()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if stops is not None:
+            stops.child = proc
         try:
             return proc.wait()
-        except BaseException:  # Ctrl-C or an exception: stop the child too; its last.ckpt lets a re-run resume
+        except BaseException:  # a second Ctrl-C or an exception: stop the child too; its last.ckpt lets a re-run resume
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+        finally:
+            if stops is not None:
+                stops.child = None
 
 
 def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -351,9 +364,11 @@ def write_report(table: Table, root: Path, jobs: list[Job], profile: str | None)
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """While running rows, SIGTERM (a scheduler's time limit, ``kill``) raises KeyboardInterrupt, so the
-    running child is stopped too (its last.ckpt lets the next run resume). The old handler is restored after."""
+def _forward_stops(stops: _Stops):
+    """While rows run, SIGTERM and SIGINT are passed on to the running row as SIGTERM: the run saves a
+    checkpoint after its current step and exits (143), and a later ``reproduce`` resumes it. (SIGTERM,
+    not the signal itself: after a terminal's Ctrl-C the row already has its own SIGINT, and a second
+    SIGINT would stop it without saving.) A second signal to ``reproduce`` stops the row at once."""
     import signal
     import threading
 
@@ -362,13 +377,19 @@ def _sigterm_as_interrupt():
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        if stops.signum is not None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        stops.signum = signum
+        print(f"\nreproduce: {signal.Signals(signum).name} received; asking the running row to save and stop ...", file=sys.stderr, flush=True)
+        if stops.child is not None and stops.child.poll() is None:
+            stops.child.send_signal(signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, old_handler in previous.items():
+            signal.signal(s, old_handler)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -391,6 +412,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the commands still to run, one per line, and exit")
     parser.add_argument("--report-only", action="store_true", help="do not run anything; write the report from the finished runs")
     return parser
+
+
+def _stopped(job: Job, signum: int | None, code: int | None) -> int:
+    """Say which row stopped, where its checkpoint is and how to resume; the exit status of the signal."""
+    import signal
+
+    signum = signum or signal.SIGINT
+    ckpt = job.run_dir / "checkpoints" / "last.ckpt"
+    saved = f"its checkpoint: {ckpt}" if ckpt.is_file() else "it had no checkpoint yet (it will start over)"
+    how = "exit " + str(code) if code is not None else "stopped at once"
+    print(
+        f"\nreproduce: stopped by {signal.Signals(signum).name} during {job.row.label} seed {job.seed} ({how}); {saved}. "
+        "Run the same `robustrep reproduce` command again to resume it; finished runs are kept.",
+        file=sys.stderr,
+    )
+    return 130 if signum == signal.SIGINT else 143
 
 
 def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
@@ -419,16 +456,18 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
     if not args.report_only:
         todo = [j for j in jobs if j.status != "finished"]
         print(f"{table.title}: {len(jobs)} runs, {len(jobs) - len(todo)} finished, {len(todo)} to run -> {root}")
-        with _sigterm_as_interrupt():
+        stops = _Stops()
+        with _forward_stops(stops):
             for i, job in enumerate(todo, 1):
                 what = f"[{i}/{len(todo)}] {job.row.label} seed {job.seed}" + (" (resuming)" if job.status == "resume" else "")
                 print(what + " ...", flush=True)
                 start = time.time()
                 try:
-                    code = run_job(job, program)
+                    code = run_job(job, program, stops=stops)
                 except KeyboardInterrupt:
-                    print(f"\ninterrupted; run the same command again to resume from {job.run_dir}/checkpoints/last.ckpt", file=sys.stderr)
-                    return 130
+                    code = None
+                if stops.signum is not None or code is None:
+                    return _stopped(job, stops.signum, code)
                 took = time.time() - start
                 if code != 0 or not (job.run_dir / "results.json").is_file():
                     failed.append(job)

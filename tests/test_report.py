@@ -77,12 +77,12 @@ def test_report_markdown_is_readable_and_writes_files(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["method", "benchmark", "test/worst_group_acc", "test/acc", "test/weighted_acc", "n"]
+    assert header == ["method", "benchmark", "selection", "test/worst_group_acc", "test/acc", "test/weighted_acc", "n"]
     assert set(lines[1]) <= set("|-: ")
     rows = {tuple(c.strip() for c in line.strip("|").split("|"))[:2]: [c.strip() for c in line.strip("|").split("|")] for line in lines[2:]}
-    assert rows[("ERM", "synthetic")][2:] == ["60.00 ± 10.00", "85.00 ± 5.00", "-", "3"]
-    assert rows[("CIM", "synthetic")][2:] == ["65.00 (n=1)", "72.00 ± 2.83", "-", "2"]
-    assert rows[("ERM", "waterbirds")][2:] == ["61.00", "97.00", "95.00", "1"]
+    assert rows[("ERM", "synthetic")][2:] == ["last", "60.00 ± 10.00", "85.00 ± 5.00", "-", "3"]
+    assert rows[("CIM", "synthetic")][2:] == ["last", "65.00 (n=1)", "72.00 ± 2.83", "-", "2"]
+    assert rows[("ERM", "waterbirds")][2:] == ["last", "61.00", "97.00", "95.00", "1"]
     assert len({len(line) for line in lines}) == 1, "columns are padded to one width"
     written = tmp_path / "out"
     assert (written / "report.md").read_text().strip() == "\n".join(lines)
@@ -94,7 +94,7 @@ def test_report_csv_and_html(tmp_path, capsys):
     runs = write_runs(tmp_path / "runs")
     assert run_cli(["report", str(runs), "--format", "csv", "--by", "method", "--metrics", "test/acc"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out.strip())).set_index("method")
-    assert list(table.columns) == ["n", "test/acc:mean", "test/acc:std", "test/acc:n"]
+    assert list(table.columns) == ["record", "config", "selection", "config_key", "n", "test/acc:mean", "test/acc:std", "test/acc:n"]
     assert table.loc["ERM", "n"] == 4 and table.loc["CIM", "n"] == 2  # seeds pooled over both benchmarks
     assert table.loc["ERM", "test/acc:mean"] == pytest.approx(0.88)
     assert table.loc["ERM", "test/acc:std"] == pytest.approx(pd.Series([0.90, 0.80, 0.85, 0.97]).std())
@@ -115,7 +115,10 @@ def test_metric_globs_by_seed_and_errors(tmp_path, capsys):
     assert "cannot group by" in capsys.readouterr().err
     assert run_cli(["report", str(runs), "--raw", "--by", "seed", "--metrics", "test/worst_group_acc"]) == 0
     out = capsys.readouterr().out  # seed 0: 0.50, 0.65, 0.61; seed 1: CIM has no worst-group metric
-    assert "|    0 |      0.5867 ± 0.0777 | 3 |" in out and "|    1 |         0.6000 (n=1) | 2 |" in out
+    assert (
+        "|    0 | last      |      0.5867 ± 0.0777 | 3 | repeated seed 0 x3 |" in out
+        and "|    1 | last      |         0.6000 (n=1) | 2 | repeated seed 1 x2 |" in out
+    )
 
 
 def test_markdown_alignment_reference():

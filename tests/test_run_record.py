@@ -227,3 +227,30 @@ def test_real_process_stopped_in_epoch_2_resumes_exactly(tmp_path, signum, batch
     out, err = resume.communicate(timeout=300)
     assert resume.returncode == 0, err[-2000:]
     assert_same_run(tmp_path / "ref", tmp_path / "run")
+
+
+def test_report_splits_mixed_configs_and_flags_repeats_divergence_and_evaluations(tmp_path, capsys):
+    """The folder a week of work leaves: seeds of one config (one seed run twice), a diverged learning
+    rate, a bf16 run and a test-only re-evaluation. report never pools them into one mean."""
+    base = ["fit", *FAMILIES["erm"], *QUIET, "--trainer.max_epochs", "1", "--output_root", str(tmp_path / "runs")]
+    for extra in ([], ["--seed_everything", "1"], [], ["--model.init_args.optimizer.lr", "1e6"], ["--trainer.precision", "bf16-mixed"]):
+        assert run_cli([*base, *extra]) == 0
+    first = min((tmp_path / "runs" / "quickstart").iterdir())
+    assert run_cli(["test", *FAMILIES["erm"], *QUIET, "--ckpt_path", str(first / "checkpoints" / "last.ckpt")]) == 0
+    capsys.readouterr()
+    assert run_cli(["report", str(tmp_path / "runs"), "--metrics", "test/acc"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    assert header == ["method", "benchmark", "record", "config", "selection", "test/acc", "n", "flags"]
+    runs = [r for r in rows if r["record"] == "run"]
+    assert sorted(int(r["n"]) for r in runs) == [1, 1, 3] and len(rows) == 4
+    (repeats,) = [r for r in runs if r["n"] == "3"]
+    assert repeats["flags"] == "repeated seed 0 x2" and "optimizer.lr=0.001" in repeats["config"]
+    (diverged,) = [r for r in runs if "lr=1000000.0" in r["config"]]
+    assert diverged["flags"] == "1 diverged"
+    assert any("precision=bf16-mixed" in r["config"] for r in runs)
+    (evaluation,) = [r for r in rows if r["record"] == "evaluation"]
+    assert evaluation["n"] == "1" and evaluation["selection"] == "checkpoint"
+    assert "ERM / synthetic: 3 different configs, one row each" in out and "record = evaluation" in out
