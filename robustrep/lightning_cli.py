@@ -308,8 +308,11 @@ class RobustRepCLI(LightningCLI):
             return
         last_epoch = {"epoch": self.trainer.current_epoch - 1, "step": self.trainer.global_step}
         best = self.selection.best_model_path if self.selection is not None else ""
+        # the last weights by their file: with no path, Lightning would load a SLURM HPC checkpoint if one exists
+        last_ckpt = self.run_dir / "checkpoints" / "last.ckpt" if self.run_dir is not None else None
+        last_path = str(last_ckpt) if last_ckpt is not None and last_ckpt.is_file() else None
         if self.selection is not None and best:
-            last = self._test_metrics(log=False)
+            last = self._test_metrics(ckpt_path=last_path, log=False)
             metrics = self._test_metrics(ckpt_path=best)
             epoch, step = (int(x) for x in re.search(r"epoch(\d+)-step(\d+)", Path(best).stem).groups())
             selection = {
@@ -325,7 +328,7 @@ class RobustRepCLI(LightningCLI):
             }
         else:
             reason = self.selection_reason if self.selection is None else "no validation result was saved"
-            metrics = self._test_metrics()
+            metrics = self._test_metrics(ckpt_path=last_path)
             last = dict(metrics)
             selection = {"monitor": None, "mode": "last", "reason": reason, **last_epoch}
         metrics.update({f"last/{k}": v for k, v in last.items()})

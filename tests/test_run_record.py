@@ -254,3 +254,39 @@ def test_report_splits_mixed_configs_and_flags_repeats_divergence_and_evaluation
     (evaluation,) = [r for r in rows if r["record"] == "evaluation"]
     assert evaluation["n"] == "1" and evaluation["selection"] == "checkpoint"
     assert "ERM / synthetic: 3 different configs, one row each" in out and "record = evaluation" in out
+
+
+def test_slurm_requeue_resumes_in_the_same_run_directory(tmp_path, monkeypatch):
+    """Inside a SLURM batch job (its environment, a stand-in `scontrol` on PATH): the run directory is
+    named by the job, SLURM's warning signal (SIGUSR1) makes Lightning write its HPC checkpoint and
+    requeue the job, the time limit's SIGTERM stops the run cleanly, and the requeued job (the same
+    command) resumes from the newest checkpoint and ends as the uninterrupted run."""
+    args = ["fit", *FAMILIES["erm"], *QUIET, "--trainer.max_epochs", "3", "--output_root", str(tmp_path / "runs")]
+    assert run_cli([*args[:-2], "--run_dir", str(tmp_path / "ref")]) == 0
+    calls = tmp_path / "scontrol.calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "table",
+        "SLURM_NODEID": "0",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    signals = [
+        {"class_path": "runtools.SignalAt", "init_args": {"epoch": 1, "batch": 0, "signum": "SIGUSR1", "once_file": str(tmp_path / "usr1")}},
+        {"class_path": "runtools.SignalAt", "init_args": {"epoch": 1, "batch": 2, "signum": "SIGTERM", "once_file": str(tmp_path / "term")}},
+    ]
+    job = [*args, "--trainer.callbacks", json.dumps(signals)]
+    assert run_cli(job) == 143
+    run_dir = tmp_path / "runs" / "quickstart" / "slurm-4242-s0"
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert (run_dir / "hpc_ckpt_1.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert run_cli(job) == 0  # the requeued job: same command, same directory, resumed
+    assert [p.name for p in (tmp_path / "runs" / "quickstart").iterdir()] == ["slurm-4242-s0"]
+    assert_same_run(tmp_path / "ref", run_dir)
