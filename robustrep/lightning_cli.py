@@ -41,8 +41,8 @@ from robustrep.records import (
 )
 
 SELECTION_HELP = (
-    "Which weights the test pass scores. 'auto' (default): the best val/worst_group_acc when validation has "
-    "attribute groups and the method has a classifier, else the last epoch. 'last': the last epoch. A validation "
+    "Which weights the test pass scores. 'auto' (default): the best val/worst_group_acc when the benchmark has "
+    "spurious-attribute groups (not strata) and the method has a classifier, else the last epoch. 'last': the last epoch. A validation "
     "metric such as val/worst_group_acc or val/acc (maximised), or 'min:val/loss'. results.json records the "
     "selected epoch; the last epoch's test metrics are also kept, under last/."
 )
@@ -265,6 +265,8 @@ class RobustRepCLI(LightningCLI):
                 return None, f"auto: {type(model).__name__} has no classifier to select on"
             if getattr(dm, "num_attributes", 1) <= 1:
                 return None, "auto: the benchmark has no attribute groups"
+            if getattr(dm, "num_fine_classes", None):  # groups are strata: selecting on them would use the fine labels
+                return None, "auto: the benchmark's groups are its fine labels"
             if not validating:
                 return None, "auto: validation is off"
             return Selection(str(self.run_dir / "checkpoints"), metric, "max", self._first_epoch()), "auto"

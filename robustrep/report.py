@@ -464,7 +464,8 @@ def _apply_config(config: dict[str, Any], items: Iterable[Any]) -> None:
 # ----------------------------------------------------------------------------------- command
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of this subcommand (also used to check documented command lines)."""
     parser = argparse.ArgumentParser(
         prog="robustrep report",
         description="Aggregate runs (results.json) over seeds into a comparison table (mean ± std, n) and a bar plot.",
@@ -489,7 +490,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def report_command(argv: list[str]) -> int:
     """Entry point of ``robustrep report``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.wandb:
         df = runs_from_wandb(args.wandb)
     elif args.paths:

@@ -392,7 +392,8 @@ def _forward_stops(stops: _Stops):
             signal.signal(s, old_handler)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of this subcommand (also used to check documented command lines)."""
     parser = argparse.ArgumentParser(
         prog="robustrep reproduce",
         description="Run every row of a paper table (experiments/tables/TABLE.yaml) and report ours beside the paper's numbers. "
@@ -432,7 +433,7 @@ def _stopped(job: Job, signum: int | None, code: int | None) -> int:
 
 def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
     """Entry point of ``robustrep reproduce``; returns the exit status (1 if a run failed)."""
-    args, extra = _parser().parse_known_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
     if extra and not extra[0].startswith("--"):
         raise ConfigError(f"unexpected argument {extra[0]!r}: overrides passed to the runs look like --trainer.max_epochs 5")
     table = load_table(args.table)

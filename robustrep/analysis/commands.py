@@ -24,7 +24,8 @@ from pathlib import Path
 from robustrep.errors import ConfigError
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of this subcommand (also used to check documented command lines)."""
     parser = argparse.ArgumentParser(
         prog="robustrep analyze",
         description="Downstream applications of a trained representation (L_spread paper, section 5), CIM's mask statistics, Chroma-VAE's latents.",
@@ -90,7 +91,7 @@ def analyze_command(argv: list[str]) -> int:
     """Entry point of ``robustrep analyze``; returns the exit status."""
     from robustrep.analysis import common
 
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     overrides = _overrides(args.set)
     if args.config is None and args.ckpt is None:
         raise ConfigError("give --config (the method + data YAML) or --ckpt of a run that saved its config.yaml")

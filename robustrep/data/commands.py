@@ -87,7 +87,8 @@ def list_benchmarks() -> str:
     return "\n".join(out)
 
 
-def data_command(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``robustrep data`` (also used to check documented command lines)."""
     from robustrep.data import BENCHMARKS
 
     parser = argparse.ArgumentParser(prog="robustrep data", description="List the benchmarks or check a copy on disk.")
@@ -114,6 +115,13 @@ def data_command(argv: list[str]) -> int:
         "missing or unreadable file and exit with status 1 if there is any. Slow for large benchmarks. Benchmarks held in "
         "memory have no image files: their raw files are read while loading, so there is nothing more to check",
     )
+    return parser
+
+
+def data_command(argv: list[str]) -> int:
+    from robustrep.data import BENCHMARKS
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.action == "list":
         print(list_benchmarks())
