@@ -229,11 +229,12 @@ class LossWatch(pl.Callback):
     def __init__(self, factor: float = 100.0, window: int = 10) -> None:
         self.factor = factor
         self.window = window
-        self.start: float | None = None
-        self.recent: deque[float] = deque(maxlen=window)
+        self.start: torch.Tensor | float | None = None
+        # detached loss tensors, read as numbers only when saved or summarised (no device sync per step)
+        self.recent: deque[torch.Tensor | float] = deque(maxlen=window)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "recent": list(self.recent)}
+        return {"start": None if self.start is None else float(self.start), "recent": [float(v) for v in self.recent]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.start = state_dict.get("start")
@@ -245,7 +246,7 @@ class LossWatch(pl.Callback):
             loss = trainer.callback_metrics.get("train/loss")
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             return
-        value = float(loss.detach())
+        value = loss.detach().float().reshape(())
         if self.start is None:
             self.start = value
         self.recent.append(value)
@@ -254,6 +255,6 @@ class LossWatch(pl.Callback):
         """``{"first_loss", "final_loss", "factor", "diverged"}`` or None if no loss was seen."""
         if self.start is None or not self.recent:
             return None
-        end = statistics.median(self.recent)
-        diverged = not math.isfinite(end) or abs(end) > self.factor * max(abs(self.start), 1.0)
-        return {"first_loss": self.start, "final_loss": end, "factor": self.factor, "diverged": diverged}
+        end = statistics.median(float(v) for v in self.recent)
+        diverged = not math.isfinite(end) or abs(end) > self.factor * max(abs(float(self.start)), 1.0)
+        return {"first_loss": float(self.start), "final_loss": end, "factor": self.factor, "diverged": diverged}

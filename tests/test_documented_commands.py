@@ -79,8 +79,9 @@ def documented_commands() -> list[tuple[str, str]]:
                         if any(pattern.search(t) for t in texts):
                             # every value where it names a file (${cfg}_grid_mnist.yaml), the first one elsewhere (seeds)
                             in_word = any(re.search(r'\w"?\$\{?' + name + r"|\$\{?" + name + r'\}?"?\w', t) for t in texts)
-                            values = values if in_word else values[:1]
-                            texts = [pattern.sub(lambda _m, v=v: shlex.quote(v) if len(values) == 1 else v, t) for t in texts for v in values]
+                            chosen = values if in_word else values[:1]
+                            quote = len(chosen) == 1
+                            texts = [pattern.sub(lambda _m, v=v, q=quote: shlex.quote(v) if q else v, t) for t in texts for v in chosen]
                     found.extend((where, t) for t in texts)
             else:  # inline code that is a whole command line (options, no "a|b" alternatives or "...")
                 for span in re.findall(r"`(robustrep [^`]+)`", line):

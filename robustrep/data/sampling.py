@@ -38,15 +38,18 @@ class EpochSampler(DistributedSampler):
         num_examples: size of the dataset.
         seed: the run seed; the permutation of epoch ``e`` is seeded by ``derive_seed(seed, "order", e)``.
         shuffle: False = dataset order (every epoch the same).
+        num_replicas, rank: the DDP world (None = read from the initialised process group, else 1 / 0).
     """
 
-    def __init__(self, num_examples: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, num_examples: int, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None, rank: int | None = None) -> None:
         # no DistributedSampler.__init__: it needs a process group, and we read the world ourselves
         self.num_examples = num_examples
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
-        self.num_replicas, self.rank = _world()
+        world, own = _world()
+        self.num_replicas = world if num_replicas is None else num_replicas
+        self.rank = own if rank is None else rank
         self.drop_last = False
         self.num_samples = math.ceil(num_examples / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
