@@ -323,7 +323,7 @@ class RobustRepCLI(LightningCLI):
                 "value": self._best_score(best),
                 "epoch": epoch,
                 "step": step,
-                "checkpoint": str(Path(best).relative_to(self.run_dir)) if self.run_dir else best,
+                "checkpoint": os.path.relpath(Path(best).resolve(), self.run_dir.resolve()) if self.run_dir else best,
                 "first_epoch": self.selection.first_epoch,
                 "reason": self.selection_reason,
                 "last": last_epoch,

@@ -131,7 +131,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoints(tmp_path, capsy
         return loss * float("nan") if calls["n"] > 4 else loss
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", ce_nan_after_epoch_0)
-    assert fit(tmp_path, "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "0") == 2
+    assert fit(tmp_path, "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "0", "--selection", "last") == 2
     err = capsys.readouterr().err
     assert "cross-entropy became nan" in err and "Traceback" not in err
     assert "--model.init_args.optimizer.lr" in err  # the hint names an override that parses

@@ -113,11 +113,12 @@ def test_validation_does_not_move_training(family, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ selection
-def test_selection_tests_the_weights_of_the_best_validation_epoch(tmp_path):
+def test_selection_tests_the_weights_of_the_best_validation_epoch(tmp_path, monkeypatch):
     log = tmp_path / "weights.json"
     spec = [{"class_path": "runtools.WeightsLog", "init_args": {"path": str(log)}}]
-    args = [*FAMILIES["erm"], "--trainer.max_epochs", "4", "--trainer.callbacks", json.dumps(spec)]
-    assert fit(tmp_path / "run", *args) == 0
+    args = [*FAMILIES["erm"], "--trainer.max_epochs", "4", "--trainer.callbacks", json.dumps(spec), "--selection", "auto"]
+    monkeypatch.chdir(tmp_path)  # a relative run directory, as `make demo` has
+    assert run_cli(["fit", *args, *QUIET, "--run_dir", "run"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     record = json.loads(log.read_text())
     values = [v for _, v, _ in record["val"]]
@@ -136,7 +137,7 @@ def test_selection_settings(tmp_path, capsys):
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     assert a["selection"]["mode"] == "last" and a["selection"]["reason"] == "configured"
     assert {k: v for k, v in a["metrics"].items() if k.startswith("last/")} == {f"last/{k}": v for k, v in a["metrics"].items() if not k.startswith("last/")}
-    assert fit(tmp_path / "b", *FAMILIES["simclr_augmentations"], "--trainer.max_epochs", "1") == 0
+    assert fit(tmp_path / "b", *FAMILIES["simclr_augmentations"], "--trainer.max_epochs", "1", "--selection", "auto") == 0
     assert "has no classifier" in json.loads((tmp_path / "b" / "results.json").read_text())["selection"]["reason"]
     assert fit(tmp_path / "c", *FAMILIES["erm"], "--trainer.max_epochs", "2", "--selection", "min:val/loss") == 0
     assert json.loads((tmp_path / "c" / "results.json").read_text())["selection"]["monitor"] == "val/loss"
