@@ -237,8 +237,16 @@ class RobustRepCLI(LightningCLI):
                     "record": self.record,
                 }
 
+    def _add_group_metrics(self) -> None:
+        """Every run scores the method's logits per group (``val/acc``, ``test/worst_group_acc``, ...)."""
+        from robustrep.callbacks.group_metrics import GroupMetrics
+
+        if not any(isinstance(cb, GroupMetrics) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.insert(0, GroupMetrics())
+
     def before_fit(self) -> None:
         self._configure_wandb()
+        self._add_group_metrics()
         self.selection, self.selection_reason = self._build_selection()
         callbacks = self.trainer.callbacks
         run_ckpt = next(i for i, cb in enumerate(callbacks) if isinstance(cb, RunCheckpoint))
@@ -248,9 +256,11 @@ class RobustRepCLI(LightningCLI):
 
     def before_test(self) -> None:
         self._configure_wandb()
+        self._add_group_metrics()
 
     def before_validate(self) -> None:
         self._configure_wandb()
+        self._add_group_metrics()
 
     # -------------------------------------------------------------- model selection
     def _build_selection(self) -> tuple[Selection | None, str]:

@@ -29,7 +29,11 @@ def tiny_synthetic(**overrides) -> SyntheticSpurious:
 
 
 def quick_trainer(tmp_path, **overrides) -> pl.Trainer:
-    """A CPU Trainer with no logger, no checkpoints and no progress bar."""
+    """A CPU Trainer with no logger, no checkpoints and no progress bar, scoring groups as the CLI does
+    (``GroupMetrics`` in front of the given callbacks)."""
+    from robustrep.callbacks import GroupMetrics
+
+    overrides["callbacks"] = [GroupMetrics(), *(overrides.get("callbacks") or [])]
     kwargs = dict(
         accelerator="cpu",
         devices=1,

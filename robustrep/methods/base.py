@@ -1,8 +1,9 @@
 """The thin base every method shares (DESIGN.md, contract 3).
 
 It builds or accepts the backbone, provides ``embed`` / ``forward``, wires the optimiser and
-scheduler given by the CLI, checks losses for NaN, and returns the evaluation outputs that
-:class:`~robustrep.callbacks.GroupMetrics` turns into ``val/acc``, ``test/worst_group_acc`` ....
+scheduler given by the CLI, checks losses for NaN, and returns the evaluation outputs (logits,
+labels, groups) that the ``GroupMetrics`` callback, which the CLI adds to every run, turns into
+``val/acc``, ``test/worst_group_acc`` ....
 A method overrides :meth:`RobustMethod.training_step` (and, if it has no plain classifier,
 ``validation_step``/``test_step``).
 """
@@ -122,9 +123,9 @@ class RobustMethod(pl.LightningModule):
             close_spawned_process_group(self.trainer)
 
     def configure_callbacks(self):
-        from robustrep.callbacks.group_metrics import GroupMetrics
-
-        return [GroupMetrics(), TrainingSeeds()]
+        """Training's random streams (see :mod:`robustrep.randomness`); evaluation callbacks such as
+        ``GroupMetrics`` are the trainer's (the CLI adds them), not the method's."""
+        return [TrainingSeeds()]
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
