@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from robustrep.methods.chroma_vae import knn_predict
+from robustrep.evaluation.knn import euclidean_knn_votes as knn_predict
 
 
 def main() -> None:

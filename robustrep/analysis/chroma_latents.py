@@ -2,7 +2,7 @@
 
 Chroma-VAE works when z1 holds the shortcut and little else, and z2 holds the task features without
 the shortcut. This analysis reads each part of the posterior mean ``mu`` with the kNN of the method's
-stage 2 (:func:`~robustrep.methods.chroma_vae.knn_indices`, k = sqrt(N), the training images as the
+stage 2 (:func:`~robustrep.evaluation.knn.knn_indices`, k = sqrt(N), the training images as the
 bank) and scores it on every
 test set, for three targets: the label, the fine label (e.g. the digit, i.e. the shape) and the
 attribute (e.g. the colour; the first one when a benchmark has several). Targets a benchmark lacks are
@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
 
 from robustrep.errors import ConfigError
 
@@ -74,8 +73,7 @@ def latent_readout(model, dm, pixel_baseline: bool = False) -> LatentReadout:
     """kNN accuracies of label / fine label / attribute from z1, z2 and all of ``mu`` (and, with
     ``pixel_baseline``, from the grey image) on every test set."""
     from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
-    from robustrep.data.base import _with_transform
-    from robustrep.methods.chroma_vae import knn_indices, knn_votes
+    from robustrep.evaluation.knn import knn_indices, knn_votes
 
     if not (hasattr(model, "encode") and hasattr(model, "dim_z1")):
         raise ConfigError(f"{type(model).__name__} is not a Chroma-VAE; chroma-latents analyses ChromaVAE checkpoints")
@@ -89,7 +87,7 @@ def latent_readout(model, dm, pixel_baseline: bool = False) -> LatentReadout:
     # A target is read only where it varies in training (no fine labels / attribute: -1 or constant).
     targets = [t for t in TARGETS if t in train and (train[t] >= 0).all() and train[t].unique().numel() > 1]
     for name, ds in dm.splits.test.items():
-        loader = DataLoader(_with_transform(ds, dm.eval_transform(), 1), batch_size=dm.eval_batch_size, shuffle=False)
+        loader = dm.eval_loader(ds)
         test = _encode(model, loader, pixel_baseline)
         features = {p: (train["mu"][:, s], test["mu"][:, s]) for p, s in parts.items()}
         if pixel_baseline:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
 
 from robustrep.errors import ConfigError
 
@@ -41,15 +40,13 @@ class MaskResult:
 def mask_statistics(model, dm, eval_set: str | None = None) -> MaskResult:
     """Mean mask of ``model`` (anything with ``mask(images)``) over ``dm``'s test set ``eval_set``
     (default: the primary one), overall, per class and on the foreground / background."""
-    from robustrep.data.base import _with_transform
-
     if not hasattr(model, "mask"):
         raise ConfigError(f"{type(model).__name__} has no input mask; cim-mask analyses CIM checkpoints")
     tests = dm.splits.test
     name = eval_set or next(iter(tests))
     if name not in tests:
         raise ConfigError(f"no test set {name!r}; {type(dm).__name__} has {', '.join(tests)}")
-    loader = DataLoader(_with_transform(tests[name], dm.eval_transform(), 1), batch_size=dm.eval_batch_size, shuffle=False)
+    loader = dm.eval_loader(tests[name])
     split = getattr(dm, "foreground", None)
     sums = {"all": 0.0, "fg": 0.0, "bg": 0.0}
     counts = {"all": 0, "fg": 0, "bg": 0}

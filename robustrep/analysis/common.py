@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import yaml
 
-from robustrep.callbacks.linear_probe import extract_features
 from robustrep.checkpoints import import_class, load_model  # noqa: F401  (load_model: the analyses' entry point)
 from robustrep.errors import ConfigError
+from robustrep.evaluation.features import extract_features
 
 #: Datamodule metadata the CLI links into the model.
 LINKED = ("num_classes", "num_groups", "group_names", "image_shape")
@@ -94,10 +94,6 @@ def build_model(config: dict, dm, overrides: dict[str, Any] | None = None):
 def embed_splits(model, dm, sets: tuple[str, ...] = ("train", "test")) -> dict[str, dict[str, torch.Tensor]]:
     """Frozen features + labels/groups/fine labels/indices of the training set (eval transform) and
     of the primary test set (and/or ``val``)."""
-    from torch.utils.data import DataLoader
-
-    from robustrep.data.base import _with_transform
-
     keys = ("label", "group", "fine_label", "index")
     out = {}
     for name in sets:
@@ -105,7 +101,7 @@ def embed_splits(model, dm, sets: tuple[str, ...] = ("train", "test")) -> dict[s
             loader = dm.train_eval_dataloader(shard=False)
         else:
             ds = next(iter((dm.splits.test if name == "test" else dm.splits.val).values()))
-            loader = DataLoader(_with_transform(ds, dm.eval_transform(), 1), batch_size=dm.eval_batch_size, shuffle=False)
+            loader = dm.eval_loader(ds)
         out[name] = extract_features(model, loader, keys)
     return out
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Subset
 
 from robustrep.analysis.common import build_datamodule, build_model, embed_splits, quiet_trainer
-from robustrep.callbacks.linear_probe import extract_features, fit_linear_probe
+from robustrep.evaluation.features import extract_features, fit_linear_probe
 
 
 def bucket_prune(counts: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustrep.callbacks.linear_probe import fit_linear_probe
-from robustrep.methods.spread_supcon import symmetric_noise
+from robustrep.evaluation.features import fit_linear_probe
+from robustrep.evaluation.labels import symmetric_noise
 
 
 def geometric_scores(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,9 +29,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from robustrep.callbacks.images import log_figure
-from robustrep.callbacks.linear_probe import fit_linear_probe
 from robustrep.callbacks.schedule import validation_due
 from robustrep.errors import ConfigError
+from robustrep.evaluation.features import fit_linear_probe
 
 #: Variant name -> (output, weighting) of :meth:`CRLTAC.embed_variants`.
 VARIANTS = {
@@ -164,7 +164,7 @@ class CRLTACMetrics(pl.Callback):
                 mass["ink"].append((probs * ink).sum(1).cpu())
                 mass["uniform_ink"].append(ink.float().mean(1).cpu())
                 if "attribute" in batch and cell_size is not None:
-                    from robustrep.data.mnist import cell_box
+                    from robustrep.data.digit_compositions import cell_box
 
                     digit = boxes_crop_mask(offsets, pl_module.crop_size, cell_box(batch["attribute"], cell_size).to(images.device))
                     mass["digit"].append((probs * digit).sum(1).cpu())
@@ -187,11 +187,9 @@ class CRLTACMetrics(pl.Callback):
 
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
         """Fit the probes on training features, score the primary ``stage`` set; returns the metrics."""
-        from robustrep.data.base import _with_transform
-
         dm = trainer.datamodule
         sets = dm.splits.val if stage == "val" else dm.splits.test
-        eval_ds = _with_transform(next(iter(sets.values())), dm.eval_transform(), 1)
+        eval_ds = dm.eval_dataset(next(iter(sets.values())))
         train = self.extract(pl_module, self._loader(dm, dm.train_eval_dataset()), with_masks=False)
         data = self.extract(pl_module, self._loader(dm, eval_ds), with_masks=True, cell_size=getattr(dm, "cell_size", None))
         base = "" if stage == "test" else "val/"

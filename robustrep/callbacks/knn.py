@@ -19,50 +19,10 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 
-from robustrep.callbacks.linear_probe import FrozenFeatureEvaluation, _features
+from robustrep.callbacks.frozen import FrozenFeatureEvaluation
 from robustrep.errors import ConfigError
-
-
-@torch.no_grad()
-def knn_predict(
-    bank: torch.Tensor,
-    bank_labels: torch.Tensor,
-    queries: torch.Tensor,
-    k: int = 200,
-    temperature: float = 0.5,
-    num_classes: int | None = None,
-    max_block_elements: int = 2**25,
-) -> torch.Tensor:
-    """Similarity-weighted kNN class scores.
-
-    Args:
-        bank: N x D features of the labelled examples (normalised here).
-        bank_labels: N labels (examples with label < 0 are dropped).
-        queries: M x D features to classify (normalised here), on any device (moved to ``bank``'s).
-        k: neighbours per query (capped at N).
-        temperature: vote weight ``exp(cos / temperature)`` (IP-IRM's monitor uses its contrastive
-            temperature, 0.5).
-        num_classes: number of classes (default ``max(label) + 1``).
-        max_block_elements: bound on the elements of one query-chunk x bank similarity block.
-
-    Returns:
-        M x C summed vote weights (argmax = the prediction).
-    """
-    keep = bank_labels >= 0
-    bank, bank_labels = F.normalize(bank[keep].float(), dim=1), bank_labels[keep].long().to(bank.device)
-    c = num_classes or int(bank_labels.max()) + 1
-    k = min(k, bank.shape[0])
-    chunk = max(1, max_block_elements // max(bank.shape[0], 1))
-    scores = []
-    for q in queries.split(chunk):
-        sim = F.normalize(q.to(bank.device).float(), dim=1) @ bank.T
-        top, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(q.shape[0], c, device=bank.device)
-        votes.scatter_add_(1, bank_labels[idx], torch.exp(top / temperature))
-        scores.append(votes)
-    return torch.cat(scores) if scores else torch.zeros(0, c, device=bank.device)
+from robustrep.evaluation.knn import cosine_knn_scores
 
 
 class KNNMonitor(FrozenFeatureEvaluation):
@@ -92,27 +52,21 @@ class KNNMonitor(FrozenFeatureEvaluation):
 
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
         """kNN accuracy on every evaluation set of ``stage`` with the training set as the bank."""
-        from torch.utils.data import DataLoader
-
-        from robustrep.data.base import _with_transform
-
         dm = trainer.datamodule
-        train = _features(trainer, pl_module, "train", lambda: dm.train_eval_dataloader(shard=False))
+        train = self.features(trainer, pl_module, "train", lambda: dm.train_eval_dataloader(shard=False))
         bank = train["features"].to(pl_module.device)
         labels = train[self.target]
         num_classes = int(labels.max()) + 1
-        sets = dm.splits.val if stage == "val" else dm.splits.test
         base = self.prefix if stage == "test" else f"val/{self.prefix}"
         values: dict[str, float] = {}
-        for i, (name, ds) in enumerate(sets.items()):
-            loader = DataLoader(_with_transform(ds, dm.eval_transform(), 1), batch_size=dm.eval_batch_size, shuffle=False, num_workers=dm.num_workers)
-            data = _features(trainer, pl_module, f"{stage}/{name}", lambda loader=loader: loader)
+        for i, (name, loader) in enumerate(dm.eval_loaders(stage).items()):
+            data = self.features(trainer, pl_module, f"{stage}/{name}", lambda loader=loader: loader)
             y = data[self.target].to(pl_module.device)
-            scores = knn_predict(bank, labels, data["features"], self.k, self.temperature, num_classes, self.max_block_elements)
+            scores = cosine_knn_scores(bank, labels, data["features"], self.k, self.temperature, num_classes, self.max_block_elements)
             known = y >= 0
             acc = (scores.argmax(1)[known] == y[known]).float().mean() if known.any() else torch.tensor(float("nan"))
             values[f"{base}/acc" if i == 0 else f"{base}/{name}/acc"] = float(acc)
         return values
 
 
-__all__ = ["KNNMonitor", "knn_predict"]
+__all__ = ["KNNMonitor"]

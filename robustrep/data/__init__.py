@@ -4,9 +4,11 @@ from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
 from robustrep.data.celeba import CelebA
 from robustrep.data.chestxray import ChestXray
 from robustrep.data.cifar import CIFAR10, CIFAR100, STL10, CIFAR10Coarse, CIFAR100Coarse, CIFAR100CoarseU
+from robustrep.data.colored_mnist import ColoredMNISTCIM, ColoredMNISTIRM
+from robustrep.data.digit_compositions import GridMNIST, MFDominoes
 from robustrep.data.imagenet9 import BackgroundChallenge
 from robustrep.data.isic import ISIC
-from robustrep.data.mnist import MNIST, ColoredMNISTCIM, ColoredMNISTIRM, FashionMNIST, GridMNIST, MFDominoes, MNISTCoarse
+from robustrep.data.mnist import MNIST, FashionMNIST, MNISTCoarse
 from robustrep.data.synthetic import SyntheticSpurious
 from robustrep.data.vipriors import VIPriors
 from robustrep.data.vlcs import VLCS

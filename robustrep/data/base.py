@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from robustrep.data.sampling import ResumableLoader
 from robustrep.data.transforms import build_transform
+from robustrep.errors import ConfigError
 from robustrep.randomness import run_seed
 
 #: Optional per-example keys a benchmark may provide besides image/label/group/index.
@@ -148,11 +149,11 @@ class RobustDataModule(pl.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 < train_fraction <= 1.0:
-            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+            raise ConfigError(f"train_fraction must be in (0, 1], got {train_fraction}")
         if num_views < 1:
-            raise ValueError(f"num_views must be >= 1, got {num_views}")
+            raise ConfigError(f"num_views must be >= 1, got {num_views}")
         self.root = root
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -242,13 +243,33 @@ class RobustDataModule(pl.LightningDataModule, ABC):
     def train_eval_dataloader(self, shard: bool = True) -> DataLoader:
         """Training examples in order with the eval transform. ``shard=False`` gives every rank the
         whole set (e.g. JTT's error set must be identical everywhere)."""
-        return self._loader(self.train_eval_dataset(), self.eval_batch_size, shuffle=False, shard=shard)
+        return self._loader(self.train_eval_dataset(), self.eval_batch_size, shuffle=False, shard=shard, persistent=shard)
+
+    def eval_dataset(self, dataset: Dataset) -> Dataset:
+        """``dataset`` (an untransformed split, e.g. ``splits.test["original"]``) with the evaluation transform."""
+        return _with_transform(dataset, self.eval_transform(), 1)
+
+    def eval_loader(self, dataset: Dataset, shard: bool = False) -> DataLoader:
+        """``dataset`` with the evaluation transform, in order, ``eval_batch_size`` per batch.
+
+        Args:
+            dataset: an untransformed split.
+            shard: True = each DDP rank gets its own part, every example exactly once (Lightning's
+                evaluation loops); False (default) = every rank reads the whole set (callbacks and
+                analyses that compute on the full set in each process).
+        """
+        return self._loader(self.eval_dataset(dataset), self.eval_batch_size, shuffle=False, shard=shard, persistent=shard)
+
+    def eval_loaders(self, stage: str, shard: bool = False) -> dict[str, DataLoader]:
+        r"""The named evaluation sets of ``stage`` (``val`` or ``test``) as :meth:`eval_loader`\ s, primary first."""
+        sets = self.splits.val if stage in ("val", "validate", "validation") else self.splits.test
+        return {name: self.eval_loader(ds, shard) for name, ds in sets.items()}
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(ds) for ds in self.splits.val.values()]
+        return list(self.eval_loaders("val", shard=True).values())
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(ds) for ds in self.splits.test.values()]
+        return list(self.eval_loaders("test", shard=True).values())
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self.test_dataloader()
@@ -263,10 +284,7 @@ class RobustDataModule(pl.LightningDataModule, ABC):
         return torch.bincount(groups[groups >= 0], minlength=self.num_groups)
 
     # ----------------------------------------------------------------------------- helpers
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        return self._loader(_with_transform(dataset, self.eval_transform(), 1), self.eval_batch_size, shuffle=False)
-
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False, shard: bool = True) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False, shard: bool = True, persistent: bool = True) -> DataLoader:
         sampler = None
         if shard and not shuffle and _distributed_world() > 1:
             # Lightning would pad evaluation shards with repeated examples, which biases the
@@ -281,7 +299,7 @@ class RobustDataModule(pl.LightningDataModule, ABC):
             sampler=sampler,
             num_workers=self.num_workers,
             drop_last=drop_last,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=persistent and self.num_workers > 0,  # one-off loaders do not keep workers
             pin_memory=False,
         )
 

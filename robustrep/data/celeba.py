@@ -144,7 +144,7 @@ class CelebA(RecipeMixin, RobustDataModule):
         if target == spurious:
             raise ConfigError(f"target and spurious attribute are both {target!r}")
         if not 0.0 <= patch_probability <= 1.0 or not 0.0 <= patch_test_probability <= 1.0:
-            raise ValueError("patch probabilities must be in [0, 1]")
+            raise ConfigError("patch probabilities must be in [0, 1]")
         self.target = target
         self.spurious = spurious
         self.preset = preset

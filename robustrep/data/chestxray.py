@@ -105,11 +105,11 @@ class ChestXray(RecipeMixin, RobustDataModule):
         if uncertain not in ("exclude", "negative", "positive"):
             raise ConfigError(f"uncertain must be exclude, negative or positive; got {uncertain!r}")
         if not (0.0 <= correlation <= 1.0 and 0.0 <= eval_correlation <= 1.0):
-            raise ValueError("correlation and eval_correlation must be in [0, 1]")
+            raise ConfigError("correlation and eval_correlation must be in [0, 1]")
         if len(split_fractions) != 3 or abs(sum(split_fractions) - 1.0) > 1e-6:
-            raise ValueError(f"split_fractions must be three shares summing to 1, got {split_fractions}")
+            raise ConfigError(f"split_fractions must be three shares summing to 1, got {split_fractions}")
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+            raise ConfigError(f"channels must be 1 or 3, got {channels}")
         self.nih_dir = nih_dir
         self.chexpert_dir = chexpert_dir
         self.correlation = correlation

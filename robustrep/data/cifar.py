@@ -17,7 +17,7 @@ import torch
 
 from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
 from robustrep.data.files import require, seeded_split
-from robustrep.errors import CorruptDataError
+from robustrep.errors import ConfigError, CorruptDataError
 
 CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html (torchvision downloads it with download: true)"
 CIFAR10_LAYOUT = """<root>/cifar-10-batches-py/
@@ -96,7 +96,7 @@ class _CIFARModule(RobustDataModule):
     def __init__(self, val_fraction: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.val_fraction = val_fraction
         self.image_shape = (3, 32, 32)
 
@@ -163,7 +163,7 @@ class CIFAR10Coarse(CIFAR10):
     def __init__(self, group_by: str = "fine", val_fraction: float = 0.1, **kwargs) -> None:
         super().__init__(val_fraction, **kwargs)
         if group_by not in ("fine", "label"):
-            raise ValueError(f"group_by must be 'fine' or 'label', got {group_by!r}")
+            raise ConfigError(f"group_by must be 'fine' or 'label', got {group_by!r}")
         self.group_by = group_by
         self.num_classes = 2
         self.num_fine_classes = 10
@@ -227,7 +227,7 @@ class CIFAR100Coarse(CIFAR100):
     def __init__(self, group_by: str = "fine", val_fraction: float = 0.1, **kwargs) -> None:
         super().__init__(val_fraction, **kwargs)
         if group_by not in ("fine", "label"):
-            raise ValueError(f"group_by must be 'fine' or 'label', got {group_by!r}")
+            raise ConfigError(f"group_by must be 'fine' or 'label', got {group_by!r}")
         self.group_by = group_by
         self.num_classes = 20
         self.num_fine_classes = 100
@@ -262,7 +262,7 @@ class CIFAR100CoarseU(CIFAR100Coarse):
     def __init__(self, counts: list[int] | tuple[int, ...] = COARSE_U_COUNTS, group_by: str = "fine", val_fraction: float = 0.1, **kwargs) -> None:
         super().__init__(group_by, val_fraction, **kwargs)
         if len(counts) != 5 or min(counts) < 0:
-            raise ValueError(f"counts needs 5 non-negative entries (one per stratum rank), got {counts}")
+            raise ConfigError(f"counts needs 5 non-negative entries (one per stratum rank), got {counts}")
         self.counts = tuple(int(c) for c in counts)
 
     def select_train(self, fine: torch.Tensor, coarse: torch.Tensor, train_idx: torch.Tensor) -> torch.Tensor:
@@ -323,7 +323,7 @@ class STL10(RobustDataModule):
     def __init__(self, val_fraction: float = 0.1, fold: int | None = None, include_unlabeled: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         if fold is not None and not 0 <= fold <= 9:
-            raise ValueError(f"fold must be 0-9 or None, got {fold}")
+            raise ConfigError(f"fold must be 0-9 or None, got {fold}")
         self.val_fraction = val_fraction
         self.fold = fold
         self.include_unlabeled = include_unlabeled

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-from robustrep.errors import DataNotFoundError
+from robustrep.errors import ConfigError, DataNotFoundError
 
 DIGIT_SOURCES = ("sklearn", "mnist")
 
@@ -29,7 +29,7 @@ def sklearn_digits(size: int = 28, box: int | None = None) -> tuple[torch.Tensor
 
     box = size if box is None else box
     if not 1 <= box <= size:
-        raise ValueError(f"box must be in [1, {size}], got {box}")
+        raise ConfigError(f"box must be in [1, {size}], got {box}")
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # values 0..16
     images = torch.nn.functional.interpolate(images, size=(box, box), mode="bilinear", align_corners=False)
@@ -65,4 +65,4 @@ def load_digits(
                 "that contains MNIST/, or use digits_source: sklearn for the embedded digits."
             ) from err
         return ds.data[:, None].contiguous(), ds.targets.long()
-    raise ValueError(f"digits_source must be one of {DIGIT_SOURCES}, got {source!r}")
+    raise ConfigError(f"digits_source must be one of {DIGIT_SOURCES}, got {source!r}")

@@ -9,7 +9,7 @@ import torch
 from robustrep.data.base import RobustDataModule, Splits
 from robustrep.data.files import ImageFileDataset, list_image_folder, missing, seeded_split
 from robustrep.data.presets import RecipeMixin
-from robustrep.errors import CorruptDataError
+from robustrep.errors import ConfigError, CorruptDataError
 
 BG_SOURCE = (
     "https://github.com/MadryLab/backgrounds_challenge (release asset backgrounds_challenge_data.tar.gz for the test variants; "
@@ -71,7 +71,7 @@ class BackgroundChallenge(RecipeMixin, RobustDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if not eval_variants:
-            raise ValueError("eval_variants needs at least one test variant")
+            raise ConfigError("eval_variants needs at least one test variant")
         self.train_variant = train_variant
         self.eval_variants = list(eval_variants)
         self.resolution = resolution

@@ -29,6 +29,7 @@ import math
 import torch
 
 from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
+from robustrep.errors import ConfigError
 
 #: Background colours of the attributes (RGB in [0, 1]); cycled when there are more attributes.
 PALETTE = [
@@ -91,7 +92,7 @@ def sample_attributes(labels: torch.Tensor, num_attributes: int, correlation: fl
     else:
         p = float(correlation)
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"correlation must be in [0, 1], 'balanced' or 'reversed'; got {correlation!r}")
+            raise ConfigError(f"correlation must be in [0, 1], 'balanced' or 'reversed'; got {correlation!r}")
     keep = torch.rand(n, generator=gen) < p
     shift = torch.randint(1, num_attributes, (n,), generator=gen)  # any other attribute, uniformly
     return torch.where(keep, aligned, (aligned + shift) % num_attributes)
@@ -165,11 +166,11 @@ class SyntheticSpurious(RobustDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if not 8 <= size <= 64:
-            raise ValueError(f"size must be between 8 and 64 px, got {size}")
+            raise ConfigError(f"size must be between 8 and 64 px, got {size}")
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+            raise ConfigError(f"channels must be 1 or 3, got {channels}")
         if num_classes < 2 or num_attributes < 1 or strata_per_class < 1:
-            raise ValueError("need num_classes >= 2, num_attributes >= 1, strata_per_class >= 1")
+            raise ConfigError("need num_classes >= 2, num_attributes >= 1, strata_per_class >= 1")
         self.num_classes = num_classes
         self.num_attributes = num_attributes
         self.strata_per_class = strata_per_class

@@ -17,13 +17,15 @@ from collections.abc import Callable
 
 from torchvision.transforms import v2
 
+from robustrep.errors import ConfigError
+
 PRESETS = ("none", "standard", "contrastive")
 
 
 def build_transform(preset: str, image_shape: tuple[int, int, int], image_size: int | None = None) -> Callable | None:
     """Return the transform of a preset for images of ``image_shape`` (C, H, W), or None for identity."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown augment preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown augment preset {preset!r}; choose one of {', '.join(PRESETS)}")
     channels, height, width = image_shape
     size = (image_size, image_size) if image_size is not None else (height, width)
     resize = [] if size == (height, width) else [v2.Resize(size, antialias=True)]

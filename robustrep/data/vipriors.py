@@ -49,7 +49,7 @@ class VIPriors(RecipeMixin, RobustDataModule):
     def __init__(self, num_classes: int | None = None, resolution: int = 224, val_fraction: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
         train_dir = self.folder / "train"
         if num_classes is None:
             num_classes = sum(1 for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else 1000
@@ -96,4 +96,4 @@ class VIPriors(RecipeMixin, RobustDataModule):
         minus = torch.full((len(files),), -1, dtype=torch.long)
         r = self.resolution
         ds = ImageFileDataset(files, minus, minus, size=(r, r), center_crop="square")
-        return [self._eval_loader(ds)]
+        return [self.eval_loader(ds, shard=True)]

@@ -54,7 +54,7 @@ class VLCS(RecipeMixin, RobustDataModule):
         if test_domain not in VLCS_DOMAINS:
             raise ConfigError(f"test_domain must be one of {VLCS_DOMAINS}, got {test_domain!r}")
         if not 0.0 < holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
         self.test_domain = test_domain
         self.holdout_fraction = holdout_fraction
         self.resolution = resolution

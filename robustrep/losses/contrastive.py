@@ -233,3 +233,11 @@ __all__ = [
     "stack_views",
     "supcon",
 ]
+
+
+def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """SimSiam: ``-(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2``, mean over the batch, in fp32."""
+    with torch.autocast(device_type=p1.device.type, enabled=False):
+        a = F.cosine_similarity(p1.float(), z2.detach().float(), dim=1).mean()
+        b = F.cosine_similarity(p2.float(), z1.detach().float(), dim=1).mean()
+        return -(a + b) / 2

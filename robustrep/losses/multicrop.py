@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from robustrep.distributed import gather_with_grad, is_distributed
+from robustrep.distributed import gather_no_grad, gather_with_grad, is_distributed, rank
 from robustrep.losses.contrastive import masked_info_nce
 
 
@@ -121,3 +121,52 @@ def multicrop_info_nce(z: torch.Tensor, m: int, beta: float = 0.5, normalize: bo
 
 
 __all__ = ["cross_multicrop_terms", "multicrop_info_nce", "multicrop_terms", "weighted_multicrop_terms"]
+
+
+#: The per-crop term of CRL-TAC's policy step (see :func:`policy_objective_terms`).
+POLICY_OBJECTIVES = ("anchor", "sampled", "full", "positives")
+
+
+def policy_objective_terms(
+    objective: str,
+    z: torch.Tensor,
+    log_w: torch.Tensor,
+    m: int,
+    beta: float,
+    views: torch.Tensor | None = None,
+    gather: bool = False,
+) -> torch.Tensor:
+    """This rank's per-crop terms ``l_ik`` of CRL-TAC's policy step (``N = n * m`` image-major rows).
+
+    Args:
+        objective: ``anchor`` = the plain per-crop InfoNCE term (uniform positives and negatives;
+            no gradient); ``full`` = positives and negatives importance-weighted by ``w`` (the paper's
+            eq. 2 / 18-19, :func:`weighted_multicrop_terms`); ``positives`` = only the positives
+            weighted; ``sampled`` = positives and negatives are the policy-drawn ``views``.
+        z: the uniformly drawn crops' normalised embeddings (fixed encoder), N x d.
+        log_w: ``log P(t|x)`` renormalised over each image's crops, n x m (gradient flows into it).
+        m, beta: crops per image and inverse temperature.
+        views: ``sampled`` only: the policy-drawn crops' embeddings, N x d.
+        gather: under DDP, contrast against every rank's crops (their weights enter as constants).
+    """
+    n_local = z.shape[0]
+    if gather and is_distributed():
+        z = gather_no_grad(z)
+        views = gather_no_grad(views) if views is not None else None
+    if objective in ("full", "positives"):
+        all_log_w = log_w.reshape(-1)
+        if z.shape[0] != n_local:
+            gathered = gather_no_grad(all_log_w.detach())
+            start = rank() * n_local
+            all_log_w = torch.cat([gathered[:start], all_log_w, gathered[start + n_local :]])
+        terms = weighted_multicrop_terms(z, all_log_w, m, beta, weight_negatives=objective == "full")
+    elif objective == "sampled":
+        terms = cross_multicrop_terms(z, views, m, beta)
+    elif objective == "anchor":
+        with torch.no_grad():
+            terms = multicrop_terms(z, m, beta, normalize=False)
+    else:
+        raise ValueError(f"unknown policy objective {objective!r}; choose one of {POLICY_OBJECTIVES}")
+    if z.shape[0] != n_local:
+        terms = terms[rank() * n_local : rank() * n_local + n_local]
+    return terms

@@ -36,16 +36,15 @@ rank draws for its own anchors, and a resumed run draws the same triplets. Only 
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from robustrep.data.base import TensorImageDataset
+from robustrep.backbones.morph import TransformationNetwork
+from robustrep.data.triplets import TripletSource
 from robustrep.distributed import rank as process_rank
 from robustrep.errors import ConfigError
 from robustrep.losses.triplet import feature_triplet, gram_triplet, msssim_triplet
@@ -55,207 +54,6 @@ from robustrep.randomness import derive_seed
 
 VARIANTS = ("mask", "gram", "feature", "scl")
 TRIPLET_TERMS = ("both", "positive", "negative")
-
-
-class TransformationNetwork(nn.Module):
-    """CIM's TN: a convolutional encoder-decoder that outputs a one-channel mask in (0, 1).
-
-    The encoder halves the resolution ``depth`` times (3x3 stride-2 convs, width doubling up to
-    ``8 * width``); the decoder goes back up level by level (a 3x3 conv at the coarser resolution,
-    then bilinear upsampling to the encoder size, so no conv runs at full resolution with many
-    channels), adding the encoder feature of that size when ``skip`` is on; a zero-initialised 1x1 conv gives the mask
-    logits, so training starts from the uniform mask ``sigmoid(mask_bias_init)``.
-
-    Args:
-        in_channels: image channels.
-        image_size: smallest image side, used for the defaults.
-        width: channels of the first level; None = 8 up to 32 px, 16 up to 64 px, 32 above [ours].
-        depth: number of downsamplings; None = ``clamp(floor(log2(side / 4)), 1, 4)``
-            (1 at 8 px, 2 at 28 px, 3 at 32-64 px, 4 from 128 px) [ours].
-        skip: add encoder features to the decoder (U-Net style) so the mask can be sharp.
-        mask_bias_init: initial mask logit (0 = every pixel weighted 0.5; larger starts closer to
-            the identity transformation).
-    """
-
-    def __init__(
-        self, in_channels: int, image_size: int, width: int | None = None, depth: int | None = None, skip: bool = True, mask_bias_init: float = 0.0
-    ) -> None:
-        super().__init__()
-        width = width or (8 if image_size <= 32 else 16 if image_size <= 64 else 32)
-        depth = depth or int(min(4, max(1, math.floor(math.log2(max(image_size, 8) / 4)))))
-        widths = [min(width * 2**i, width * 8) for i in range(depth + 1)]
-        self.skip = skip
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.ReLU(inplace=True))
-        self.down = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1), nn.ReLU(inplace=True)) for i in range(depth))
-        self.up = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1), nn.ReLU(inplace=True)) for i in reversed(range(depth)))
-        self.out = nn.Conv2d(widths[0], 1, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.constant_(self.out.bias, mask_bias_init)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Mask logits N x 1 x H x W."""
-        # channels-last: the small convolutions run ~1.5x faster on CPU (oneDNN) and on GPU tensor cores.
-        h = self.stem(x.contiguous(memory_format=torch.channels_last))
-        features = [h]
-        for block in self.down:
-            h = block(h)
-            features.append(h)
-        for block, feat in zip(self.up, reversed(features[:-1])):
-            h = F.interpolate(block(h), size=feat.shape[-2:], mode="bilinear", align_corners=False)
-            if self.skip:
-                h = h + feat
-        return self.out(h)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The mask ``sigmoid(logits)`` in fp32, N x 1 x H x W."""
-        return torch.sigmoid(self.logits(x).float())
-
-
-class TripletSource:
-    """A label-indexed view of a training set that draws one positive and one negative per anchor.
-
-    Labels come from the dataset's metadata (``TensorImageDataset.labels``, a ``labels`` or
-    ``targets`` attribute, through ``Subset`` wrappers); only when none exists are the items read once.
-    Images are read only for the drawn indices: sliced from the uint8 tensor of an in-memory
-    dataset (then its transform, if any, applied per image), otherwise ``dataset[i]["image"]``.
-
-    Args:
-        dataset: the training dataset (items are dicts with ``image``, ``label``, ``index``).
-        device: where the index tensors live and the drawing happens.
-        workers: threads that decode the drawn images of file-based datasets (0 = in the training
-            loop's thread); image decoders release the GIL, so 4-8 threads hide most of the cost.
-    """
-
-    def __init__(self, dataset: Dataset, device: torch.device | str = "cpu", workers: int = 0) -> None:
-        self.dataset = dataset
-        self.workers = workers
-        self._pool = None
-        self.device = torch.device(device)
-        labels, keys = _labels_and_keys(dataset)
-        n = labels.shape[0]
-        num_classes = int(labels.max()) + 1
-        counts = torch.bincount(labels, minlength=num_classes)
-        if int((counts > 0).sum()) < 2:
-            raise ConfigError("CIM's triplets need at least two classes in the training set")
-        offsets = torch.cumsum(counts, 0) - counts
-        order = torch.argsort(labels, stable=True)
-        rank_in_class = torch.empty(n, dtype=torch.long)
-        rank_in_class[order] = torch.arange(n) - offsets[labels[order]]
-        key_to_rank = torch.full((int(keys.max()) + 1,), -1, dtype=torch.long)
-        key_to_rank[keys] = rank_in_class
-        self.size = n
-        self.sorted_positions = order.to(self.device)
-        self.counts = counts.to(self.device)
-        self.offsets = offsets.to(self.device)
-        self.key_to_rank = key_to_rank.to(self.device)
-        self.labels = labels.to(self.device)
-        self._images, self._positions_map, self._transform = _in_memory_images(dataset)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(0)
-
-    def to(self, device: torch.device | str) -> TripletSource:
-        """Move the index tensors (and the generator) to ``device``; returns self."""
-        device = torch.device(device)
-        if device != self.device:
-            for name in ("sorted_positions", "counts", "offsets", "key_to_rank", "labels"):
-                setattr(self, name, getattr(self, name).to(device))
-            self.device = device
-            self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(0)
-        return self
-
-    def __getstate__(self) -> dict[str, Any]:  # generators do not pickle (ddp_spawn pickles the module)
-        state = dict(self.__dict__)
-        state["generator"] = None
-        state["_pool"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(0)
-
-    def reseed(self, seed: int) -> None:
-        """Restart the draw from ``seed`` (the module uses ``(triplet_seed, rank, epoch)``)."""
-        self.generator.manual_seed(int(seed))
-
-    def sample(self, labels: torch.Tensor, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dataset positions of one positive and one negative per anchor (vectorised).
-
-        Args:
-            labels: anchor labels (N).
-            keys: the anchors' ``index`` values; the positive is never the anchor itself (unless it is
-                alone in its class). None = no exclusion.
-        """
-        labels = labels.to(self.device)
-        if int(labels.max()) >= self.counts.shape[0] or bool((self.counts[labels] == 0).any()):
-            raise ConfigError("an anchor's label does not occur in the training set the triplets are drawn from")
-        count, offset = self.counts[labels], self.offsets[labels]
-        if keys is None:
-            anchor_rank = torch.full_like(labels, -1)
-        else:
-            keys = keys.to(self.device)
-            inside = (keys >= 0) & (keys < self.key_to_rank.shape[0])
-            anchor_rank = torch.where(inside, self.key_to_rank[keys.clamp(0, self.key_to_rank.shape[0] - 1)], -1)
-        exclude = (anchor_rank >= 0) & (count > 1)
-        n_pos = torch.where(exclude, count - 1, count)
-        u = (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_pos).long().clamp_max(n_pos - 1)
-        u = torch.where(exclude & (u >= anchor_rank), u + 1, u)
-        n_neg = self.size - count
-        v = (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_neg).long().clamp_max(n_neg - 1)
-        v = torch.where(v >= offset, v + count, v)
-        return self.sorted_positions[offset + u], self.sorted_positions[v]
-
-    def images(self, positions: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-        """The (transformed) training images at ``positions`` as a float batch on ``device``."""
-        if self._images is not None:
-            rows = positions.cpu()
-            if self._positions_map is not None:
-                rows = self._positions_map[rows]
-            batch = self._images[rows].float().div_(255.0)
-            if self._transform is not None:
-                batch = torch.stack([self._transform(img) for img in batch])
-            return batch.to(device, non_blocking=True)
-        load = self._load_one
-        if self.workers > 0:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cim-triplets")
-            images = list(self._pool.map(load, positions.tolist()))
-        else:
-            images = [load(i) for i in positions.tolist()]
-        return torch.stack(images).to(device, non_blocking=True)
-
-    def _load_one(self, position: int) -> torch.Tensor:
-        return self.dataset[int(position)]["image"]
-
-
-def _labels_and_keys(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels of every position and the ``index`` value each item reports, without decoding images."""
-    if isinstance(dataset, TensorImageDataset):
-        return dataset.labels.long(), torch.arange(len(dataset))
-    if isinstance(dataset, Subset):
-        inner_labels, inner_keys = _labels_and_keys(dataset.dataset)
-        idx = torch.as_tensor(list(dataset.indices), dtype=torch.long)
-        return inner_labels[idx], inner_keys[idx]
-    for attr in ("labels", "targets"):
-        if hasattr(dataset, attr):
-            labels = torch.as_tensor(getattr(dataset, attr), dtype=torch.long)
-            if labels.dim() == 1 and labels.shape[0] == len(dataset):  # type: ignore[arg-type]
-                return labels, torch.arange(labels.shape[0])
-    warnings.warn(f"{type(dataset).__name__} exposes no `labels` tensor; reading every item once to index the training set for CIM's triplets", stacklevel=3)
-    items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
-    return torch.tensor([it["label"] for it in items]), torch.tensor([it["index"] for it in items])
-
-
-def _in_memory_images(dataset: Dataset) -> tuple[torch.Tensor | None, torch.Tensor | None, Any]:
-    """(uint8 images, position -> row map or None, per-image transform) of an in-memory dataset."""
-    if isinstance(dataset, TensorImageDataset):
-        return dataset.images, None, dataset.transform
-    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorImageDataset):
-        return dataset.dataset.images, torch.as_tensor(list(dataset.indices), dtype=torch.long), dataset.dataset.transform
-    return None, None, None
 
 
 class CIM(RobustMethod):

@@ -7,9 +7,9 @@ METHODS.md section 3.
   canvas (the image, ``image_shape``); default 20 x 20 at stride 4 on 84 x 84 = 17 x 17 = 289 crops,
   numbered row-major by their top-left corner. Crops are cut on the device from an ``unfold`` view
   (:func:`take_crops`), never in the data workers.
-- **Policy** ``P(T|x; eta)`` (:class:`PolicyNet`): Conv32-ReLU-Conv32-ReLU-AvgPool2-FC128-ReLU-FC|T|,
+- **Policy** ``P(T|x; eta)`` (:class:`~robustrep.backbones.crops.PolicyNet`): Conv32-ReLU-Conv32-ReLU-AvgPool2-FC128-ReLU-FC|T|,
   softmax. ``policy: uniform`` replaces it by the fixed uniform distribution: that is SimCLR.
-- **Encoder** ``h = g o f``: ``f`` the backbone (default ``crltac_cnn``, :class:`CropCNN`, a 3-layer
+- **Encoder** ``h = g o f``: ``f`` the backbone (default ``crltac_cnn``, :class:`~robustrep.backbones.crops.CropCNN`, a 3-layer
   CNN to 200-d), ``g`` a 2-layer MLP to 50-d; ``h`` is L2-normalised, similarity ``beta * a.b``.
 - **Training** (Algorithm 1, manual optimisation, two optimisers), every iteration:
   (a) encoder step: ``m`` crops per image drawn from the policy (no gradient to eta), the multi-crop
@@ -44,117 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustrep.backbones import register_backbone
-from robustrep.distributed import gather_no_grad, is_distributed, rank
+from robustrep.backbones.crops import PolicyNet, encode_constant_crops_once
+from robustrep.data.crops import crop_offsets, oracle_weights, take_crops
 from robustrep.errors import ConfigError
-from robustrep.losses.multicrop import cross_multicrop_terms, multicrop_info_nce, multicrop_terms, weighted_multicrop_terms
+from robustrep.losses.multicrop import POLICY_OBJECTIVES, multicrop_info_nce, policy_objective_terms
 from robustrep.methods.base import RobustMethod
 
 POLICIES = ("learned", "uniform")
-POLICY_OBJECTIVES = ("anchor", "sampled", "full", "positives")
 EMBED_OUTPUTS = ("head", "trunk")
 EMBED_WEIGHTINGS = ("policy", "top_n", "uniform", "oracle")
-
-
-# ------------------------------------------------------------------------------------ crops
-def crop_offsets(canvas: tuple[int, int], crop_size: int, stride: int) -> torch.Tensor:
-    """``T x 2`` (top, left) pixel offsets of every crop, row-major over the ``stride`` grid."""
-    h, w = canvas
-    if crop_size > min(h, w):
-        raise ConfigError(f"crop_size {crop_size} is larger than the {h} x {w} image")
-    if stride < 1:
-        raise ConfigError(f"crop_stride must be >= 1, got {stride}")
-    rows = torch.arange(0, h - crop_size + 1, stride)
-    cols = torch.arange(0, w - crop_size + 1, stride)
-    return torch.cartesian_prod(rows, cols)
-
-
-def take_crops(images: torch.Tensor, index: torch.Tensor, crop_size: int, stride: int) -> torch.Tensor:
-    """Crops ``index`` (B x k crop numbers, row-major on the stride grid) of ``images`` (B x C x H x W)
-    as a ``B x k x C x crop_size x crop_size`` tensor, gathered from an ``unfold`` view in one op."""
-    windows = images.unfold(2, crop_size, stride).unfold(3, crop_size, stride)  # B x C x nH x nW x c x c
-    n_cols = windows.shape[3]
-    b = torch.arange(images.shape[0], device=images.device)[:, None].expand_as(index)
-    return windows[b, :, index // n_cols, index % n_cols]  # advanced indices split by a slice -> B x k x C x c x c
-
-
-def oracle_weights(images: torch.Tensor, offsets: torch.Tensor, crop_size: int, grid: int = 3, n: int = 9) -> torch.Tensor:
-    """``B x T`` weights, uniform over the ``n`` crops with the largest overlap with the cell (of a
-    ``grid`` x ``grid`` partition of the image) that holds the most ink (ties: lowest crop number)."""
-    bsz, _, h, w = images.shape
-    ch, cw = h // grid, w // grid
-    ink = images.float().abs().sum(1)[:, : ch * grid, : cw * grid].reshape(bsz, grid, ch, grid, cw).sum((2, 4)).flatten(1)
-    cell = ink.argmax(1)
-    top, left = (cell // grid) * ch, (cell % grid) * cw  # B
-    offsets = offsets.to(images.device)
-    dy = (torch.minimum(offsets[None, :, 0] + crop_size, top[:, None] + ch) - torch.maximum(offsets[None, :, 0], top[:, None])).clamp(min=0)
-    dx = (torch.minimum(offsets[None, :, 1] + crop_size, left[:, None] + cw) - torch.maximum(offsets[None, :, 1], left[:, None])).clamp(min=0)
-    overlap = (dy * dx).float() - 1e-6 * torch.arange(offsets.shape[0], device=images.device)  # stable tie-break
-    keep = overlap.topk(min(n, offsets.shape[0]), dim=1).indices
-    return torch.zeros(bsz, offsets.shape[0], device=images.device).scatter_(1, keep, 1.0 / keep.shape[1])
-
-
-# ------------------------------------------------------------------------------------ networks
-class CropCNN(nn.Module):
-    """The paper's encoder trunk ``f`` [ours in detail]: three 3x3 stride-2 convolutions (``channels``;
-    the last has ``out_dim`` channels), each followed by BatchNorm and ReLU, then global average pooling.
-
-    Args:
-        image_shape: (C, H, W) of the input; only C matters (any crop size works).
-        channels: channels of the first two convolutions.
-        out_dim: feature size (the paper: 200).
-        batch_norm: BatchNorm after each convolution [ours]. Without it the initial features of
-            20 x 20 crops of a mostly black canvas are nearly identical (cosine 0.9997 between any
-            two crops after ``g``) and the contrastive loss stays at ``log(n m - 1)`` for epochs.
-    """
-
-    def __init__(self, image_shape: Sequence[int], channels: Sequence[int] = (32, 64), out_dim: int = 200, batch_norm: bool = True) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c_in = image_shape[0]
-        for c_out in (*channels, out_dim):
-            layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(c_out))
-            layers.append(nn.ReLU(inplace=True))
-            c_in = c_out
-        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.out_dim = out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-register_backbone("crltac_cnn", CropCNN)
-
-
-class PolicyNet(nn.Module):
-    """``P(T|x)`` logits: Conv-ReLU-Conv-ReLU-AvgPool2-FC-ReLU-FC|T| (paper Figure 5).
-
-    The convolutions are 3x3 with stride ``stride`` [ours; the paper gives none. 3 tiles the image
-    without gaps and makes the policy about 4x cheaper than stride 2, which matters for the CRL-TAC /
-    SimCLR step-time ratio]. The last layer starts at zero, so the initial policy is exactly uniform [ours].
-    """
-
-    def __init__(self, image_shape: Sequence[int], num_crops: int, channels: int = 32, hidden: int = 128, stride: int = 3) -> None:
-        super().__init__()
-        c, h, w = image_shape
-        self.features = nn.Sequential(
-            nn.Conv2d(c, channels, 3, stride=stride, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, stride=stride, padding=1),
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(2, ceil_mode=True),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, c, h, w)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_crops))
-        nn.init.zeros_(self.fc[-1].weight)
-        nn.init.zeros_(self.fc[-1].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
 
 
 # ------------------------------------------------------------------------------------ method
@@ -310,31 +208,11 @@ class CRLTAC(RobustMethod):
         index, crops = self.sample_crops(images, uniform=True)
         log_p = self.policy_log_probs(images) if log_p is None else log_p
         with torch.no_grad():
-            if self.policy_objective == "sampled":
-                crops = torch.cat([crops, self.sample_crops(images, log_p=log_p)[1]])
-            _, z = self._encode_fixed(crops)
-            if self.policy_objective == "sampled":
-                z, views = z.chunk(2)
-            n_local = z.shape[0]
-            if self.gather_distributed and is_distributed():
-                z = gather_no_grad(z)
-                if self.policy_objective == "sampled":
-                    views = gather_no_grad(views)
+            sampled = self.sample_crops(images, log_p=log_p)[1] if self.policy_objective == "sampled" else None
+            _, z = self._encode_fixed(crops if sampled is None else torch.cat([crops, sampled]))
+            z, views = z.chunk(2) if sampled is not None else (z, None)
         log_w = torch.log_softmax(log_p.gather(1, index), dim=1)  # P(t|x) renormalised over the sampled crops
-        if self.policy_objective in ("full", "positives"):
-            all_log_w = log_w.reshape(-1)
-            if z.shape[0] != n_local:  # other ranks' weights enter the denominators as constants
-                gathered = gather_no_grad(all_log_w.detach())
-                start = rank() * n_local
-                all_log_w = torch.cat([gathered[:start], all_log_w, gathered[start + n_local :]])
-            terms = weighted_multicrop_terms(z, all_log_w, self.m, self.beta, weight_negatives=self.policy_objective == "full")
-        elif self.policy_objective == "sampled":
-            terms = cross_multicrop_terms(z, views, self.m, self.beta)
-        else:
-            with torch.no_grad():
-                terms = multicrop_terms(z, self.m, self.beta, normalize=False)
-        if z.shape[0] != n_local:
-            terms = terms[rank() * n_local : rank() * n_local + n_local]
+        terms = policy_objective_terms(self.policy_objective, z, log_w, self.m, self.beta, views, gather=self.gather_distributed)
         expected = (log_w.exp() * terms.view(-1, self.m)).sum(1).mean()
         entropy = -(log_p.exp() * log_p).sum(1).mean()
         return expected - self.lambda_h * entropy, entropy
@@ -359,28 +237,13 @@ class CRLTAC(RobustMethod):
 
     @torch.no_grad()
     def encode_no_grad(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`encode` without gradient. When the encoder is in eval mode (each crop is then mapped
-        on its own) and ``dedupe_constant_crops`` is on, each distinct constant crop (every pixel equal,
-        e.g. the blank canvas of Grid MNIST: most of its 289 crops) is encoded once and its output
-        copied: the same result, with far fewer crops through the CNN."""
+        """:meth:`encode` without gradient. In eval mode (each crop is then mapped on its own) with
+        ``dedupe_constant_crops``, each distinct constant crop (e.g. Grid MNIST's blank canvas, most of
+        its 289 crops) is encoded once and its output copied: the same result, far fewer crops."""
         in_eval = not any(mod.training for enc in self._encoder_modules() for mod in enc.modules())
-        if not (self.dedupe_constant_crops and in_eval and crops.shape[0] > 1):
-            return self.encode(crops)
-        flat = crops.flatten(1)
-        first = flat[:, 0]
-        constant = (flat == first[:, None]).all(1)
-        if not bool(constant.any()):
-            return self.encode(crops)
-        values, which = first[constant].unique(return_inverse=True)
-        varying = (~constant).nonzero().squeeze(1)
-        unique_crops = values.view(-1, *([1] * (crops.dim() - 1))).expand(-1, *crops.shape[1:])
-        f, h = self.encode(torch.cat([crops[varying], unique_crops.to(crops.dtype)]))
-        n_var = varying.shape[0]
-        out_f = f.new_empty(crops.shape[0], f.shape[1])
-        out_h = h.new_empty(crops.shape[0], h.shape[1])
-        out_f[varying], out_h[varying] = f[:n_var], h[:n_var]
-        out_f[constant], out_h[constant] = f[n_var:][which], h[n_var:][which]
-        return out_f, out_h
+        if self.dedupe_constant_crops and in_eval:
+            return encode_constant_crops_once(self.encode, crops)
+        return self.encode(crops)
 
     def _step(self, optimizer, loss: torch.Tensor, params) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -477,4 +340,4 @@ class CRLTAC(RobustMethod):
         return {"embedding": self.embed(batch["image"]), "index": batch["index"]}
 
 
-__all__ = ["CRLTAC", "CropCNN", "PolicyNet", "crop_offsets", "oracle_weights", "take_crops"]
+__all__ = ["CRLTAC"]

@@ -44,11 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from robustrep.distributed import gather_no_grad, gather_with_grad, is_distributed, rank
 from robustrep.errors import ConfigError
-from robustrep.losses.irm import balance_penalty, min_share, partition_losses, soft_partition_objective, split_entropy
+from robustrep.losses.contrastive import simsiam_loss
+from robustrep.losses.irm import partition_losses
+from robustrep.losses.partition import maximise_partition
 from robustrep.methods.base import RobustMethod
 
 BASES = ("simclr", "simsiam")
@@ -323,111 +324,9 @@ class IPIRM(RobustMethod):
         return {"embedding": self.embed(batch["image"]), "index": batch["index"]}
 
 
-def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """SimSiam: ``-(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2``, mean over the batch, in fp32."""
-    with torch.autocast(device_type=p1.device.type, enabled=False):
-        a = F.cosine_similarity(p1.float(), z2.detach().float(), dim=1).mean()
-        b = F.cosine_similarity(p2.float(), z1.detach().float(), dim=1).mean()
-        return -(a + b) / 2
-
-
 def _first_occurrence(index: torch.Tensor) -> torch.Tensor:
     order = torch.argsort(index, stable=True)
     sorted_idx = index[order]
     first = torch.ones_like(sorted_idx, dtype=torch.bool)
     first[1:] = sorted_idx[1:] != sorted_idx[:-1]
     return order[first].sort().values
-
-
-def maximise_partition(
-    f1: torch.Tensor,
-    f2: torch.Tensor,
-    num_subsets: int = 2,
-    tau: float = 0.5,
-    irm_tau: float = 0.5,
-    lambda2: float = 0.5,
-    epochs: int = 60,
-    lr: float = 0.5,
-    milestones: Sequence[int] = (5, 35),
-    batch_size: int = 2048,
-    patience: int = 5,
-    balance_ratio: float = 2.0,
-    balance_weight: float = 1.0,
-    enforce_balance: bool = True,
-    seed: int = 0,
-    progress: str | None = None,
-    history: list[float] | None = None,
-) -> torch.Tensor:
-    """IP-IRM's maximisation step on a fixed feature bank; returns the hard partition (N subset ids).
-
-    Optimises logits ``Q`` (N x K, N(0, 1) start) with Adam so that, chunk by chunk,
-    ``soft_partition_objective(f1, f2, softmax(Q)) - balance_weight * balance_penalty`` grows; keeps the
-    epoch with the best mean objective, thresholds it by argmax and (``enforce_balance``) repairs
-    subsets below ``min_share``. Memory is O(``batch_size``^2 + N (d + K)). ``progress``: a tqdm bar
-    label (None = no bar); ``history``: filled with each epoch's mean objective.
-    """
-    n = f1.shape[0]
-    device = f1.device
-    gen = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, num_subsets, generator=gen).to(device).requires_grad_(True)
-    opt = torch.optim.Adam([logits], lr=lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.2)
-    target = split_entropy(num_subsets, balance_ratio)
-    best, best_logits, stale = -float("inf"), logits.detach().clone(), 0
-    f1, f2 = f1.detach().float(), f2.detach().float()
-    bar = tqdm(range(epochs), desc=progress, disable=progress is None, leave=False)
-    with torch.enable_grad():
-        for _ in bar:
-            order = torch.randperm(n, generator=gen).to(device)
-            total, chunks = 0.0, 0
-            for chunk in order.split(batch_size):
-                if chunk.numel() < 2:
-                    continue
-                probs = torch.softmax(logits[chunk], dim=1)
-                objective, _, _ = soft_partition_objective(f1[chunk], f2[chunk], probs, tau, irm_tau, lambda2)
-                risk = -objective + balance_weight * balance_penalty(probs, target)
-                opt.zero_grad(set_to_none=True)
-                risk.backward()
-                opt.step()
-                total += float(-risk.detach())
-                chunks += 1
-            sched.step()
-            value = total / max(chunks, 1)
-            if history is not None:
-                history.append(value)
-            bar.set_postfix(objective=f"{value:.4f}")
-            if value > best:
-                best, best_logits, stale = value, logits.detach().clone(), 0
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-    assign = best_logits.argmax(1)
-    if enforce_balance:
-        assign = rebalance(assign, torch.softmax(best_logits, 1), min_share(num_subsets, balance_ratio))
-    return assign
-
-
-def rebalance(assign: torch.Tensor, probs: torch.Tensor, share: float) -> torch.Tensor:
-    """Move examples into every subset holding fewer than ``share * N`` of them, taking from the
-    largest subset its members most probable for the small one (one move per deficient subset and
-    round; K rounds at most)."""
-    assign = assign.clone()
-    n, k = probs.shape
-    need = int(torch.ceil(torch.tensor(share * n)).item())
-    for _ in range(k):
-        counts = torch.bincount(assign, minlength=k)
-        small = int(counts.argmin())
-        if counts[small] >= need:
-            break
-        donor = int(counts.argmax())
-        movable = int(min(need - counts[small], counts[donor] - need))
-        if movable <= 0:
-            break
-        members = (assign == donor).nonzero().squeeze(1)
-        take = members[probs[members, small].argsort(descending=True)[:movable]]
-        assign[take] = small
-    return assign
-
-
-__all__ = ["IPIRM", "maximise_partition", "rebalance", "simsiam_loss"]

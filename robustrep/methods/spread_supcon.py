@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from robustrep.errors import ConfigError
+from robustrep.evaluation.labels import symmetric_noise
 from robustrep.losses.contrastive import LOSSES, contrastive_loss, stack_views
 from robustrep.methods.base import RobustMethod
 
@@ -180,14 +181,3 @@ class SpreadSupCon(RobustMethod):
         if self.head is not None:
             out["logits"] = self.head(out["embedding"])
         return out
-
-
-def symmetric_noise(labels: torch.Tensor, rate: float, num_classes: int, seed: int = 0) -> torch.Tensor:
-    """Replace exactly ``round(rate * N)`` labels, chosen uniformly, by a uniformly drawn *other* class."""
-    gen = torch.Generator().manual_seed(seed)
-    n = labels.shape[0]
-    flip = torch.randperm(n, generator=gen)[: round(rate * n)]
-    noisy = labels.clone()
-    shift = torch.randint(1, num_classes, (flip.shape[0],), generator=gen)
-    noisy[flip] = (labels[flip] + shift) % num_classes
-    return noisy

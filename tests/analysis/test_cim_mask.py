@@ -11,7 +11,7 @@ from conftest import run_cli
 from robustrep.analysis.cim_mask import mask_statistics
 from robustrep.analysis.commands import analyze_command
 from robustrep.data import ColoredMNISTCIM
-from robustrep.data.mnist import CIM_COLOURS, colour_digits
+from robustrep.data.colored_mnist import CIM_COLOURS, colour_digits
 from robustrep.errors import ConfigError
 from robustrep.methods import CIM
 

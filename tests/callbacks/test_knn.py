@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from conftest import quick_trainer, tiny_synthetic
 
 from robustrep.callbacks import KNNMonitor
-from robustrep.callbacks.knn import knn_predict
 from robustrep.errors import ConfigError
+from robustrep.evaluation.knn import cosine_knn_scores as knn_predict
 from robustrep.methods import ERM
 
 
@@ -51,7 +51,7 @@ def test_monitor_logs_val_and_test_accuracy(tmp_path):
     assert 0.0 <= metrics["knn/acc"] <= 1.0
     # the logged value is the kNN accuracy of the model's embed features on the test set
     dm.setup()
-    from robustrep.callbacks.linear_probe import extract_features
+    from robustrep.evaluation import extract_features
 
     train = extract_features(model, dm.train_eval_dataloader(shard=False))
     test = extract_features(model, dm.test_dataloader()[0])

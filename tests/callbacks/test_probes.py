@@ -8,8 +8,8 @@ from conftest import quick_trainer, tiny_synthetic
 from torch import nn
 
 from robustrep.callbacks import CoarseToFine, LinearProbe
-from robustrep.callbacks.linear_probe import extract_features, fit_linear_probe
 from robustrep.errors import ConfigError
+from robustrep.evaluation import extract_features, fit_linear_probe
 from robustrep.methods import ERM
 
 

@@ -7,16 +7,9 @@ import pytest
 import torch
 from datafixtures import balanced_labels, write_mnist_raw
 
-from robustrep.data.mnist import (
-    MNIST,
-    ColoredMNISTCIM,
-    ColoredMNISTIRM,
-    FashionMNIST,
-    GridMNIST,
-    MFDominoes,
-    MNISTCoarse,
-    cell_box,
-)
+from robustrep.data.colored_mnist import ColoredMNISTCIM, ColoredMNISTIRM
+from robustrep.data.digit_compositions import GridMNIST, MFDominoes, cell_box
+from robustrep.data.mnist import MNIST, FashionMNIST, MNISTCoarse
 from robustrep.errors import DataNotFoundError
 
 

@@ -12,9 +12,11 @@ import torch
 from conftest import quick_trainer, run_cli, tiny_synthetic
 from sklearn.neighbors import KNeighborsClassifier
 
+from robustrep.backbones.vae import ConvDecoder, ConvEncoder
 from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
+from robustrep.evaluation import Stage2
+from robustrep.evaluation import euclidean_knn_votes as knn_predict
 from robustrep.methods import ChromaVAE, NaiveIndependent, NaiveVAEClass
-from robustrep.methods.chroma_vae import ConvDecoder, ConvEncoder, Stage2, knn_predict
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import quick_trainer, run_cli, tiny_synthetic
 
+from robustrep.backbones.morph import TransformationNetwork
 from robustrep.data.base import TensorImageDataset
+from robustrep.data.triplets import TripletSource
 from robustrep.errors import ConfigError
 from robustrep.methods import CIM, ERM
-from robustrep.methods.cim import TransformationNetwork, TripletSource
 
 
 def _cim(size: int = 8, **kwargs) -> CIM:

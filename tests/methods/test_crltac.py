@@ -13,9 +13,10 @@ from conftest import quick_trainer, run_cli, tiny_synthetic
 
 from robustrep.callbacks.crltac_metrics import CRLTACMetrics, boxes_crop_mask, gaussian_potential, ink_crop_mask
 from robustrep.data import GridMNIST
+from robustrep.data.crops import crop_offsets, oracle_weights, take_crops
 from robustrep.losses.contrastive import nt_xent
 from robustrep.losses.multicrop import cross_multicrop_terms, multicrop_info_nce, multicrop_terms, weighted_multicrop_terms
-from robustrep.methods.crltac import CRLTAC, crop_offsets, oracle_weights, take_crops
+from robustrep.methods.crltac import CRLTAC
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 

@@ -16,7 +16,8 @@ from conftest import quick_trainer, run_cli, tiny_synthetic
 from robustrep.callbacks import KNNMonitor, LinearProbe
 from robustrep.losses.contrastive import nt_xent
 from robustrep.losses.irm import min_share, soft_partition_objective
-from robustrep.methods.ipirm import IPIRM, maximise_partition, rebalance
+from robustrep.losses.partition import maximise_partition, rebalance
+from robustrep.methods.ipirm import IPIRM
 
 SMALL = dict(backbone="tiny", projection_hidden=16, projection_dim=8, maximise_epochs=4, maximise_batch_size=32)
 

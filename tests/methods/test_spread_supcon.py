@@ -12,8 +12,8 @@ from conftest import quick_trainer, run_cli, tiny_synthetic
 from robustrep.backbones import BACKBONES, build_backbone
 from robustrep.callbacks import CoarseToFine, LinearProbe
 from robustrep.errors import ConfigError
+from robustrep.evaluation import symmetric_noise
 from robustrep.methods import SpreadSupCon
-from robustrep.methods.spread_supcon import symmetric_noise
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
