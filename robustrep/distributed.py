@@ -76,3 +76,13 @@ def close_spawned_process_group(trainer: Any) -> None:
     if isinstance(launcher, _MultiProcessingLauncher) and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def first_occurrences(index: torch.Tensor) -> torch.Tensor:
+    """Positions (sorted) of the first occurrence of each value of ``index``: drops the repeats that
+    padded ``DistributedSampler`` shards add to a gathered result."""
+    order = torch.argsort(index, stable=True)
+    sorted_idx = index[order]
+    first = torch.ones_like(sorted_idx, dtype=torch.bool)
+    first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    return order[first].sort().values

@@ -25,3 +25,9 @@ class NonFiniteLossError(RobustRepError):
 
 class ConfigError(RobustRepError, ValueError):
     """A configuration value is inconsistent with the data or the method."""
+
+
+def check_choice(owner: str, name: str, value: object, choices: tuple) -> None:
+    """Raise a :class:`ConfigError` naming the accepted values unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{owner}: {name} must be one of {', '.join(map(str, choices))}, got {value!r}")

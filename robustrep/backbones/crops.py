@@ -3,7 +3,8 @@ network ``P(T|x)``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -91,3 +92,16 @@ def encode_constant_crops_once(encode, crops: torch.Tensor) -> tuple[torch.Tenso
         full[constant] = out[n_var:][which]
         result.append(full)
     return tuple(result)
+
+
+@contextlib.contextmanager
+def in_eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Run ``modules`` (and their submodules) in eval mode inside the block, then restore each mode."""
+    modes = [(mod, mod.training) for module in modules for mod in module.modules()]
+    for mod, _ in modes:
+        mod.training = False
+    try:
+        yield
+    finally:
+        for mod, mode in modes:
+            mod.training = mode

@@ -5,8 +5,9 @@ Metric names follow DESIGN.md: the primary (first) evaluation set of a stage log
 other named set logs ``<stage>/<set>/<metric>`` (``test/mixed_rand/acc``).
 
 The callback reads only the outputs of the method's ``validation_step`` / ``test_step``: a dict with
-``logits`` (N x C), ``label`` and ``group`` tensors. Every :class:`~robustrep.methods.base.RobustMethod`
-adds it automatically.
+``logits`` (N x C), ``label`` and ``group`` tensors and, optionally, ``heads``: further named
+classifiers' logits (``{"z1": N x C}``, Chroma-VAE's z1-classifier), each scored the same way under
+``<stage>[/<set>]/<head>/<metric>``. The CLI adds this callback to every run.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ class GroupMetrics(pl.Callback):
 
     def __init__(self) -> None:
         self.metrics: dict[str, list[GroupAccuracy]] = {}
+        self.head_metrics: dict[str, dict[str, list[GroupAccuracy]]] = {}  # stage -> head -> per loader
         self.set_names: dict[str, list[str]] = {}
         self.last: dict[str, float] = {}
+        self._build_args: dict[str, tuple] = {}
 
     def _build(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
@@ -48,31 +51,41 @@ class GroupMetrics(pl.Callback):
         loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
         n_loaders = len(loaders) if isinstance(loaders, list | tuple) else 1
         self.set_names[stage] = set_names or [stage]
-        self.metrics[stage] = [
-            GroupAccuracy(num_groups, names if names and len(names) == num_groups else None, counts).to(pl_module.device) for _ in range(n_loaders)
-        ]
+        self._build_args[stage] = (num_groups, names if names and len(names) == num_groups else None, counts, n_loaders)
+        self.metrics[stage] = self._new_metrics(stage, pl_module)
+
+    def _new_metrics(self, stage: str, pl_module: pl.LightningModule) -> list[GroupAccuracy]:
+        num_groups, names, counts, n_loaders = self._build_args[stage]
+        return [GroupAccuracy(num_groups, names, counts).to(pl_module.device) for _ in range(n_loaders)]
 
     def _on_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage not in self.metrics:
             self._build(trainer, pl_module, stage)
-        for m in self.metrics[stage]:
+        for m in [*self.metrics[stage], *(m for ms in self.head_metrics.get(stage, {}).values() for m in ms)]:
             m.to(pl_module.device)
             m.reset()
 
     def _on_batch_end(self, pl_module: pl.LightningModule, stage: str, outputs: Any, dataloader_idx: int) -> None:
-        if not isinstance(outputs, dict) or "logits" not in outputs:
+        if not isinstance(outputs, dict):
             return
-        metric = self.metrics[stage][dataloader_idx]
-        metric.update(outputs["logits"].detach(), outputs["label"], outputs["group"])
+        if "logits" in outputs:
+            self.metrics[stage][dataloader_idx].update(outputs["logits"].detach(), outputs["label"], outputs["group"])
+        for head, logits in (outputs.get("heads") or {}).items():
+            per_loader = self.head_metrics.setdefault(stage, {})
+            if head not in per_loader:
+                per_loader[head] = self._new_metrics(stage, pl_module)
+            per_loader[head][dataloader_idx].update(logits.detach(), outputs["label"], outputs["group"])
 
     def _on_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         values: dict[str, float] = {}
-        for idx, metric in enumerate(self.metrics[stage]):
-            if metric.all_total.item() == 0 and not trainer.world_size > 1:
-                continue
-            prefix = metric_prefix(stage, self.set_names[stage], idx)
-            for key, value in metric.compute().items():
-                values[f"{prefix}/{key}"] = float(value)
+        scored = [("", self.metrics[stage]), *((f"/{h}", ms) for h, ms in self.head_metrics.get(stage, {}).items())]
+        for head, metrics in scored:
+            for idx, metric in enumerate(metrics):
+                if metric.all_total.item() == 0 and not trainer.world_size > 1:
+                    continue
+                prefix = metric_prefix(stage, self.set_names[stage], idx) + head
+                for key, value in metric.compute().items():
+                    values[f"{prefix}/{key}"] = float(value)
         for name, value in values.items():
             pl_module.log(name, value, add_dataloader_idx=False, sync_dist=False, prog_bar=name in (f"{stage}/acc", f"{stage}/worst_group_acc"))
         self.last.update(values)

@@ -245,6 +245,18 @@ class RobustDataModule(pl.LightningDataModule, ABC):
         whole set (e.g. JTT's error set must be identical everywhere)."""
         return self._loader(self.train_eval_dataset(), self.eval_batch_size, shuffle=False, shard=shard, persistent=shard)
 
+    def train_views_loader(self) -> DataLoader:
+        """The training examples with the training augmentation (``num_views`` views), in order,
+        ``eval_batch_size`` per batch; under DDP padded shards, so every rank has the same number of
+        batches (IP-IRM's feature bank gathers them; drop the repeats by ``index``)."""
+        dataset = self.train_dataset()
+        sampler = None
+        if _distributed_world() > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(dataset, shuffle=False)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, sampler=sampler, num_workers=self.num_workers)
+
     def eval_dataset(self, dataset: Dataset) -> Dataset:
         """``dataset`` (an untransformed split, e.g. ``splits.test["original"]``) with the evaluation transform."""
         return _with_transform(dataset, self.eval_transform(), 1)

@@ -48,3 +48,32 @@ def oracle_weights(images: torch.Tensor, offsets: torch.Tensor, crop_size: int, 
     overlap = (dy * dx).float() - 1e-6 * torch.arange(offsets.shape[0], device=images.device)  # stable tie-break
     keep = overlap.topk(min(n, offsets.shape[0]), dim=1).indices
     return torch.zeros(bsz, offsets.shape[0], device=images.device).scatter_(1, keep, 1.0 / keep.shape[1])
+
+
+#: How a representation pools the crops of an image (see :func:`pooling_weights`).
+POOLINGS = ("policy", "top_n", "uniform", "oracle")
+
+
+def pooling_weights(
+    weighting: str,
+    images: torch.Tensor,
+    probs: torch.Tensor,
+    offsets: torch.Tensor,
+    crop_size: int,
+    top_n: int = 8,
+    grid: int = 3,
+    n: int = 9,
+) -> torch.Tensor:
+    """``B x T`` weights that pool each image's crops: ``policy`` = the policy's ``P(t|x)``
+    (``probs``); ``top_n`` = uniform over its ``top_n`` most probable crops; ``uniform`` = the plain
+    mean; ``oracle`` = :func:`oracle_weights` (the crops covering the cell with the most ink)."""
+    if weighting == "policy":
+        return probs
+    if weighting == "uniform":
+        return torch.full_like(probs, 1.0 / probs.shape[1])
+    if weighting == "top_n":
+        keep = probs.topk(min(top_n, probs.shape[1]), dim=1).indices
+        return torch.zeros_like(probs).scatter_(1, keep, 1.0 / keep.shape[1])
+    if weighting == "oracle":
+        return oracle_weights(images, offsets, crop_size, grid, n)
+    raise ConfigError(f"unknown crop pooling {weighting!r}; choose one of {', '.join(POOLINGS)}")

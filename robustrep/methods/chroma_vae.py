@@ -41,7 +41,6 @@ from robustrep.errors import ConfigError
 from robustrep.evaluation.stage2 import Stage2
 from robustrep.losses.vae import bernoulli_log_likelihood, gaussian_kl, gaussian_log_likelihood, reparameterize
 from robustrep.methods.base import RobustMethod
-from robustrep.metrics import GroupAccuracy
 
 # ----------------------------------------------------------------------------------------- the method
 
@@ -141,7 +140,6 @@ class ChromaVAE(RobustMethod):
         options |= {k: v for k, v in {"lr": stage2_lr, "batch_size": stage2_batch_size}.items() if v is not None}
         self.stage2 = Stage2(stage2, self.num_classes, **options) if stage2 != "none" else None
         self.stage2_stale = True
-        self._diag_metrics: dict[str, list[GroupAccuracy]] = {}
 
     # ------------------------------------------------------------------ the VAE
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,45 +271,6 @@ class ChromaVAE(RobustMethod):
             self.stage2_stale = bool(saved["stale"]) or not self.stage2.fitted
 
     # ------------------------------------------------------------------ evaluation
-    def _diagnostic_enabled(self) -> bool:
-        return self.predict_with == "stage2"
-
-    def _start_diag(self, stage: str) -> None:
-        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
-        n = len(loaders) if isinstance(loaders, list | tuple) else 1
-        dm = getattr(self.trainer, "datamodule", None)
-        counts = dm.group_counts("train") if dm is not None and hasattr(dm, "group_counts") else None
-        self._diag_metrics[stage] = [GroupAccuracy(self.num_groups, self._names(), counts).to(self.device) for _ in range(n)]
-
-    def _names(self) -> list[str] | None:
-        return self.group_names if self.group_names and len(self.group_names) == self.num_groups else None
-
-    def _end_diag(self, stage: str) -> None:
-        from robustrep.callbacks.group_metrics import metric_prefix
-
-        dm = getattr(self.trainer, "datamodule", None)
-        names = dm.eval_set_names(stage) if dm is not None and hasattr(dm, "eval_set_names") else [stage]
-        for idx, metric in enumerate(self._diag_metrics.get(stage, [])):
-            if metric.all_total.item() == 0 and self.trainer.world_size == 1:
-                continue
-            prefix = metric_prefix(stage, names, idx)
-            for key, value in metric.compute().items():
-                self.log(f"{prefix}/z1/{key}", float(value), add_dataloader_idx=False, sync_dist=False)
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_diag("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_diag("test")
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking and self._diagnostic_enabled():
-            self._end_diag("val")
-
-    def on_test_epoch_end(self) -> None:
-        if self._diagnostic_enabled():
-            self._end_diag("test")
-
     def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         out = self.losses(batch)
         n = len(batch["label"])
@@ -320,16 +279,15 @@ class ChromaVAE(RobustMethod):
             if self.classifier_weight > 0:
                 values[f"{stage}/z1/ce" if self.classifier_on == "z1" else f"{stage}/clf_ce"] = out["ce"]
             self.log_dict(values, add_dataloader_idx=False, sync_dist=True, batch_size=n)
-        metrics = self._diag_metrics.get(stage)
-        if metrics is not None and dataloader_idx < len(metrics):
-            metrics[dataloader_idx].update(out["logits"].detach(), batch["label"], batch["group"])
-        if self.predict_with == "classifier" or self.trainer.sanity_checking:
-            scores = out["logits"]
-        elif self.stage2 is None or self.stage2_stale or not self.stage2.fitted:
-            return {}  # stage 2 not (re)fitted for this evaluation: only the z1 diagnostic is logged
-        else:
-            scores = self.stage2.scores(self.stage2_features(out["mu"]).float(), decode=self._decode_x2)
-        return {"logits": scores.detach(), "label": batch["label"], "group": batch["group"]}
+        result = {"label": batch["label"], "group": batch["group"]}
+        if self.predict_with == "classifier":
+            return {**result, "logits": out["logits"].detach()}
+        if self.classifier_weight > 0:  # the trained z1-classifier, scored as <stage>/z1/<metric>
+            result["heads"] = {"z1": out["logits"].detach()}
+        if self.trainer.sanity_checking or self.stage2 is None or self.stage2_stale or not self.stage2.fitted:
+            return result  # stage 2 not (re)fitted for this evaluation: only the z1-classifier is scored
+        scores = self.stage2.scores(self.stage2_features(out["mu"]).float(), decode=self._decode_x2)
+        return {**result, "logits": scores.detach()}
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
         return {"logits": self(batch["image"]), "index": batch["index"]}

@@ -3,36 +3,23 @@
 Paper: "Contrastive representation learning with trainable augmentation channel" (``papers/crltac.txt``);
 METHODS.md section 3.
 
-- **Augmentations** T: every ``crop_size`` x ``crop_size`` crop on a ``crop_stride`` grid of the
-  canvas (the image, ``image_shape``); default 20 x 20 at stride 4 on 84 x 84 = 17 x 17 = 289 crops,
-  numbered row-major by their top-left corner. Crops are cut on the device from an ``unfold`` view
-  (:func:`take_crops`), never in the data workers.
-- **Policy** ``P(T|x; eta)`` (:class:`~robustrep.backbones.crops.PolicyNet`): Conv32-ReLU-Conv32-ReLU-AvgPool2-FC128-ReLU-FC|T|,
-  softmax. ``policy: uniform`` replaces it by the fixed uniform distribution: that is SimCLR.
-- **Encoder** ``h = g o f``: ``f`` the backbone (default ``crltac_cnn``, :class:`~robustrep.backbones.crops.CropCNN`, a 3-layer
-  CNN to 200-d), ``g`` a 2-layer MLP to 50-d; ``h`` is L2-normalised, similarity ``beta * a.b``.
-- **Training** (Algorithm 1, manual optimisation, two optimisers), every iteration:
-  (a) encoder step: ``m`` crops per image drawn from the policy (no gradient to eta), the multi-crop
-  InfoNCE (:mod:`robustrep.losses.multicrop`) updates ``f`` and ``g`` with the ``optimizer``;
-  (b) policy step: ``m`` crops per image drawn *uniformly*, embedded with ``h`` fixed (the encoder in
-  eval mode: ``policy_step_eval``), ``w_ij = P(t_ij|x_i)`` renormalised over the image's sampled crops;
-  eta descends ``mean_i sum_k w_ik l_ik - lambda_H * mean_i H(P(T|x_i))`` with its own Adam
-  (``policy_lr``). ``l_ik`` (``policy_objective``): ``anchor`` (default, METHODS.md's reading) the
-  plain per-crop InfoNCE term; ``full`` the paper's eq. 2 / 18-19 with the positives and the
-  negatives importance-weighted too; ``positives`` only the positives weighted.
+- **Augmentations** T: every ``crop_size`` crop on a ``crop_stride`` grid of the image (default
+  20 x 20 at stride 4 on 84 x 84: 289 crops), cut on the device (:mod:`robustrep.data.crops`).
+- **Policy** ``P(T|x; eta)`` (:class:`~robustrep.backbones.crops.PolicyNet`); ``policy: uniform``
+  fixes it to the uniform distribution: that is SimCLR.
+- **Encoder** ``h = g o f``: ``f`` the backbone (default ``crltac_cnn``), ``g`` a 2-layer MLP to
+  50-d; ``h`` is L2-normalised, similarity ``beta * a.b``.
+- **Training** (Algorithm 1, manual optimisation, two optimisers), every iteration: (a) encoder
+  step: multi-crop InfoNCE (:mod:`robustrep.losses.multicrop`) of ``m`` policy-drawn crops per
+  image; (b) policy step: ``m`` uniform crops per image embedded with ``h`` fixed, weights
+  ``w_ij = P(t_ij|x_i)`` renormalised over the image's crops, eta descends
+  ``mean_i sum_k w_ik l_ik - lambda_H * mean_i H(P(T|x_i))`` (``l_ik``: ``policy_objective``).
   SimCLR runs step (a) only.
-- **Representation** (:meth:`CRLTAC.embed`): ``normalise(sum_t P(t|x) h(t(x)))`` over all crops
-  (``embed_weighting: policy``); ``top_n``: the mean over the ``top_n`` most probable crops;
-  ``uniform``: the plain mean; ``oracle``: the mean over the ``oracle_crops`` crops that overlap
-  most with the grid cell holding the most ink (Grid MNIST: the 9 crops inside the digit's cell).
-  ``embed_output: trunk`` uses ``f`` (not normalised) instead of ``h``.
-  :meth:`CRLTAC.embed_variants` computes several of these from one pass over the crops.
+- **Representation**: the crops' ``h`` (or ``f``) pooled by ``embed_weighting``.
 
-DDP: the encoder loss gathers the crop embeddings of every rank with gradients; the policy step
-gathers them without. Two backward passes per step under DDP need
-``trainer.strategy: ddp_find_unused_parameters_true`` (or ``DDPStrategy(find_unused_parameters=True)``).
-Gradient clipping: ``grad_clip`` (the Trainer's ``gradient_clip_val`` does not apply to manual
-optimisation).
+DDP: the encoder loss gathers every rank's crops with gradients, the policy step without; two
+backward passes per step need ``trainer.strategy: ddp_find_unused_parameters_true``. Clip gradients
+with ``grad_clip`` (the Trainer's ``gradient_clip_val`` does not apply to manual optimisation).
 """
 
 from __future__ import annotations
@@ -44,15 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustrep.backbones.crops import PolicyNet, encode_constant_crops_once
-from robustrep.data.crops import crop_offsets, oracle_weights, take_crops
-from robustrep.errors import ConfigError
+from robustrep.backbones.crops import PolicyNet, encode_constant_crops_once, in_eval_mode
+from robustrep.data.crops import POOLINGS, crop_offsets, pooling_weights, take_crops
+from robustrep.errors import ConfigError, check_choice
 from robustrep.losses.multicrop import POLICY_OBJECTIVES, multicrop_info_nce, policy_objective_terms
 from robustrep.methods.base import RobustMethod
 
 POLICIES = ("learned", "uniform")
 EMBED_OUTPUTS = ("head", "trunk")
-EMBED_WEIGHTINGS = ("policy", "top_n", "uniform", "oracle")
 
 
 # ------------------------------------------------------------------------------------ method
@@ -78,22 +64,15 @@ class CRLTAC(RobustMethod):
         embed_chunk: images per chunk when embedding all crops at inference (memory bound).
         grad_clip: clip the gradient norm of each step to this value (None = off).
         gather_distributed: under DDP, contrast against the crops of every rank.
-        policy_objective: the per-crop term ``l_ik`` of the policy step (default ``anchor``): ``anchor``
-            = the plain multi-crop InfoNCE term of crop k (uniform positives and negatives), as
-            METHODS.md specifies; ``full`` = Algorithm 1's "evaluate (2) with P(t|x) weights" read
-            literally, the positives (other crops of the image) and the negatives (the batch's crops)
-            weighted by the policy as well
-            (:func:`~robustrep.losses.multicrop.weighted_multicrop_terms`); ``positives`` = only
-            the positives weighted. Measured on Grid MNIST (README): ``full`` and ``positives`` move
-            the policy *off* the digit (identical blank crops are perfect positives), ``anchor``
-            onto it.
-        policy_step_eval: the policy step embeds its uniform crops with the encoder in eval mode
-            (BatchNorm running statistics, not updated by these crops; no dropout), i.e. with the same
-            fixed ``h`` as at inference [ours; default True]. False: training mode (batch statistics of
-            the uniform crops, which also enter the running statistics).
-        dedupe_constant_crops: when the encoder runs in eval mode without gradient (the policy step
-            with ``policy_step_eval``, inference), encode each distinct constant crop (e.g. the blank
-            canvas, most of Grid MNIST's crops) once and copy its output; exact [ours; default True].
+        policy_objective: the per-crop term ``l_ik`` of the policy step
+            (:func:`~robustrep.losses.multicrop.policy_objective_terms`): ``anchor`` (default,
+            METHODS.md's reading), ``full`` (Algorithm 1 read literally: positives and negatives
+            weighted by the policy too), ``positives`` or ``sampled``. Only ``anchor`` moves the
+            policy onto the digit on Grid MNIST (docs/reproductions/crltac.md).
+        policy_step_eval: embed the policy step's crops with the encoder in eval mode (running
+            BatchNorm statistics, left unchanged; the same fixed ``h`` as at inference) [ours].
+        dedupe_constant_crops: in eval mode, encode each distinct constant crop (Grid MNIST's blank
+            canvas) once and copy its output; exact, faster [ours].
         *args, **kwargs: see ``RobustMethod`` (backbone = the trunk ``f``, default ``crltac_cnn``;
             optimizer = the encoder's optimiser, default Adam 1e-3; metadata).
     """
@@ -131,12 +110,13 @@ class CRLTAC(RobustMethod):
         **kwargs,
     ) -> None:
         super().__init__(*args, backbone=backbone, **kwargs)
-        if policy not in POLICIES:
-            raise ConfigError(f"CRLTAC: policy must be one of {POLICIES}, got {policy!r}")
-        if embed_output not in EMBED_OUTPUTS:
-            raise ConfigError(f"CRLTAC: embed_output must be one of {EMBED_OUTPUTS}, got {embed_output!r}")
-        if embed_weighting not in EMBED_WEIGHTINGS:
-            raise ConfigError(f"CRLTAC: embed_weighting must be one of {EMBED_WEIGHTINGS}, got {embed_weighting!r}")
+        for name, value, choices in [
+            ("policy", policy, POLICIES),
+            ("embed_output", embed_output, EMBED_OUTPUTS),
+            ("embed_weighting", embed_weighting, POOLINGS),
+            ("policy_objective", policy_objective, POLICY_OBJECTIVES),
+        ]:
+            check_choice("CRLTAC", name, value, choices)
         if m < 2:
             raise ConfigError(f"CRLTAC: m must be >= 2 crops per image, got {m}")
         if beta <= 0 or lambda_h < 0:
@@ -147,8 +127,6 @@ class CRLTAC(RobustMethod):
         self.embed_output, self.embed_weighting, self.top_n = embed_output, embed_weighting, top_n
         self.oracle_crops, self.oracle_grid, self.embed_chunk = oracle_crops, oracle_grid, embed_chunk
         self.grad_clip, self.gather_distributed = grad_clip, gather_distributed
-        if policy_objective not in POLICY_OBJECTIVES:
-            raise ConfigError(f"CRLTAC: policy_objective must be one of {POLICY_OBJECTIVES}, got {policy_objective!r}")
         self.policy_objective, self.policy_step_eval, self.dedupe_constant_crops = policy_objective, policy_step_eval, dedupe_constant_crops
         self.register_buffer("offsets", crop_offsets(self.image_shape[1:], crop_size, crop_stride), persistent=False)
         self.num_crops = int(self.offsets.shape[0])
@@ -197,14 +175,10 @@ class CRLTAC(RobustMethod):
         return multicrop_info_nce(z, self.m, self.beta, normalize=False, gather=self.gather_distributed)
 
     def policy_loss(self, images: torch.Tensor, log_p: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, entropy)`` of the policy step (gradient to eta only): ``m`` uniformly sampled crops
-        per image, embedded with ``h`` fixed; ``w_ij = P(t_ij|x_i)`` renormalised over each image's
-        sampled crops; the loss is ``mean_i sum_k w_ik l_ik - lambda_h * mean_i H(P(T|x_i))``.
-        ``policy_objective: anchor`` (default): ``l_ik`` is the plain per-crop InfoNCE term (uniform
-        positives and negatives); ``full`` (the paper's eq. 2 / 18-19 under importance weights):
-        ``l_ik`` weights the positives and the negatives by ``w`` too
-        (:func:`~robustrep.losses.multicrop.weighted_multicrop_terms`); ``positives``: only the
-        positives. ``log_p``: the policy's log-probabilities (with their graph) if already computed."""
+        """``(loss, entropy)`` of the policy step (gradient to eta only): ``m`` uniformly drawn crops
+        per image embedded with ``h`` fixed, ``w_ij = P(t_ij|x_i)`` renormalised over each image's
+        crops; ``mean_i sum_k w_ik l_ik - lambda_h * mean_i H(P(T|x_i))``. ``log_p``: the policy's
+        log-probabilities (with their graph) if already computed."""
         index, crops = self.sample_crops(images, uniform=True)
         log_p = self.policy_log_probs(images) if log_p is None else log_p
         with torch.no_grad():
@@ -222,18 +196,11 @@ class CRLTAC(RobustMethod):
 
     def _encode_fixed(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``encode`` for the policy step (no gradient): with ``policy_step_eval`` the encoder runs in
-        eval mode (BatchNorm uses and keeps its running statistics, no dropout), so ``h`` is one fixed
-        function of each crop, as at inference; otherwise in the current (training) mode."""
+        eval mode, so ``h`` is one fixed function of each crop, as at inference."""
         if not self.policy_step_eval:
             return self.encode(crops)
-        modes = [(mod, mod.training) for enc in self._encoder_modules() for mod in enc.modules()]
-        for mod, _ in modes:
-            mod.training = False
-        try:
+        with in_eval_mode(*self._encoder_modules()):
             return self.encode_no_grad(crops)
-        finally:
-            for mod, mode in modes:
-                mod.training = mode
 
     @torch.no_grad()
     def encode_no_grad(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,9 +234,8 @@ class CRLTAC(RobustMethod):
             logs.update({"train/policy_loss": policy_loss.detach(), "train/policy_entropy": entropy.detach()})
         self.log_dict(logs, prog_bar=True, batch_size=images.shape[0])
 
-    def on_train_epoch_end(self) -> None:
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers is not None else []:
+    def on_train_epoch_end(self) -> None:  # manual optimisation: step the encoder's scheduler here
+        if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
 
     def configure_optimizers(self):
@@ -297,18 +263,9 @@ class CRLTAC(RobustMethod):
 
     def crop_weights(self, images: torch.Tensor, probs: torch.Tensor, weighting: str) -> torch.Tensor:
         """``B x T`` pooling weights of a weighting (``policy``, ``top_n``, ``uniform``, ``oracle``)."""
-        if weighting == "policy":
-            return probs
-        if weighting == "uniform":
-            return torch.full_like(probs, 1.0 / self.num_crops)
-        if weighting == "top_n":
-            if self.policy is None:
-                raise ConfigError("CRLTAC: top_n pooling needs a learned policy (with policy: uniform every crop ties)")
-            keep = probs.topk(min(self.top_n, self.num_crops), dim=1).indices
-            return torch.zeros_like(probs).scatter_(1, keep, 1.0 / keep.shape[1])
-        if weighting == "oracle":
-            return oracle_weights(images, self.offsets, self.crop_size, self.oracle_grid, self.oracle_crops)
-        raise ConfigError(f"CRLTAC: unknown embed weighting {weighting!r}; choose one of {EMBED_WEIGHTINGS}")
+        if weighting == "top_n" and self.policy is None:
+            raise ConfigError("CRLTAC: top_n pooling needs a learned policy (with policy: uniform every crop ties)")
+        return pooling_weights(weighting, images, probs, self.offsets, self.crop_size, self.top_n, self.oracle_grid, self.oracle_crops)
 
     @torch.no_grad()
     def embed_variants(self, images: torch.Tensor, variants: Sequence[tuple[str, str]]) -> dict[tuple[str, str], torch.Tensor]:

@@ -42,10 +42,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
 
-from robustrep.distributed import gather_no_grad, gather_with_grad, is_distributed, rank
+from robustrep.backbones.heads import predictor_head, projection_head
+from robustrep.distributed import first_occurrences, gather_no_grad, gather_with_grad, is_distributed, rank
 from robustrep.errors import ConfigError
 from robustrep.losses.contrastive import simsiam_loss
 from robustrep.losses.irm import partition_losses
@@ -130,44 +129,23 @@ class IPIRM(RobustMethod):
             raise ConfigError(f"IPIRM: partition_every must be >= 1 (use invariance: false for no partitions), got {partition_every}")
         if max_partitions is not None and max_partitions < 1:
             raise ConfigError(f"IPIRM: max_partitions must be >= 1 or None, got {max_partitions}")
-        self.base = base
-        self.invariance = invariance
-        self.tau, self.irm_tau = tau, irm_tau
+        self.base, self.invariance, self.tau, self.irm_tau = base, invariance, tau, irm_tau
         self.lambda1, self.lambda2, self.ssl_weight = lambda1, lambda2, ssl_weight
-        self.num_subsets = num_subsets
-        self.partition_every = partition_every
-        self.max_partitions = max_partitions
-        self.maximise_epochs = maximise_epochs
-        self.maximise_lr = maximise_lr
-        self.maximise_milestones = list(maximise_milestones)
-        self.maximise_batch_size = maximise_batch_size
-        self.maximise_patience = maximise_patience
-        self.balance_ratio = balance_ratio
-        self.balance_weight = balance_weight
-        self.enforce_balance = enforce_balance
-        self.partition_seed = partition_seed
-        self.gather_distributed = gather_distributed
-        d = self.feature_dim
-        if base == "simclr":
-            self.projection = nn.Sequential(
-                nn.Linear(d, projection_hidden, bias=False),
-                nn.BatchNorm1d(projection_hidden),
-                nn.ReLU(inplace=True),
-                nn.Linear(projection_hidden, projection_dim),
-            )
-            self.predictor = None
-        else:
-            self.projection = nn.Sequential(
-                nn.Linear(d, projection_hidden, bias=False),
-                nn.BatchNorm1d(projection_hidden),
-                nn.ReLU(inplace=True),
-                nn.Linear(projection_hidden, projection_dim, bias=False),
-                nn.BatchNorm1d(projection_dim, affine=False),
-            )
-            hidden = predictor_hidden or max(projection_dim // 4, 1)
-            self.predictor = nn.Sequential(
-                nn.Linear(projection_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, projection_dim)
-            )
+        self.num_subsets, self.partition_every, self.max_partitions = num_subsets, partition_every, max_partitions
+        self.partition_seed, self.gather_distributed = partition_seed, gather_distributed
+        # the maximisation step's settings, passed to losses.partition.maximise_partition
+        self.maximise = dict(
+            epochs=maximise_epochs,
+            lr=maximise_lr,
+            milestones=list(maximise_milestones),
+            batch_size=maximise_batch_size,
+            patience=maximise_patience,
+            balance_ratio=balance_ratio,
+            balance_weight=balance_weight,
+            enforce_balance=enforce_balance,
+        )
+        self.projection = projection_head(self.feature_dim, projection_hidden, projection_dim, simsiam=base == "simsiam")
+        self.predictor = predictor_head(projection_dim, predictor_hidden or max(projection_dim // 4, 1)) if base == "simsiam" else None
         self.register_buffer("partitions", torch.zeros(0, 0, dtype=torch.long), persistent=False)  # P x N, -1 = not covered
         self.partition_epochs: list[int] = []  # the epoch before which each stored partition was made
 
@@ -266,14 +244,7 @@ class IPIRM(RobustMethod):
             tau=self.tau,
             irm_tau=self.irm_tau,
             lambda2=self.lambda2,
-            epochs=self.maximise_epochs,
-            lr=self.maximise_lr,
-            milestones=self.maximise_milestones,
-            batch_size=self.maximise_batch_size,
-            patience=self.maximise_patience,
-            balance_ratio=self.balance_ratio,
-            balance_weight=self.balance_weight,
-            enforce_balance=self.enforce_balance,
+            **self.maximise,
             seed=self.partition_seed + 1000 * len(self.partition_epochs) + epoch,
             progress=f"IP-IRM partition {len(self.partition_epochs) + 1} (epoch {epoch})" if show else None,
         )
@@ -292,15 +263,9 @@ class IPIRM(RobustMethod):
         """``(index, f1, f2)``: dataset indices and normalised projections of two augmented views of
         every training example (eval mode; sharded over ranks and gathered, so every rank holds all)."""
         dm = self.trainer.datamodule
-        if dm is None or not hasattr(dm, "train_dataset"):
-            raise ConfigError("IPIRM needs a robustrep datamodule (with train_dataset) for its partition step")
-        dataset = dm.train_dataset()
-        sampler = None
-        if is_distributed():
-            from torch.utils.data.distributed import DistributedSampler
-
-            sampler = DistributedSampler(dataset, shuffle=False)  # pads to equal shards, so gathers line up
-        loader = DataLoader(dataset, batch_size=dm.eval_batch_size, shuffle=False, sampler=sampler, num_workers=dm.num_workers)
+        if dm is None or not hasattr(dm, "train_views_loader"):
+            raise ConfigError("IPIRM needs a robustrep datamodule (with train_views_loader) for its partition step")
+        loader = dm.train_views_loader()  # padded shards under DDP, so the gathers line up
         was_training = self.training
         self.eval()
         idx, f1, f2 = [], [], []
@@ -313,7 +278,7 @@ class IPIRM(RobustMethod):
             f2.append(gather_no_grad(z[b:].contiguous()))
         self.train(was_training)
         index, f1_all, f2_all = torch.cat(idx), torch.cat(f1), torch.cat(f2)
-        keep = _first_occurrence(index)  # the distributed sampler repeats a few examples
+        keep = first_occurrences(index)  # the padded shards repeat a few examples
         return index[keep], f1_all[keep], f2_all[keep]
 
     # ------------------------------------------------------------------ evaluation (probes only)
@@ -322,11 +287,3 @@ class IPIRM(RobustMethod):
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         return {"embedding": self.embed(batch["image"]), "index": batch["index"]}
-
-
-def _first_occurrence(index: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(index, stable=True)
-    sorted_idx = index[order]
-    first = torch.ones_like(sorted_idx, dtype=torch.bool)
-    first[1:] = sorted_idx[1:] != sorted_idx[:-1]
-    return order[first].sort().values

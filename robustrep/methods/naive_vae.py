@@ -39,7 +39,4 @@ class NaiveIndependent(ChromaVAE):
 
     def __init__(self, stage2: str = "mlp", **kwargs) -> None:
         kwargs.update(classifier_on="z", classifier_weight=0.0, stage2_on="z", predict="stage2")
-        super().__init__(stage2=stage2, **kwargs)
-
-    def _diagnostic_enabled(self) -> bool:
-        return False  # the stage-1 classifier is never trained
+        super().__init__(stage2=stage2, **kwargs)  # classifier_weight 0: no z1-classifier is scored
