@@ -111,7 +111,7 @@ def _finish_wandb() -> None:
     run_file = run.settings.sync_file if run.settings.mode in ("offline", "online") else None
     wandb.finish()
     if run_file:
-        from robustrep.report import wait_for_run_file
+        from robustrep.wandb_runs import wait_for_run_file
 
         if not wait_for_run_file(run_file):
             print(f"robustrep: warning: W&B had not finished writing {run_file} after 60 s", file=sys.stderr)

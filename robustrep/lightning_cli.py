@@ -26,14 +26,12 @@ from robustrep.errors import ConfigError
 from robustrep.lifecycle import LossWatch, RunCheckpoint, RunStopped, Selection, stop_requested
 from robustrep.methods.base import RobustMethod
 from robustrep.records import (
-    config_differences,
+    choose_run_dir,
     config_key,
     default_name,
     digest,
     flat_config,
     method_variant,
-    new_run_name,
-    newest_checkpoint,
     run_of_checkpoint,
     summary_text,
     versions,
@@ -151,46 +149,11 @@ class RobustRepCLI(LightningCLI):
             logger.init_args.name = logger.init_args.get("name") or f"{name}/{run_dir.name}"
 
     def _choose_run_dir(self, sub: str, config) -> Path:
-        explicit = config.get("run_dir")
-        ckpt = config.get("ckpt_path")
-        owner = run_of_checkpoint(ckpt)
         if _launched_rank() > 0 and os.environ.get("ROBUSTREP_RUN_DIR"):
-            return Path(os.environ["ROBUSTREP_RUN_DIR"])
-        if sub != "fit":
-            self.record = "evaluation"
-            if explicit:
-                run_dir = Path(explicit)
-                if (run_dir / "results.json").exists() or (run_dir / "config.yaml").exists():
-                    raise ConfigError(f"{run_dir} already holds a record; give `robustrep {sub}` a new --run_dir (or none: evaluations go beside their run)")
-                return run_dir
-            if owner is not None:
-                return owner / "evaluations" / new_run_name(config.get("seed_everything"), kind=sub)
-            return Path(config["output_root"]) / config["name"] / new_run_name(config.get("seed_everything"), kind=sub)
-        if explicit:
-            run_dir = Path(explicit)
-        elif owner is not None:
-            run_dir = owner  # resume into the interrupted run's directory
-        else:
-            run_dir = Path(config["output_root"]) / config["name"] / new_run_name(config.get("seed_everything"))
-        if (run_dir / "results.json").exists():
-            raise ConfigError(
-                f"{run_dir} is a finished run (it has results.json); its record is never overwritten. "
-                "To train it further, start a new run from its checkpoint: add --run_dir NEW_DIR (or drop --run_dir)."
-            )
-        if ckpt is None and (found := newest_checkpoint(run_dir)) is not None:
-            if run_dir.name.startswith("slurm-"):
-                config["ckpt_path"] = str(found)  # a requeued SLURM job continues where it stopped
-                self.flat["ckpt_path"] = str(found)
-            else:
-                raise ConfigError(f"{run_dir} holds an interrupted run (checkpoint {found}); resume it with --ckpt_path {found}, or choose another --run_dir")
-        config_file = run_dir / "config.yaml"
-        if config_file.exists():
-            changed = config_differences(flat_config(config_file.read_text()), {**self.flat, "run_dir": str(run_dir)})
-            if changed:
-                raise ConfigError(
-                    f"resuming {run_dir} with a different config than it was started with ({'; '.join(changed[:6])}"
-                    f"{' ...' if len(changed) > 6 else ''}). Resume with the same settings, or start a new run (--run_dir NEW_DIR)."
-                )
+            return Path(os.environ["ROBUSTREP_RUN_DIR"])  # a ddp child joins rank 0's run
+        run_dir, self.record, resume_from = choose_run_dir(sub, config, self.flat)
+        if resume_from is not None:  # a requeued SLURM job continues where it stopped
+            config["ckpt_path"] = self.flat["ckpt_path"] = str(resume_from)
         return run_dir
 
     def _stopped(self, signum: int) -> RunStopped:

@@ -133,6 +133,51 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
 
 
+def choose_run_dir(subcommand: str, config: Any, flat: Mapping[str, Any]) -> tuple[Path, str, Path | None]:
+    """Where a run's record goes: ``(run directory, record kind, checkpoint to resume from or None)``.
+
+    ``fit``: ``--run_dir``, else the run a ``--ckpt_path`` belongs to (a resume), else a new folder.
+    A finished run (it has results.json) is refused; so is a run folder holding an interrupted run's
+    checkpoint when no ``--ckpt_path`` is given (except a SLURM job's own folder: it resumes from its
+    newest checkpoint), and a resume whose config differs from the run's config.yaml.
+    ``test`` / ``validate`` / ``predict``: an evaluation record, ``<run>/evaluations/<time>-<sub>-<id>``
+    beside the run its checkpoint belongs to, or a new folder; never an existing record.
+    """
+    from robustrep.errors import ConfigError
+
+    explicit, ckpt = config.get("run_dir"), config.get("ckpt_path")
+    owner = run_of_checkpoint(ckpt)
+    seed = config.get("seed_everything")
+    if subcommand != "fit":
+        if explicit:
+            run_dir = Path(explicit)
+            if (run_dir / "results.json").exists() or (run_dir / "config.yaml").exists():
+                raise ConfigError(f"{run_dir} already holds a record; give `robustrep {subcommand}` a new --run_dir (or none: evaluations go beside their run)")
+            return run_dir, "evaluation", None
+        base = owner / "evaluations" if owner is not None else Path(config["output_root"]) / config["name"]
+        return base / new_run_name(seed, kind=subcommand), "evaluation", None
+    run_dir = Path(explicit) if explicit else owner if owner is not None else Path(config["output_root"]) / config["name"] / new_run_name(seed)
+    if (run_dir / "results.json").exists():
+        raise ConfigError(
+            f"{run_dir} is a finished run (it has results.json); its record is never overwritten. "
+            "To train it further, start a new run from its checkpoint: add --run_dir NEW_DIR (or drop --run_dir)."
+        )
+    resume_from = None
+    if ckpt is None and (found := newest_checkpoint(run_dir)) is not None:
+        if not run_dir.name.startswith("slurm-"):
+            raise ConfigError(f"{run_dir} holds an interrupted run (checkpoint {found}); resume it with --ckpt_path {found}, or choose another --run_dir")
+        resume_from = found
+    config_file = run_dir / "config.yaml"
+    if config_file.exists():
+        changed = config_differences(flat_config(config_file.read_text()), {**flat, "run_dir": str(run_dir)})
+        if changed:
+            raise ConfigError(
+                f"resuming {run_dir} with a different config than it was started with ({'; '.join(changed[:6])}"
+                f"{' ...' if len(changed) > 6 else ''}). Resume with the same settings, or start a new run (--run_dir NEW_DIR)."
+            )
+    return run_dir, "run", resume_from
+
+
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON atomically (a temporary file renamed over the target)."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -12,7 +12,8 @@ import pytest
 from conftest import run_cli
 
 from robustrep.errors import ConfigError, CorruptDataError
-from robustrep.report import aggregate, format_cell, load_runs, read_offline_run, read_wandb_records, runs_from_wandb, select_metrics, to_markdown
+from robustrep.report import aggregate, format_cell, load_runs, select_metrics, to_markdown
+from robustrep.wandb_runs import read_offline_run, read_wandb_records, runs_from_wandb
 
 # method, benchmark, seed, metrics (fractions, as the CLI writes them)
 RUNS = [

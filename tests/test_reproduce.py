@@ -21,7 +21,8 @@ from conftest import run_cli
 
 from robustrep.cli import _build_cli_class
 from robustrep.errors import ConfigError
-from robustrep.reproduce import load_table, plan, reproduce_command, slugify
+from robustrep.reproduce import reproduce_command
+from robustrep.tables import load_table, plan, slugify
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = sorted((ROOT / "experiments" / "tables").glob("*.yaml"))

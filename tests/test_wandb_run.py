@@ -9,7 +9,7 @@ import pytest
 from conftest import QUICKSTART, TINY_QUICKSTART, run_cli
 
 from robustrep.records import method_variant as _method_variant
-from robustrep.report import read_offline_run
+from robustrep.wandb_runs import read_offline_run
 
 
 def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monkeypatch):
@@ -69,7 +69,7 @@ def test_wait_for_run_file_waits_for_the_exit_record(tmp_path, monkeypatch):
     """wandb.finish() can return while the run file is still its 7-byte header; the CLI waits for the end."""
     import wandb
 
-    from robustrep.report import read_wandb_records, wait_for_run_file
+    from robustrep.wandb_runs import read_wandb_records, wait_for_run_file
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     wandb.teardown()
