@@ -209,20 +209,9 @@ def default_name(config: Mapping[str, Any]) -> str:
 
 
 def method_variant(model: Any) -> str:
-    """The baseline/variant a method module runs as, from its hyperparameters: ``"supcon"`` (SpreadSupCon's
-    ``loss``), ``"uniform"`` (CRL-TAC's SimCLR policy), ``"simclr+invariance"`` (IP-IRM), ``"mask+vib"`` (CIM)...;
-    ``""`` for modules without such switches. W&B gets it as a tag and as ``config.variant``."""
-    hp = dict(getattr(model, "hparams", {}) or {})
-    pieces = [hp[key] for key in ("variant", "loss", "base", "policy", "stage2") if isinstance(hp.get(key), str)]
-    if hp.get("invariance") is True:
-        pieces.append("invariance")
-    if hp.get("transform_network") is False:
-        pieces.append("no_tn")
-    if isinstance(hp.get("vib_beta"), int | float) and hp["vib_beta"] > 0:
-        pieces.append("vib")
-    if not pieces:
-        pieces = [str(getattr(model, "variant", "") or "")]
-    return "+".join(p for p in pieces if p)
+    """The baseline/variant a method module runs as (its ``variant_name()``; "" for modules without one)."""
+    name = getattr(model, "variant_name", None)
+    return str(name()) if callable(name) else ""
 
 
 def summary_text(results: Mapping[str, Any], path: Path) -> str:

@@ -3,11 +3,11 @@ job type = method, tags, the resolved config, summary = results.json metrics, th
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from conftest import QUICKSTART, TINY_QUICKSTART, run_cli
 
+from robustrep.methods import CIM, CRLTAC, ERM, IPIRM, SpreadSupCon
 from robustrep.records import method_variant as _method_variant
 from robustrep.wandb_runs import read_offline_run
 
@@ -50,19 +50,19 @@ def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monk
 
 
 @pytest.mark.parametrize(
-    "hparams, expected",
+    "build, expected",
     [
-        ({}, ""),
-        ({"loss": "supcon", "tau": 0.5}, "supcon"),
-        ({"policy": "uniform"}, "uniform"),
-        ({"base": "simclr", "invariance": True}, "simclr+invariance"),
-        ({"base": "simsiam", "invariance": False}, "simsiam"),
-        ({"variant": "mask", "transform_network": False, "vib_beta": 0.001}, "mask+no_tn+vib"),
-        ({"variant": "gram", "vib_beta": 0.0}, "gram"),
+        (lambda: ERM(backbone="tiny", image_shape=(3, 8, 8)), ""),
+        (lambda: SpreadSupCon(backbone="tiny", image_shape=(3, 8, 8), loss="supcon"), "supcon"),
+        (lambda: CRLTAC(image_shape=(3, 16, 16), crop_size=8, crop_stride=4, m=2, policy="uniform"), "uniform"),
+        (lambda: IPIRM(backbone="tiny", image_shape=(3, 8, 8), base="simclr"), "simclr+invariance"),
+        (lambda: IPIRM(backbone="tiny", image_shape=(3, 8, 8), base="simsiam", invariance=False), "simsiam"),
+        (lambda: CIM(backbone="tiny", image_shape=(3, 8, 8), transform_network=False, lam=0, vib_beta=0.001), "mask+no_tn+vib"),
+        (lambda: CIM(backbone="tiny", image_shape=(3, 8, 8), variant="gram"), "gram"),
     ],
 )
-def test_method_variant_tag(hparams, expected):
-    assert _method_variant(SimpleNamespace(hparams=hparams)) == expected
+def test_method_variant_tag(build, expected):
+    assert _method_variant(build()) == expected
 
 
 def test_wait_for_run_file_waits_for_the_exit_record(tmp_path, monkeypatch):

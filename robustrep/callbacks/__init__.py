@@ -1,4 +1,6 @@
-"""Evaluation callbacks; each depends only on a method's ``embed``/``forward``."""
+"""Evaluation callbacks. Each depends only on a method's ``embed``/``forward`` and evaluation outputs,
+except ``ChromaDiagnostics``, ``CIMImages`` and ``CRLTACMetrics``, which name the protocol they need
+(:mod:`robustrep.callbacks.protocols`) and check it in ``setup``."""
 
 from robustrep.callbacks.background_gap import BackgroundGap
 from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics

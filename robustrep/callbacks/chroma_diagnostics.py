@@ -39,6 +39,7 @@ import lightning.pytorch as pl
 import torch
 
 from robustrep.callbacks.images import log_figure, log_image_grid
+from robustrep.callbacks.protocols import ChromaModel, require
 from robustrep.callbacks.schedule import validation_due
 
 
@@ -85,9 +86,7 @@ class ChromaDiagnostics(pl.Callback):
         self.last: dict[str, float] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        missing = [name for name in ("encode", "decode", "partial_reconstruction", "dim_z1") if not hasattr(pl_module, name)]
-        if missing:
-            raise TypeError(f"ChromaDiagnostics needs a Chroma-VAE-like model; {type(pl_module).__name__} lacks {missing}")
+        require(ChromaModel, pl_module, "ChromaDiagnostics")
 
     # ------------------------------------------------------------------ pieces
     def flip(self, images: torch.Tensor) -> torch.Tensor:

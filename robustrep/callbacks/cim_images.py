@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 
 from robustrep.callbacks.images import log_image_grid
+from robustrep.callbacks.protocols import MaskingModel, require
 from robustrep.callbacks.schedule import validation_due
 
 
@@ -35,8 +36,7 @@ class CIMImages(pl.Callback):
         self.last_path = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not (callable(getattr(pl_module, "mask", None)) and callable(getattr(pl_module, "morph", None))):
-            raise TypeError(f"CIMImages needs a method with mask(images) and morph(images) (e.g. CIM); {type(pl_module).__name__} has none")
+        require(MaskingModel, pl_module, "CIMImages")
 
     def _images(self, trainer: pl.Trainer, stage: str) -> torch.Tensor | None:
         loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders

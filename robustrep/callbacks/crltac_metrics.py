@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from robustrep.callbacks.images import log_figure
+from robustrep.callbacks.protocols import CropPolicyModel, require
 from robustrep.callbacks.schedule import validation_due
 from robustrep.errors import ConfigError
 from robustrep.evaluation.features import fit_linear_probe
@@ -111,8 +112,7 @@ class CRLTACMetrics(pl.Callback):
         self.last: dict[str, float] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "embed_variants", None)):
-            raise ConfigError(f"CRLTACMetrics needs a CRLTAC model (with embed_variants); got {type(pl_module).__name__}")
+        require(CropPolicyModel, pl_module, "CRLTACMetrics")
         if trainer.datamodule is None or not hasattr(trainer.datamodule, "train_eval_dataset"):
             raise ConfigError("CRLTACMetrics needs a robustrep datamodule")
 

@@ -73,6 +73,11 @@ class RobustMethod(pl.LightningModule):
         with torch.no_grad():
             return int(self.backbone(torch.zeros(2, *self.image_shape)).flatten(1).shape[1])
 
+    def variant_name(self) -> str:
+        """Which baseline or variant this module runs as (``supcon``, ``uniform``, ``mask+vib``...):
+        a W&B tag, ``config.variant`` and results.json's ``variant``. "" = the method itself."""
+        return ""
+
     # ------------------------------------------------------------------ representation
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The representation the evaluation callbacks probe (backbone features, N x D)."""

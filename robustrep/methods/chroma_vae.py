@@ -289,5 +289,8 @@ class ChromaVAE(RobustMethod):
         scores = self.stage2.scores(self.stage2_features(out["mu"]).float(), decode=self._decode_x2)
         return {**result, "logits": scores.detach()}
 
+    def variant_name(self) -> str:
+        return self.hparams.get("stage2", "")
+
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
         return {"logits": self(batch["image"]), "index": batch["index"]}

@@ -182,6 +182,13 @@ class CIM(RobustMethod):
             raise ConfigError("CIM draws its triplets from the training set: fit it with a robustrep datamodule, or call set_triplet_source(dataset) first")
         self.set_triplet_source(dm.train_dataset())
 
+    def variant_name(self) -> str:
+        hp = self.hparams
+        parts = [hp.get("variant", "mask")]
+        parts += ["no_tn"] if hp.get("transform_network") is False else []
+        parts += ["vib"] if hp.get("vib_beta", 0) > 0 else []
+        return "+".join(parts)
+
     def on_train_epoch_start(self) -> None:
         if self.triplets is not None:
             self.triplets.to(self.device)

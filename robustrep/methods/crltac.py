@@ -132,13 +132,10 @@ class CRLTAC(RobustMethod):
         self.num_crops = int(self.offsets.shape[0])
         self.grid_shape = (len(range(0, self.image_shape[1] - crop_size + 1, crop_stride)), len(range(0, self.image_shape[2] - crop_size + 1, crop_stride)))
         self.projection = nn.Sequential(nn.Linear(self.feature_dim, projection_hidden), nn.ReLU(inplace=True), nn.Linear(projection_hidden, projection_dim))
-        self.policy = PolicyNet(self.image_shape, self.num_crops, policy_channels, policy_hidden, policy_stride) if policy == "learned" else None
+        self.learned_policy = policy == "learned"
+        self.policy = PolicyNet(self.image_shape, self.num_crops, policy_channels, policy_hidden, policy_stride) if self.learned_policy else None
 
     # ------------------------------------------------------------------ pieces
-    @property
-    def learned_policy(self) -> bool:
-        return self.policy is not None
-
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [*self.backbone.parameters(), *self.projection.parameters()]
 
@@ -292,6 +289,9 @@ class CRLTAC(RobustMethod):
             loss = multicrop_info_nce(self.encode(self.sample_crops(batch["image"])[1])[1], self.m, self.beta, normalize=False)
             self.log(f"{stage}/loss", loss, add_dataloader_idx=False, sync_dist=True, batch_size=batch["image"].shape[0])
         return None
+
+    def variant_name(self) -> str:
+        return self.policy_kind  # "uniform" = SimCLR on the crop set
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, Any]:
         return {"embedding": self.embed(batch["image"]), "index": batch["index"]}

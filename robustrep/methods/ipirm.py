@@ -285,5 +285,8 @@ class IPIRM(RobustMethod):
     def evaluation_step(self, batch: dict, stage: str, dataloader_idx: int = 0):
         return None  # no classifier: LinearProbe / KNNMonitor report the metrics
 
+    def variant_name(self) -> str:
+        return self.base + ("+invariance" if self.invariance else "")
+
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         return {"embedding": self.embed(batch["image"]), "index": batch["index"]}

@@ -176,6 +176,9 @@ class SpreadSupCon(RobustMethod):
             return None  # no classifier: the probe callbacks provide the metrics
         return super().evaluation_step(batch, stage, dataloader_idx)
 
+    def variant_name(self) -> str:
+        return self.hparams.get("loss", "")
+
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         out = {"embedding": self.embed(batch["image"]), "index": batch["index"]}
         if self.head is not None:

@@ -8,6 +8,7 @@ from conftest import quick_trainer, tiny_synthetic
 from PIL import Image
 
 from robustrep.callbacks.cim_images import CIMImages
+from robustrep.errors import ConfigError
 from robustrep.methods import CIM, ERM
 
 
@@ -32,5 +33,17 @@ def test_writes_a_three_row_grid_of_inputs_masks_and_morphed_images(tmp_path):
 
 
 def test_rejects_a_method_without_a_mask(tmp_path):
-    with pytest.raises(TypeError, match="mask"):
+    with pytest.raises(ConfigError, match="follows MaskingModel .*ERM lacks mask, morph"):
         CIMImages().setup(quick_trainer(tmp_path), ERM(backbone="tiny", image_shape=(3, 8, 8)), "fit")
+
+
+def test_protocol_checks_name_what_is_missing():
+    """Each method-specific callback checks its protocol; the real methods follow theirs."""
+    from robustrep.callbacks.protocols import ChromaModel, CropPolicyModel, MaskingModel, require
+    from robustrep.methods import CIM, CRLTAC, ChromaVAE
+
+    require(MaskingModel, CIM(backbone="tiny", image_shape=(3, 8, 8)), "CIMImages")
+    require(ChromaModel, ChromaVAE(image_shape=(3, 8, 8), backbone_kwargs={"width": 4, "hidden": 8}), "ChromaDiagnostics")
+    require(CropPolicyModel, CRLTAC(image_shape=(3, 16, 16), crop_size=8, crop_stride=4, m=2), "CRLTACMetrics")
+    with pytest.raises(ConfigError, match="ERM lacks crop_size, offsets, grid_shape, learned_policy, crop_outputs"):
+        require(CropPolicyModel, ERM(backbone="tiny", image_shape=(3, 8, 8)), "CRLTACMetrics")
