@@ -355,6 +355,7 @@ class RobustRepCLI(LightningCLI):
             "divergence": divergence,
             "metrics": dict(sorted(metrics.items())),
             "config": self.flat,
+            "effective_hparams": dict(getattr(self.model, "effective_hparams", {}) or {}),
             "versions": versions(),
             "started": self.started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

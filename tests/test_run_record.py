@@ -291,3 +291,11 @@ def test_slurm_requeue_resumes_in_the_same_run_directory(tmp_path, monkeypatch):
     assert run_cli(job) == 0  # the requeued job: same command, same directory, resumed
     assert [p.name for p in (tmp_path / "runs" / "quickstart").iterdir()] == ["slurm-4242-s0"]
     assert_same_run(tmp_path / "ref", run_dir)
+
+
+def test_results_and_checkpoints_record_the_values_none_defaults_resolved_to(tmp_path):
+    assert fit(tmp_path / "run", *FAMILIES["cim_triplets"], "--trainer.max_epochs", "1") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["model.init_args.tn_width"] is None  # as configured ...
+    assert results["effective_hparams"] == {"tn_width": 8, "tn_depth": 1}  # ... and as built for 8-px images
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["effective_hparams"] == {"tn_width": 8, "tn_depth": 1}

@@ -36,6 +36,7 @@ class TransformationNetwork(nn.Module):
         super().__init__()
         width = width or (8 if image_size <= 32 else 16 if image_size <= 64 else 32)
         depth = depth or int(min(4, max(1, math.floor(math.log2(max(image_size, 8) / 4)))))
+        self.width, self.depth = width, depth  # the effective values
         widths = [min(width * 2**i, width * 8) for i in range(depth + 1)]
         self.skip = skip
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.ReLU(inplace=True))

@@ -68,10 +68,16 @@ class RobustMethod(pl.LightningModule):
         self.feature_dim = self.backbone.out_dim if hasattr(self.backbone, "out_dim") else self._infer_feature_dim()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
+        #: The values that arguments defaulting to None resolved to (e.g. CIM's ``tn_width``), kept in
+        #: checkpoints and results.json. Not in ``hparams``: those become the config of a resumed run.
+        self.effective_hparams: dict[str, Any] = {}
 
     def _infer_feature_dim(self) -> int:
         with torch.no_grad():
             return int(self.backbone(torch.zeros(2, *self.image_shape)).flatten(1).shape[1])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["effective_hparams"] = dict(self.effective_hparams)
 
     def variant_name(self) -> str:
         """Which baseline or variant this module runs as (``supcon``, ``uniform``, ``mask+vib``...):

@@ -123,6 +123,7 @@ class ChromaVAE(RobustMethod):
         self.kl_warmup_steps = kl_warmup_steps
         self.classifier_warmup_steps = classifier_warmup_steps
         self.classifier_warmup_weight = float(math.prod(self.image_shape)) if classifier_warmup_weight is None else classifier_warmup_weight
+        self.effective_hparams.update(classifier_weight=self.classifier_weight, classifier_warmup_weight=self.classifier_warmup_weight)
         self.classifier_on, self.stage2_on, self.predict_with = classifier_on, stage2_on, predict
         self.stage2_on_validation = stage2_on_validation
         self.mu_head = nn.Linear(self.feature_dim, dim_z)
@@ -241,6 +242,8 @@ class ChromaVAE(RobustMethod):
         with torch.inference_mode(False), torch.enable_grad():
             mu, labels = self.encode_training_set()
             self.stage2.fit(self.stage2_features(mu).clone(), labels.clone(), decode=self._decode_x2)
+        if self.stage2.kind == "knn":
+            self.effective_hparams["stage2_k"] = self.stage2.state["k"]  # None = sqrt(N)
         self.stage2_stale = False
 
     def _maybe_fit_stage2(self, stage: str) -> None:
@@ -261,6 +264,7 @@ class ChromaVAE(RobustMethod):
         self._maybe_fit_stage2("test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.stage2 is not None:
             checkpoint["chroma_stage2"] = {"kind": self.stage2.kind, "state": self.stage2.state, "stale": self.stage2_stale}
 

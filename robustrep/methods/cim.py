@@ -143,6 +143,8 @@ class CIM(RobustMethod):
             if transform_network
             else None
         )
+        if self.tn is not None:
+            self.effective_hparams.update(tn_width=self.tn.width, tn_depth=self.tn.depth)
         self.triplets: TripletSource | None = None
 
     # ------------------------------------------------------------------ model

@@ -25,7 +25,6 @@ with ``grad_clip`` (the Trainer's ``gradient_clip_val`` does not apply to manual
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +48,9 @@ class CRLTAC(RobustMethod):
         crop_size: side of the square crops (paper: 20).
         crop_stride: stride of the crop grid (paper: 4; with 84 x 84 images that gives 289 crops).
         m: crops per image per step (paper: 8; ``m = 2`` with a uniform policy is SimCLR's NT-Xent).
-        beta: inverse temperature of ``beta * a.b`` (paper: 0.5 on Grid MNIST, 1.0 on MNIST).
+        beta: the paper's inverse temperature of ``beta * a.b`` (0.5 on Grid MNIST, 1.0 on MNIST).
+        temperature: the temperature ``1 / beta``, the name every other method uses; None (default)
+            = ``1 / beta``. Give one of the two; the pair in effect is in ``effective_hparams``.
         policy: ``learned`` (CRL-TAC) or ``uniform`` (SimCLR: fixed uniform P, no policy step).
         lambda_h: weight of the entropy bonus ``H(P(T|x))`` in the policy step (paper: 0.0025; below
             1e-4 the policy collapses onto one crop).
@@ -88,6 +89,7 @@ class CRLTAC(RobustMethod):
         crop_stride: int = 4,
         m: int = 8,
         beta: float = 0.5,
+        temperature: float | None = None,
         policy: str = "learned",
         lambda_h: float = 0.0025,
         policy_lr: float = 1e-3,
@@ -117,10 +119,10 @@ class CRLTAC(RobustMethod):
             ("policy_objective", policy_objective, POLICY_OBJECTIVES),
         ]:
             check_choice("CRLTAC", name, value, choices)
-        if m < 2:
-            raise ConfigError(f"CRLTAC: m must be >= 2 crops per image, got {m}")
-        if beta <= 0 or lambda_h < 0:
-            raise ConfigError(f"CRLTAC: beta must be > 0 and lambda_h >= 0, got {beta} and {lambda_h}")
+        beta = beta if temperature is None else 1.0 / temperature if temperature > 0 else -1.0
+        if m < 2 or beta <= 0 or lambda_h < 0:
+            raise ConfigError(f"CRLTAC: need m >= 2, a positive temperature / beta and lambda_h >= 0; got {m}, {beta}, {lambda_h}")
+        self.effective_hparams.update(beta=beta, temperature=1.0 / beta)
         self.automatic_optimization = False
         self.crop_size, self.crop_stride, self.m, self.beta = crop_size, crop_stride, m, beta
         self.policy_kind, self.lambda_h, self.policy_lr = policy, lambda_h, policy_lr
@@ -130,7 +132,7 @@ class CRLTAC(RobustMethod):
         self.policy_objective, self.policy_step_eval, self.dedupe_constant_crops = policy_objective, policy_step_eval, dedupe_constant_crops
         self.register_buffer("offsets", crop_offsets(self.image_shape[1:], crop_size, crop_stride), persistent=False)
         self.num_crops = int(self.offsets.shape[0])
-        self.grid_shape = (len(range(0, self.image_shape[1] - crop_size + 1, crop_stride)), len(range(0, self.image_shape[2] - crop_size + 1, crop_stride)))
+        self.grid_shape = tuple(len(range(0, side - crop_size + 1, crop_stride)) for side in self.image_shape[1:])
         self.projection = nn.Sequential(nn.Linear(self.feature_dim, projection_hidden), nn.ReLU(inplace=True), nn.Linear(projection_hidden, projection_dim))
         self.learned_policy = policy == "learned"
         self.policy = PolicyNet(self.image_shape, self.num_crops, policy_channels, policy_hidden, policy_stride) if self.learned_policy else None
@@ -240,9 +242,8 @@ class CRLTAC(RobustMethod):
         optimizers = [encoder_opt]
         if self.policy is not None:
             optimizers.append(torch.optim.Adam(self.policy.parameters(), lr=self.policy_lr))
-        if self.scheduler_factory is None:
-            return optimizers
-        return optimizers, [{"scheduler": self.scheduler_factory(encoder_opt), "interval": "epoch"}]
+        schedulers = [] if self.scheduler_factory is None else [{"scheduler": self.scheduler_factory(encoder_opt), "interval": "epoch"}]
+        return (optimizers, schedulers) if schedulers else optimizers
 
     # ------------------------------------------------------------------ representation
     @torch.no_grad()
@@ -277,23 +278,22 @@ class CRLTAC(RobustMethod):
         return result
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The ``embed_output`` representation pooled with ``embed_weighting`` (default: the
-        normalised policy-weighted mean of ``h`` over all crops)."""
-        return self.embed_variants(images, [(self.embed_output, self.embed_weighting)])[(self.embed_output, self.embed_weighting)]
+        """``embed_output`` pooled by ``embed_weighting`` (default: normalised policy mean of ``h``)."""
+        key = (self.embed_output, self.embed_weighting)
+        return self.embed_variants(images, [key])[key]
 
     # ------------------------------------------------------------------ evaluation
     def evaluation_step(self, batch: dict, stage: str, dataloader_idx: int = 0) -> None:
-        """Logs ``<stage>/loss`` (the encoder objective) on the primary set; no classifier, so the
-        accuracy comes from the probe callbacks."""
-        if dataloader_idx == 0 and batch["image"].shape[0] > 1:
-            loss = multicrop_info_nce(self.encode(self.sample_crops(batch["image"])[1])[1], self.m, self.beta, normalize=False)
-            self.log(f"{stage}/loss", loss, add_dataloader_idx=False, sync_dist=True, batch_size=batch["image"].shape[0])
-        return None
+        """Logs ``<stage>/loss`` (the encoder objective) on the primary set; probes give the accuracy."""
+        images = batch["image"]
+        if dataloader_idx == 0 and images.shape[0] > 1:
+            loss = multicrop_info_nce(self.encode(self.sample_crops(images)[1])[1], self.m, self.beta, normalize=False)
+            self.log(f"{stage}/loss", loss, add_dataloader_idx=False, sync_dist=True, batch_size=images.shape[0])
 
-    def variant_name(self) -> str:
-        return self.policy_kind  # "uniform" = SimCLR on the crop set
+    def variant_name(self) -> str:  # "uniform" = SimCLR on the crop set
+        return self.policy_kind
 
-    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, Any]:
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         return {"embedding": self.embed(batch["image"]), "index": batch["index"]}
 
 

@@ -60,8 +60,8 @@ class IPIRM(RobustMethod):
     Args:
         base: ``simclr`` (NT-Xent over the full batch) or ``simsiam`` (negative cosine + predictor).
         invariance: add the partition terms and run the maximisation step; False = the plain base.
-        tau: temperature of every NT-Xent term (paper 0.5).
-        irm_tau: temperature of the logits inside the IRM derivative (public code ``irm_temp`` 0.5).
+        temperature: temperature of every NT-Xent term (the paper's tau, 0.5).
+        irm_temperature: temperature of the logits inside the IRM derivative (public code ``irm_temp`` 0.5).
         lambda1: weight of the IRM penalty in the minimisation step (paper 0.2).
         lambda2: weight of the IRM penalty in the maximisation objective (paper 0.5; 0.2 for plain
             CIFAR-100 in the public scripts).
@@ -95,8 +95,8 @@ class IPIRM(RobustMethod):
         *args,
         base: str = "simclr",
         invariance: bool = True,
-        tau: float = 0.5,
-        irm_tau: float = 0.5,
+        temperature: float = 0.5,
+        irm_temperature: float = 0.5,
         lambda1: float = 0.2,
         lambda2: float = 0.5,
         ssl_weight: float = 1.0,
@@ -121,15 +121,15 @@ class IPIRM(RobustMethod):
         super().__init__(*args, **kwargs)
         if base not in BASES:
             raise ConfigError(f"IPIRM: unknown base {base!r}; choose one of {', '.join(BASES)}")
-        if tau <= 0 or irm_tau <= 0:
-            raise ConfigError(f"IPIRM: temperatures must be > 0, got tau={tau}, irm_tau={irm_tau}")
+        if temperature <= 0 or irm_temperature <= 0:
+            raise ConfigError(f"IPIRM: temperatures must be > 0, got temperature={temperature}, irm_temperature={irm_temperature}")
         if num_subsets < 2:
             raise ConfigError(f"IPIRM: num_subsets must be >= 2, got {num_subsets}")
         if partition_every < 1:
             raise ConfigError(f"IPIRM: partition_every must be >= 1 (use invariance: false for no partitions), got {partition_every}")
         if max_partitions is not None and max_partitions < 1:
             raise ConfigError(f"IPIRM: max_partitions must be >= 1 or None, got {max_partitions}")
-        self.base, self.invariance, self.tau, self.irm_tau = base, invariance, tau, irm_tau
+        self.base, self.invariance, self.temperature, self.irm_temperature = base, invariance, temperature, irm_temperature
         self.lambda1, self.lambda2, self.ssl_weight = lambda1, lambda2, ssl_weight
         self.num_subsets, self.partition_every, self.max_partitions = num_subsets, partition_every, max_partitions
         self.partition_seed, self.gather_distributed = partition_seed, gather_distributed
@@ -145,7 +145,9 @@ class IPIRM(RobustMethod):
             enforce_balance=enforce_balance,
         )
         self.projection = projection_head(self.feature_dim, projection_hidden, projection_dim, simsiam=base == "simsiam")
-        self.predictor = predictor_head(projection_dim, predictor_hidden or max(projection_dim // 4, 1)) if base == "simsiam" else None
+        predictor_hidden = predictor_hidden or max(projection_dim // 4, 1)
+        self.effective_hparams["predictor_hidden"] = predictor_hidden
+        self.predictor = predictor_head(projection_dim, predictor_hidden) if base == "simsiam" else None
         self.register_buffer("partitions", torch.zeros(0, 0, dtype=torch.long), persistent=False)  # P x N, -1 = not covered
         self.partition_epochs: list[int] = []  # the epoch before which each stored partition was made
 
@@ -170,6 +172,7 @@ class IPIRM(RobustMethod):
         self.partition_epochs = epochs
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["ipirm"] = {"partitions": self.partitions.cpu(), "partition_epochs": list(self.partition_epochs)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -206,13 +209,13 @@ class IPIRM(RobustMethod):
         assign = self._assignments(g_index) if self.invariance else g_index.new_zeros(0, g_index.shape[0])
         logs: dict[str, torch.Tensor] = {}
         if self.base == "simclr":
-            terms = partition_losses(g1, g2, assign, self.num_subsets, self.tau, self.irm_tau, full_batch=True)
+            terms = partition_losses(g1, g2, assign, self.num_subsets, self.temperature, self.irm_temperature, full_batch=True)
             ssl = terms["full"]
         else:
             assert self.predictor is not None
             p = self.predictor(z)
             ssl = simsiam_loss(p[:b], p[b:], z1, z2)
-            terms = partition_losses(g1, g2, assign, self.num_subsets, self.tau, self.irm_tau, full_batch=False) if assign.shape[0] else {}
+            terms = partition_losses(g1, g2, assign, self.num_subsets, self.temperature, self.irm_temperature, full_batch=False) if assign.shape[0] else {}
         loss = self.ssl_weight * self.check_finite(ssl, f"{self.base} loss")
         logs["train/ssl_loss"] = ssl
         if assign.shape[0]:
@@ -241,8 +244,8 @@ class IPIRM(RobustMethod):
             f1,
             f2,
             num_subsets=self.num_subsets,
-            tau=self.tau,
-            irm_tau=self.irm_tau,
+            tau=self.temperature,
+            irm_tau=self.irm_temperature,
             lambda2=self.lambda2,
             **self.maximise,
             seed=self.partition_seed + 1000 * len(self.partition_epochs) + epoch,

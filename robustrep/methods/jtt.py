@@ -87,6 +87,7 @@ class JTT(Classifier):
                     opt.state.clear()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["jtt_error_set"] = self.error_set
         if self.error_set is None and self._initial_state is not None:
             checkpoint["jtt_initial_state"] = self._initial_state  # phase 2 restarts from these weights

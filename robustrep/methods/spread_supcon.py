@@ -42,7 +42,8 @@ class SpreadSupCon(RobustMethod):
     Args:
         loss: ``spread`` (the paper's L_spread), ``attract`` (alpha = 1), ``repel`` (alpha = 0),
             ``supcon`` (Khosla et al.) or ``simclr`` (NT-Xent, labels ignored).
-        tau: temperature. Paper: 0.5 for most datasets (0.9 for CIFAR10 end models).
+        temperature: the contrastive temperature (the paper's tau). Paper: 0.5 for most datasets (0.9
+            for CIFAR10 end models).
         alpha: weight of L_attract in L_spread (paper, App. E.2: 0.16-0.67 per dataset; 0.25 for the
             coarse-to-fine runs, 0.5 for MNIST-Coarse). Ignored by the other losses.
         projection_dim: output size of a projection MLP (embedding -> hidden -> projection_dim, ReLU)
@@ -66,7 +67,7 @@ class SpreadSupCon(RobustMethod):
         self,
         *args,
         loss: str = "spread",
-        tau: float = 0.5,
+        temperature: float = 0.5,
         alpha: float = 0.5,
         projection_dim: int | None = None,
         projection_hidden: int | None = None,
@@ -80,14 +81,14 @@ class SpreadSupCon(RobustMethod):
         super().__init__(*args, **kwargs)
         if loss not in LOSSES:
             raise ConfigError(f"SpreadSupCon: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-        if tau <= 0:
-            raise ConfigError(f"SpreadSupCon: tau must be > 0, got {tau}")
+        if temperature <= 0:
+            raise ConfigError(f"SpreadSupCon: temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"SpreadSupCon: alpha must be in [0, 1], got {alpha}")
         if not 0.0 <= contrastive_label_noise < 1.0:
             raise ConfigError(f"SpreadSupCon: contrastive_label_noise must be in [0, 1), got {contrastive_label_noise}")
         self.loss_name = loss
-        self.tau = tau
+        self.temperature = temperature
         self.alpha = alpha
         self.ce_weight = ce_weight
         self.gather_distributed = gather_distributed
@@ -135,6 +136,7 @@ class SpreadSupCon(RobustMethod):
             self.noisy_labels = noisy
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.noisy_labels is not None:
             checkpoint["spread_supcon_noisy_labels"] = self.noisy_labels.cpu()
 
@@ -155,7 +157,7 @@ class SpreadSupCon(RobustMethod):
         z = self.projection(h)
         z_rows, y_rows, instance = stack_views(list(z.split(b)), contrast_labels)
         con = self.check_finite(
-            contrastive_loss(z_rows, y_rows, instance, self.loss_name, self.tau, self.alpha, gather=self.gather_distributed),
+            contrastive_loss(z_rows, y_rows, instance, self.loss_name, self.temperature, self.alpha, gather=self.gather_distributed),
             f"{self.loss_name} contrastive loss",
         )
         logs = {"train/contrastive_loss": con}
