@@ -1,4 +1,5 @@
-"""ELBO terms of a VAE with a diagonal Gaussian posterior and a standard normal prior.
+"""ELBO terms of a VAE with a diagonal Gaussian posterior and a standard normal prior (Chroma-VAE),
+and of the variational information bottleneck (CIM's VIB: the same KL and sample).
 
 Every function returns one value per example (summed over the latent dimensions or the pixels) and
 computes in fp32 with autocast switched off, so ``exp``/``log`` stay exact under ``bf16-mixed``.

@@ -48,7 +48,7 @@ from robustrep.data.triplets import TripletSource
 from robustrep.distributed import rank as process_rank
 from robustrep.errors import ConfigError
 from robustrep.losses.triplet import feature_triplet, gram_triplet, msssim_triplet
-from robustrep.losses.vib import gaussian_kl, reparameterize
+from robustrep.losses.vae import gaussian_kl, reparameterize
 from robustrep.methods.base import RobustMethod
 from robustrep.randomness import derive_seed
 
@@ -241,7 +241,7 @@ class CIM(RobustMethod):
         if self.vib is not None:
             mu, logvar = self._bottleneck(features)
             logits = self.head(reparameterize(mu, logvar))
-            kl = gaussian_kl(mu, logvar)
+            kl = gaussian_kl(mu, logvar).mean()  # summed over dimensions, averaged over the batch
             logs["train/kl"] = kl
         else:
             logits = self.head(features)
