@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "test": "evaluate on the test sets and write results.json",
     "predict": "write predictions",
     "data": "list the benchmarks (`data list`) or check a copy on disk (`data check`)",
+    "methods": "list the methods: what each is, its paper, its configs and benchmarks",
     "report": "compare runs: results.json -> mean ± std over seeds table (md/csv/html) and a bar plot",
     "reproduce": "run a paper table (experiments/tables/NAME.yaml) and report ours beside the paper's numbers",
     "analyze": "analyses of a trained model (strata recovery, noisy labels, coresets, CIM's mask)",
@@ -42,6 +43,7 @@ examples:
   robustrep fit --help                    every argument of fit, with its default
   robustrep fit --model ERM --model.help  the arguments of one method
   robustrep data list
+  robustrep methods                       every method, its paper and configs
   robustrep report runs/                  mean ± std over seeds per method and benchmark
   robustrep reproduce cim_table4 --dry-run   the commands of a paper table, one per line
 
@@ -139,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             from robustrep.data.commands import data_command
 
             return data_command(argv[1:])
+        if argv[0] == "methods":
+            from robustrep.catalog import methods_command
+
+            return methods_command(argv[1:])
         if argv[0] == "report":
             from robustrep.report import report_command
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import robustrep.data  # noqa: F401  (register the datamodules for class_path short names)
@@ -44,6 +45,34 @@ SELECTION_HELP = (
     "metric such as val/worst_group_acc or val/acc (maximised), or 'min:val/loss'. results.json records the "
     "selected epoch; the last epoch's test metrics are also kept, under last/."
 )
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, without the enumeration of every importable ``torch.nn.Module`` /
+    ``torch.optim.Optimizer`` subclass after arguments typed with them (hundreds of lines for
+    ``backbone``); a line says that any class path of that base is accepted instead."""
+
+    MAX_LISTED = 12
+
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action)
+        head, sep, rest = text.partition(", known subclasses: ")
+        if not sep:
+            return text
+        names, close, tail = rest.rpartition(")")
+        listed = [n.strip() for n in names.split(",")]
+        if len(listed) <= self.MAX_LISTED:
+            return text
+        return f"{head}, any class_path of a subclass of {listed[0]}{close}{tail}"
+
+
+class ArgumentParser(LightningArgumentParser):
+    """Lightning's argument parser with :class:`HelpFormatter` (also for ``--model.help CLASS``,
+    which jsonargparse builds as a new parser of this class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _launched_rank() -> int:
@@ -87,6 +116,7 @@ class RobustRepCLI(LightningCLI):
         # No prefix matching (a misspelt --trainer.max_epoch must not pass as max_epochs) and
         # parse errors raised to main(), which prints them as one short paragraph.
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "allow_abbrev": False})
+        kwargs.setdefault("parser_class", ArgumentParser)
         defaults = {
             "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "robustrep"}},
             "max_epochs": 10,

@@ -139,3 +139,30 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoints(tmp_path, capsy
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["epoch"] < 3 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert not (run_dir / "results.json").exists()
+
+
+def test_methods_lists_every_method_with_its_paper_and_configs(capsys):
+    import robustrep.methods as methods
+    from robustrep.methods.base import RobustMethod
+
+    assert run_cli(["methods", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    classes = [n for n, c in vars(methods).items() if isinstance(c, type) and issubclass(c, RobustMethod) and n not in ("RobustMethod", "Classifier")]
+    for name in classes:
+        assert f"\n{name}: " in f"\n{out}", name
+    assert "experiments/chroma_colored_mnist.yaml" in out and "colored_mnist_irm" in out
+    for config in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml")):
+        assert f"experiments/{config.name}" in out, config.name  # every shipped config is listed under its method
+
+
+def test_help_of_a_method_is_short():
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        run_cli(["fit", "--model.help", "ERM"])
+    text = buffer.getvalue()
+    flat = " ".join(text.split())
+    assert "--model.backbone" in text and "any class_path of a subclass of torch.nn.Module" in flat
+    assert "torch.nn.Identity" not in text and len(text.splitlines()) < 120
