@@ -118,7 +118,11 @@ class RobustRepCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "allow_abbrev": False})
         kwargs.setdefault("parser_class", ArgumentParser)
         defaults = {
-            "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "robustrep"}},
+            # W&B (offline unless WANDB_MODE says otherwise) and a local metrics.csv in the run directory
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "robustrep"}},
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}},
+            ],
             "max_epochs": 10,
             "accelerator": "auto",
             "devices": 1,
@@ -174,9 +178,13 @@ class RobustRepCLI(LightningCLI):
         config.trainer.default_root_dir = str(run_dir)
         config.checkpoint.dirpath = str(run_dir / "checkpoints")
         logger = config.trainer.get("logger")
-        if logger and not isinstance(logger, bool | list) and "WandbLogger" in str(logger.get("class_path", "")):
-            logger.init_args.save_dir = str(run_dir)
-            logger.init_args.name = logger.init_args.get("name") or f"{name}/{run_dir.name}"
+        for spec in logger if isinstance(logger, list) else [logger] if logger and not isinstance(logger, bool) else []:
+            kind = str(spec.get("class_path", "")) if hasattr(spec, "get") else ""
+            if "WandbLogger" in kind:
+                spec.init_args.save_dir = str(run_dir)
+                spec.init_args.name = spec.init_args.get("name") or f"{name}/{run_dir.name}"
+            elif "CSVLogger" in kind:  # <run dir>/metrics.csv (no name/version subfolders)
+                spec.init_args.save_dir, spec.init_args.name, spec.init_args.version = str(run_dir), "", ""
 
     def _choose_run_dir(self, sub: str, config) -> Path:
         if _launched_rank() > 0 and os.environ.get("ROBUSTREP_RUN_DIR"):
@@ -392,6 +400,10 @@ class RobustRepCLI(LightningCLI):
         }
         path = self.run_dir / "results.json"
         write_json(path, results)
+        if stage == "fit" and (self.run_dir / "metrics.csv").is_file():
+            from robustrep.curves import plot_curves
+
+            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png", title=f"{results['name']} ({results['method']}, seed {results['seed']})")
         self._wandb_summary(results["metrics"])
         print(summary_text(results, path))
 

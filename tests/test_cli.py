@@ -40,7 +40,7 @@ def test_fit_help_lists_documented_arguments(capsys):
 
 
 def test_fit_writes_results_config_and_checkpoint(tmp_path, capsys):
-    assert fit(tmp_path) == 0
+    assert fit(tmp_path, "--trainer.log_every_n_steps", "1") == 0
     (run_dir,) = run_dirs(tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["method"] == "ERM" and results["benchmark"] == "synthetic" and results["seed"] == 0
@@ -48,6 +48,11 @@ def test_fit_writes_results_config_and_checkpoint(tmp_path, capsys):
     assert results["metrics"]["test/worst_group_acc"] <= results["metrics"]["test/acc"] + 1e-6
     assert len(results["config_digest"]) == 16 and "torch" in results["versions"]
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    import pandas as pd
+
+    curves = pd.read_csv(run_dir / "metrics.csv")  # Lightning's CSV logger beside W&B, in the run directory
+    assert {"step", "train/loss", "val/worst_group_acc", "test/worst_group_acc"} <= set(curves.columns)
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "test/worst_group_acc" in out and "results:" in out
 
