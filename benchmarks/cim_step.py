@@ -25,11 +25,13 @@ import warnings
 
 import torch
 
-from robustrep.data.base import TensorImageDataset
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.methods import CIM, ERM
 
 SETTINGS = {
-    "mlp28": dict(backbone="mlp", backbone_kwargs={"hidden": [1024, 512, 256]}, shape=(3, 28, 28), batch=128),
+    "mlp28": dict(
+        backbone="mlp", backbone_kwargs={"hidden": [1024, 512, 256]}, shape=(3, 28, 28), batch=128
+    ),
     "resnet18_64": dict(backbone="resnet18", backbone_kwargs={}, shape=(3, 64, 64), batch=32),
 }
 
@@ -45,7 +47,13 @@ CANDIDATES = {
 def build(name: str, setting: dict, train: TensorImageDataset):
     cls, kwargs = CANDIDATES[name]
     torch.manual_seed(0)
-    model = cls(backbone=setting["backbone"], backbone_kwargs=setting["backbone_kwargs"], num_classes=2, image_shape=setting["shape"], **kwargs)
+    model = cls(
+        backbone=setting["backbone"],
+        backbone_kwargs=setting["backbone_kwargs"],
+        num_classes=2,
+        image_shape=setting["shape"],
+        **kwargs,
+    )
     if isinstance(model, CIM) and model.lam > 0:
         model.set_triplet_source(train)
         model.triplets.reseed(0)
@@ -65,9 +73,17 @@ def run(setting_name: str, rounds: int, steps: int) -> dict[str, float]:
     c, h, w = setting["shape"]
     gen = torch.Generator().manual_seed(0)
     n = 2048
-    train = TensorImageDataset(torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=gen), torch.randint(0, 2, (n,), generator=gen))
+    train = TensorImageDataset(
+        torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=gen),
+        torch.randint(0, 2, (n,), generator=gen),
+    )
     idx = torch.arange(setting["batch"])
-    batch = {"image": train.images[idx].float() / 255, "label": train.labels[idx], "index": idx, "group": train.labels[idx]}
+    batch = {
+        "image": train.images[idx].float() / 255,
+        "label": train.labels[idx],
+        "index": idx,
+        "group": train.labels[idx],
+    }
     models = {name: build(name, setting, train) for name in CANDIDATES}
     for model, opt in models.values():  # warm-up
         step(model, opt, batch, 0)
@@ -97,7 +113,11 @@ def main() -> None:
         print(f"\n{name}: median ms per training step (forward + backward + Adam)")
         for cand, t in med.items():
             print(f"  {cand:<8} {1000 * t:8.1f} ms   {t / erm:5.2f}x ERM")
-        ratios = [f"CIM/ERM {med['CIM'] / erm:.2f}x", f"CIM+VIB/ERM {med['CIM+VIB'] / erm:.2f}x", f"SCL-E2E/ERM {med['SCL-E2E'] / erm:.2f}x"]
+        ratios = [
+            f"CIM/ERM {med['CIM'] / erm:.2f}x",
+            f"CIM+VIB/ERM {med['CIM+VIB'] / erm:.2f}x",
+            f"SCL-E2E/ERM {med['SCL-E2E'] / erm:.2f}x",
+        ]
         ratios.append(f"CIM/SCL-E2E {med['CIM'] / med['SCL-E2E']:.2f}x")
         summary.append(f"{name}: " + ", ".join(ratios))
     print("\n" + " | ".join(summary))

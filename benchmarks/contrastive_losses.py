@@ -17,8 +17,17 @@ import torch.nn.functional as F
 from robustrep.losses.contrastive import contrastive_loss, stack_views
 
 
-def naive_loop(z: torch.Tensor, labels: torch.Tensor, instance: torch.Tensor, loss: str, tau: float, alpha: float) -> torch.Tensor:
-    """One anchor at a time with boolean indexing and logsumexps (the structure of the public code)."""
+def naive_loop(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    instance: torch.Tensor,
+    loss: str,
+    tau: float,
+    alpha: float,
+) -> torch.Tensor:
+    """One anchor at a time with boolean indexing and logsumexps (the structure of the public
+    code).
+    """
     z = F.normalize(z.float(), dim=1)
     n = z.shape[0]
     idx = torch.arange(n)
@@ -63,7 +72,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"forward + backward, best of {args.repeats}, d = {args.dim}, {args.threads} thread(s)")
-    print(f"{'loss':<8} {'B':>5} {'rows':>5} {'loop (s)':>10} {'vectorised (s)':>15} {'speed-up':>9}  same value")
+    print(
+        f"{'loss':<8} {'B':>5} {'rows':>5} {'loop (s)':>10} {'vectorised (s)':>15} "
+        f"{'speed-up':>9}  same value"
+    )
     for b in args.batch:
         g = torch.Generator().manual_seed(b)
         z1, z2 = torch.randn(b, args.dim, generator=g), torch.randn(b, args.dim, generator=g)
@@ -71,10 +83,21 @@ def main() -> None:
         for loss in ("spread", "attract", "supcon"):
             z, y, inst = stack_views([z1, z2], labels)
             zl, zv = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
-            t_loop, v_loop = timed(lambda zl=zl, y=y, inst=inst, loss=loss: naive_loop(zl, y, inst, loss, 0.5, 0.25), args.repeats)
-            t_vec, v_vec = timed(lambda zv=zv, y=y, inst=inst, loss=loss: contrastive_loss(zv, y, inst, loss, 0.5, 0.25), args.repeats)
+            t_loop, v_loop = timed(
+                lambda zl=zl, y=y, inst=inst, loss=loss: naive_loop(zl, y, inst, loss, 0.5, 0.25),
+                args.repeats,
+            )
+            t_vec, v_vec = timed(
+                lambda zv=zv, y=y, inst=inst, loss=loss: contrastive_loss(
+                    zv, y, inst, loss, 0.5, 0.25
+                ),
+                args.repeats,
+            )
             same = abs(v_loop - v_vec) <= 1e-4 * max(1.0, abs(v_loop))
-            print(f"{loss:<8} {b:>5} {2 * b:>5} {t_loop:>10.3f} {t_vec:>15.4f} {t_loop / t_vec:>8.0f}x  {same}")
+            print(
+                f"{loss:<8} {b:>5} {2 * b:>5} {t_loop:>10.3f} {t_vec:>15.4f} "
+                f"{t_loop / t_vec:>8.0f}x  {same}"
+            )
 
 
 if __name__ == "__main__":

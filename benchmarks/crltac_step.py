@@ -1,4 +1,4 @@
-"""CRL-TAC training step vs a SimCLR step with the same m (PERFORMANCE.md target: <= 1.5x).
+r"""CRL-TAC training step vs a SimCLR step with the same m (PERFORMANCE.md target: <= 1.5x).
 
 Both are :class:`robustrep.methods.CRLTAC` on Grid MNIST-sized inputs (1 x 84 x 84, 289 crops of
 20 x 20 at stride 4): SimCLR (``policy: uniform``) runs the encoder step only; CRL-TAC runs the
@@ -9,7 +9,8 @@ crops of a Grid MNIST image) once (``dedupe_constant_crops``, on by default; ``-
 measure without it).
 The two candidates alternate; the median over repeats is reported. The last line is the ratio.
 
-    .venv/bin/python benchmarks/crltac_step.py [--batch 64] [--m 8] [--steps 5] [--repeats 5] [--no-dedupe]
+    .venv/bin/python benchmarks/crltac_step.py [--batch 64] [--m 8] [--steps 5] [--repeats 5] \
+        [--no-dedupe]
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ from robustrep.methods.crltac import CRLTAC
 
 def make_step(policy: str, images: torch.Tensor, m: int, dedupe: bool = True):
     torch.manual_seed(0)
-    model = CRLTAC(image_shape=tuple(images.shape[1:]), num_classes=10, policy=policy, m=m, dedupe_constant_crops=dedupe)
+    model = CRLTAC(
+        image_shape=tuple(images.shape[1:]),
+        num_classes=10,
+        policy=policy,
+        m=m,
+        dedupe_constant_crops=dedupe,
+    )
     optimizers = model.configure_optimizers()
     encoder_opt = optimizers[0]
     policy_opt = optimizers[1] if len(optimizers) > 1 else None
 
     def step() -> None:
-        log_p = model.policy_log_probs(images) if policy_opt is not None else None  # as in training_step
+        # as in training_step
+        log_p = model.policy_log_probs(images) if policy_opt is not None else None
         encoder_opt.zero_grad(set_to_none=True)
         model.encoder_loss(images, log_p).backward()
         encoder_opt.step()
@@ -50,7 +58,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=True, help="encode constant crops once in the policy step")
+    parser.add_argument(
+        "--dedupe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="encode constant crops once in the policy step",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images = torch.zeros(args.batch, 1, 84, 84)
@@ -59,7 +72,10 @@ def main() -> None:
     for i, cell in enumerate(cells.tolist()):  # a bright 28 x 28 "digit" in one cell of each canvas
         top, left = 28 * (cell // 3), 28 * (cell % 3)
         images[i, 0, top + 4 : top + 24, left + 8 : left + 20] = torch.rand(20, 12, generator=gen)
-    steps = {"simclr": make_step("uniform", images, args.m), "crltac": make_step("learned", images, args.m, args.dedupe)}
+    steps = {
+        "simclr": make_step("uniform", images, args.m),
+        "crltac": make_step("learned", images, args.m, args.dedupe),
+    }
     for fn in steps.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -70,10 +86,16 @@ def main() -> None:
                 fn()
             times[name].append((time.perf_counter() - t0) / args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"batch {args.batch} x m {args.m} crops, {args.threads} thread(s), median of {args.repeats} x {args.steps} steps, dedupe {args.dedupe}")
+    print(
+        f"batch {args.batch} x m {args.m} crops, {args.threads} thread(s), median of "
+        f"{args.repeats} x {args.steps} steps, dedupe {args.dedupe}"
+    )
     for name, value in med.items():
         print(f"  {name:7s} {1000 * value:8.1f} ms/step")
-    print(f"CRL-TAC step / SimCLR step (same m = {args.m}): {med['crltac'] / med['simclr']:.2f}x (target <= 1.5x)")
+    print(
+        f"CRL-TAC step / SimCLR step (same m = {args.m}): "
+        f"{med['crltac'] / med['simclr']:.2f}x (target <= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

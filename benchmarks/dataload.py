@@ -1,11 +1,12 @@
-"""Data-loading throughput (images/s) of an in-memory and a folder-of-JPEGs benchmark, 0 and 2 workers.
+"""Data-loading throughput (images/s) of an in-memory and a folder-of-JPEGs benchmark, 0 and 2
+workers.
 
     python benchmarks/dataload.py                      # 10,000 CIFAR images, 3,000 Waterbirds JPEGs
     python benchmarks/dataload.py --jpegs 1000 --jpeg-size 256 --workers 0 2 4
 
-It writes both fixtures in the real on-disk formats into a temporary folder (CIFAR-10 python pickles;
-Waterbirds ``metadata.csv`` + CUB-style class folders of JPEGs), then iterates the training loader
-of ``robustrep.data.CIFAR10`` (uint8 tensors in memory, ``standard`` augmentation) and of
+It writes both fixtures in the real on-disk formats into a temporary folder (CIFAR-10 python
+pickles; Waterbirds ``metadata.csv`` + CUB-style class folders of JPEGs), then iterates the training
+loader of ``robustrep.data.CIFAR10`` (uint8 tensors in memory, ``standard`` augmentation) and of
 ``robustrep.data.Waterbirds`` (lazy JPEG decode, resize + centre crop to ``--resolution``, standard
 augmentation) for ``--epochs`` epochs and prints images/s per worker count. The first epoch of a
 worker setting includes starting the workers. One run prints everything, so compare numbers within
@@ -31,7 +32,10 @@ def write_cifar(root: Path, n: int) -> None:
     rng = np.random.default_rng(0)
     per = max(1, n // 5)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        entry = {"data": rng.integers(0, 255, size=(per, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, per).tolist()}
+        entry = {
+            "data": rng.integers(0, 255, size=(per, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, per).tolist(),
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f)
 
@@ -47,7 +51,9 @@ def write_waterbirds(root: Path, n: int, size: int) -> None:
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         # smooth structure + noise: compresses like a photo, not like flat colour
         img = np.kron(np.roll(base, i, axis=0), np.ones((8, 8, 1), dtype=np.uint8))
-        img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, size=img.shape), 0, 255).astype(np.uint8)
+        img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, size=img.shape), 0, 255).astype(
+            np.uint8
+        )
         Image.fromarray(img).save(folder / rel, quality=90)
         rows.append(f"{i + 1},{rel},{y},0,{place},/o/ocean/1.jpg")
     (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
@@ -66,11 +72,30 @@ def throughput(dm, epochs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cifar-images", type=int, default=10_000, help="in-memory training images (CIFAR-10 format)")
-    parser.add_argument("--jpegs", type=int, default=3_000, help="Waterbirds-format JPEGs to generate")
-    parser.add_argument("--jpeg-size", type=int, default=320, help="side of the generated JPEGs in px (real Waterbirds images are ~300-500 px)")
-    parser.add_argument("--resolution", type=int, default=224, help="Waterbirds output side after resize + centre crop")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cifar-images",
+        type=int,
+        default=10_000,
+        help="in-memory training images (CIFAR-10 format)",
+    )
+    parser.add_argument(
+        "--jpegs", type=int, default=3_000, help="Waterbirds-format JPEGs to generate"
+    )
+    parser.add_argument(
+        "--jpeg-size",
+        type=int,
+        default=320,
+        help="side of the generated JPEGs in px (real Waterbirds images are ~300-500 px)",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=224,
+        help="Waterbirds output side after resize + centre crop",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--epochs", type=int, default=2)
@@ -84,17 +109,36 @@ def main() -> None:
         t0 = time.perf_counter()
         write_cifar(root, args.cifar_images)
         write_waterbirds(root, args.jpegs, args.jpeg_size)
-        print(f"fixtures written in {time.perf_counter() - t0:.1f} s: {args.cifar_images} CIFAR images, {args.jpegs} JPEGs of {args.jpeg_size} px")
-        print(f"{'benchmark':<34} {'workers':>7} " + " ".join(f"{'epoch ' + str(e + 1):>12}" for e in range(args.epochs)) + "   (images/s)")
+        print(
+            f"fixtures written in {time.perf_counter() - t0:.1f} s: {args.cifar_images} CIFAR "
+            f"images, {args.jpegs} JPEGs of {args.jpeg_size} px"
+        )
+        print(
+            f"{'benchmark':<34} {'workers':>7} "
+            + " ".join(f"{'epoch ' + str(e + 1):>12}" for e in range(args.epochs))
+            + "   (images/s)"
+        )
         results = {}
         for name, make in [
             (
                 "CIFAR10 in memory (32 px, crop+flip)",
-                lambda w: CIFAR10(root=str(root), val_fraction=0.01, augment="standard", batch_size=args.batch_size, num_workers=w),
+                lambda w: CIFAR10(
+                    root=str(root),
+                    val_fraction=0.01,
+                    augment="standard",
+                    batch_size=args.batch_size,
+                    num_workers=w,
+                ),
             ),
             (
                 f"Waterbirds JPEGs ({args.resolution} px)",
-                lambda w: Waterbirds(root=str(root), resolution=args.resolution, augment="standard", batch_size=args.batch_size, num_workers=w),
+                lambda w: Waterbirds(
+                    root=str(root),
+                    resolution=args.resolution,
+                    augment="standard",
+                    batch_size=args.batch_size,
+                    num_workers=w,
+                ),
             ),
         ]:
             for w in args.workers:
@@ -107,7 +151,10 @@ def main() -> None:
         for name in dict.fromkeys(n for n, _ in results):
             base = results.get((name, args.workers[0]))
             for w in args.workers[1:]:
-                print(f"{name}: {w} workers / {args.workers[0]} workers = {results[(name, w)] / base:.2f}x (last epoch)")
+                print(
+                    f"{name}: {w} workers / {args.workers[0]} workers = "
+                    f"{results[(name, w)] / base:.2f}x (last epoch)"
+                )
 
 
 if __name__ == "__main__":

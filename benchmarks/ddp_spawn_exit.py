@@ -5,7 +5,8 @@
 Each run spawns 2 processes (torch.multiprocessing, gloo on 127.0.0.1), does a few all-reduces and
 a barrier, and returns. ``leave`` leaves the group to the interpreter's exit, as Lightning does for
 gloo; ``close`` calls ``robustrep.distributed.close_spawned_process_group`` first, as robustrep's
-methods do in their ``teardown`` hook. Prints the failed runs and the counts (3-7 s per run on 2 CPU cores; ``close`` imports Lightning).
+methods do in their ``teardown`` hook. Prints the failed runs and the counts (3-7 s per run on 2 CPU
+cores; ``close`` imports Lightning).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def _worker(rank: int, port: int, close: bool) -> None:
 
         from robustrep.distributed import close_spawned_process_group
 
-        trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=object.__new__(_MultiProcessingLauncher)))
+        trainer = SimpleNamespace(
+            strategy=SimpleNamespace(launcher=object.__new__(_MultiProcessingLauncher))
+        )
         close_spawned_process_group(trainer)
 
 

@@ -13,8 +13,8 @@ PERFORMANCE.md targets: minimisation with 8 partitions <= 1.5x a plain NT-Xent s
   (chunks of 2048) vs a plain pass = NT-Xent forward + backward over the same chunks. Peak memory =
   peak RSS of a fresh subprocess minus its RSS once the features exist.
 
-Run: ``.venv/bin/python benchmarks/ipirm_step.py`` (one thread; a few minutes on a shared 2-core machine). The last line
-is the 8-partition step ratio.
+Run: ``.venv/bin/python benchmarks/ipirm_step.py`` (one thread; a few minutes on a shared 2-core
+machine). The last line is the 8-partition step ratio.
 """
 
 from __future__ import annotations
@@ -48,7 +48,12 @@ def step_benchmark(batch: int = 256, repeats: int = 3) -> dict[str, float]:
 
     torch.manual_seed(0)
     backbone = build_backbone("cnn", (3, 32, 32), width=16, blocks=3)
-    head = torch.nn.Sequential(torch.nn.Linear(backbone.out_dim, 512, bias=False), torch.nn.BatchNorm1d(512), torch.nn.ReLU(), torch.nn.Linear(512, 128))
+    head = torch.nn.Sequential(
+        torch.nn.Linear(backbone.out_dim, 512, bias=False),
+        torch.nn.BatchNorm1d(512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 128),
+    )
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     x = torch.randn(2 * batch, 3, 32, 32)
@@ -62,7 +67,9 @@ def step_benchmark(batch: int = 256, repeats: int = 3) -> dict[str, float]:
         out = partition_losses(z1, z2, partitions[:p, index], 2, 0.5, 0.5, full_batch=True)
         valid = out["valid"]
         n = valid.sum().clamp_min(1)
-        return out["full"] + ((out["subset_loss"] + 0.2 * out["subset_grad"].pow(2)) * valid).sum() / n
+        return (
+            out["full"] + ((out["subset_loss"] + 0.2 * out["subset_grad"].pow(2)) * valid).sum() / n
+        )
 
     def full_step(p):
         opt.zero_grad()
@@ -108,7 +115,12 @@ def maximisation_benchmark(sizes=(10_000, 50_000)) -> dict[str, dict[str, float]
     out = {}
     for n in sizes:
         for mode in ("plain", "max"):
-            res = subprocess.run([sys.executable, __file__, "--child", str(n), mode], capture_output=True, text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--child", str(n), mode],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             out[f"{mode}_{n}"] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
 
@@ -118,17 +130,22 @@ def main() -> None:
     for n in (10_000, 50_000):
         plain, ours = maxi[f"plain_{n}"], maxi[f"max_{n}"]
         print(
-            f"maximisation N={n}: one epoch {ours['seconds']:.2f} s vs plain NT-Xent pass {plain['seconds']:.2f} s "
-            f"-> {ours['seconds'] / plain['seconds']:.2f}x; peak memory +{ours['extra_mib']:.0f} MiB (plain +{plain['extra_mib']:.0f} MiB)"
+            f"maximisation N={n}: one epoch {ours['seconds']:.2f} s vs plain NT-Xent pass "
+            f"{plain['seconds']:.2f} s -> {ours['seconds'] / plain['seconds']:.2f}x; peak memory "
+            f"+{ours['extra_mib']:.0f} MiB (plain +{plain['extra_mib']:.0f} MiB)"
         )
     steps = step_benchmark()
     for p in (1, 4, 8):
         print(
-            f"minimisation, {p} partition(s): step {steps[f'step_p{p}'] * 1e3:.1f} ms vs SimCLR {steps['step_p0'] * 1e3:.1f} ms "
-            f"-> {steps[f'step_p{p}'] / steps['step_p0']:.2f}x; loss only {steps[f'loss_p{p}'] * 1e3:.2f} ms vs "
-            f"{steps['loss_p0'] * 1e3:.2f} ms -> {steps[f'loss_p{p}'] / steps['loss_p0']:.2f}x"
+            f"minimisation, {p} partition(s): step {steps[f'step_p{p}'] * 1e3:.1f} ms vs SimCLR "
+            f"{steps['step_p0'] * 1e3:.1f} ms -> {steps[f'step_p{p}'] / steps['step_p0']:.2f}x; "
+            f"loss only {steps[f'loss_p{p}'] * 1e3:.2f} ms vs {steps['loss_p0'] * 1e3:.2f} ms -> "
+            f"{steps[f'loss_p{p}'] / steps['loss_p0']:.2f}x"
         )
-    print(f"IP-IRM step with 8 partitions / SimCLR step: {steps['step_p8'] / steps['step_p0']:.2f}x (target <= 1.5x)")
+    print(
+        "IP-IRM step with 8 partitions / SimCLR step: "
+        f"{steps['step_p8'] / steps['step_p0']:.2f}x (target <= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,13 @@ class Timer(pl.Callback):
 
 def make_model(dm: SyntheticSpurious) -> ERM:
     torch.manual_seed(0)
-    return ERM(backbone="cnn", backbone_kwargs={"width": 16}, num_classes=dm.num_classes, num_groups=dm.num_groups, image_shape=dm.image_shape)
+    return ERM(
+        backbone="cnn",
+        backbone_kwargs={"width": 16},
+        num_classes=dm.num_classes,
+        num_groups=dm.num_groups,
+        image_shape=dm.image_shape,
+    )
 
 
 def run_robustrep(dm: SyntheticSpurious, epochs: int) -> float:
@@ -60,7 +66,9 @@ def run_robustrep(dm: SyntheticSpurious, epochs: int) -> float:
 def run_plain(dm: SyntheticSpurious, epochs: int) -> float:
     model = make_model(dm)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(dm.train_dataset(), batch_size=dm.batch_size, shuffle=True, num_workers=dm.num_workers)
+    loader = DataLoader(
+        dm.train_dataset(), batch_size=dm.batch_size, shuffle=True, num_workers=dm.num_workers
+    )
     model.train()
     steps, start = 0, time.perf_counter()
     for _ in range(epochs):
@@ -76,8 +84,15 @@ def run_plain(dm: SyntheticSpurious, epochs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per run; fewer lets fixed start-up costs dominate")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both (1 = least noisy)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=4,
+        help="epochs per run; fewer lets fixed start-up costs dominate",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for both (1 = least noisy)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dm = SyntheticSpurious(size=16, train_size=4000, batch_size=64)
@@ -86,9 +101,15 @@ def main() -> None:
     for r in range(args.rounds):
         ours.append(run_robustrep(dm, args.epochs))
         plain.append(run_plain(dm, args.epochs))
-        print(f"round {r + 1}: robustrep {ours[-1]:.1f} steps/s, plain PyTorch {plain[-1]:.1f} steps/s")
+        print(
+            f"round {r + 1}: robustrep {ours[-1]:.1f} steps/s, plain "
+            f"PyTorch {plain[-1]:.1f} steps/s"
+        )
     ratio = statistics.median(ours) / statistics.median(plain)
-    print(f"robustrep / plain PyTorch throughput ratio (median of {args.rounds} alternating rounds): {ratio:.3f}")
+    print(
+        f"robustrep / plain PyTorch throughput ratio (median of {args.rounds} "
+        f"alternating rounds): {ratio:.3f}"
+    )
 
 
 if __name__ == "__main__":

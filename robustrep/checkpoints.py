@@ -26,12 +26,17 @@ class UnsafeCheckpointError(RobustRepError):
 def refused_message(path: str | Path, err: BaseException | None = None) -> str:
     detail = ""
     if err is not None:
-        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
+        lines = [
+            ln.strip()
+            for ln in str(err).splitlines()
+            if "Unsupported global" in ln or "GLOBAL" in ln
+        ]
         detail = f" ({lines[0]})" if lines else ""
     return (
-        f"refused to load {path}: it contains Python objects other than tensors and plain data{detail}, "
-        "and unpickling them could run code. robustrep reads checkpoints with torch.load(weights_only=True); "
-        "use checkpoints written by robustrep / Lightning, or re-save a trusted file's state_dict with torch.save."
+        f"refused to load {path}: it contains Python objects other than tensors and plain "
+        f"data{detail}, and unpickling them could run code. robustrep reads checkpoints with "
+        "torch.load(weights_only=True); use checkpoints written by robustrep / Lightning, or "
+        "re-save a trusted file's state_dict with torch.save."
     )
 
 
@@ -74,7 +79,8 @@ def import_class(path: str) -> type:
 
 
 def load_model(ckpt: str | Path, cls: type | str | None = None) -> Any:
-    """A trained method (in eval mode) from a Lightning checkpoint, loaded with ``weights_only=True``.
+    """A trained method (in eval mode) from a Lightning checkpoint, loaded with
+    ``weights_only=True``.
 
     Args:
         ckpt: the checkpoint file.
@@ -85,7 +91,10 @@ def load_model(ckpt: str | Path, cls: type | str | None = None) -> Any:
     if cls is None:
         cls = (meta.get("hyper_parameters") or {}).get("_class_path")
         if cls is None:
-            raise ConfigError(f"{ckpt} does not record its model class (hyper_parameters._class_path); was it written by `robustrep fit`?")
+            raise ConfigError(
+                f"{ckpt} does not record its model class (hyper_parameters._class_path); was "
+                "it written by `robustrep fit`?"
+            )
     model_class = import_class(cls) if isinstance(cls, str) else cls
     model = model_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     model.eval()

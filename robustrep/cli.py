@@ -2,9 +2,10 @@
 
 ``robustrep fit|validate|test|predict --config FILE [overrides]`` is a LightningCLI with these
 defaults: the datamodule's metadata linked into the model; a fresh run directory per run
-(``runs/<name>/<time>-s<seed>-<id>/``) holding the resolved ``config.yaml``, checkpoints, the offline
-W&B run and ``results.json``; W&B as the logger, offline unless ``WANDB_MODE`` says otherwise; after
-``fit`` a test pass on the final weights. ``robustrep data ...`` lists and checks benchmarks.
+(``runs/<name>/<time>-s<seed>-<id>/``) holding the resolved ``config.yaml``, checkpoints, the
+offline W&B run and ``results.json``; W&B as the logger, offline unless ``WANDB_MODE`` says
+otherwise; after ``fit`` a test pass on the final weights. ``robustrep data ...`` lists and checks
+benchmarks.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ SUBCOMMANDS = {
     "predict": "write predictions",
     "data": "list the benchmarks (`data list`) or check a copy on disk (`data check`)",
     "methods": "list the methods: what each is, its paper, its configs and benchmarks",
-    "report": "compare runs: results.json -> mean ± std over seeds table (md/csv/html) and a bar plot",
-    "reproduce": "run a paper table (experiments/tables/NAME.yaml) and report ours beside the paper's numbers",
+    "report": (
+        "compare runs: results.json -> mean ± std over seeds table (md/csv/html) and a bar plot"
+    ),
+    "reproduce": (
+        "run a paper table (experiments/tables/NAME.yaml) and report "
+        "ours beside the paper's numbers"
+    ),
     "analyze": "analyses of a trained model (strata recovery, noisy labels, coresets, CIM's mask)",
 }
 
@@ -48,7 +54,8 @@ examples:
   robustrep reproduce cim_table4 --dry-run   the commands of a paper table, one per line
 
 Runs go to runs/<config name>/<time>-s<seed>-<id>/ (override with --output_root or --run_dir).
-W&B logs offline unless WANDB_MODE=online; sync later with `wandb sync <run dir>/wandb/offline-run-*`.
+W&B logs offline unless WANDB_MODE=online; sync later with \
+`wandb sync <run dir>/wandb/offline-run-*`.
 """
 
 
@@ -62,7 +69,9 @@ def _quiet_third_party() -> None:
 
 
 def _build_cli_class():
-    """The LightningCLI class, imported lazily so ``robustrep --help`` and ``robustrep data`` start fast."""
+    """The LightningCLI class, imported lazily so ``robustrep --help`` and ``robustrep data`` start
+    fast.
+    """
     from robustrep.lightning_cli import RobustRepCLI
 
     return RobustRepCLI
@@ -70,18 +79,32 @@ def _build_cli_class():
 
 def config_error_message(err: BaseException, argv: list[str]) -> str:
     """One paragraph from a jsonargparse error: the failing key and problem, plus a hint."""
-    skip = ("Does not validate against", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value type", "Given value:")
+    skip = (
+        "Does not validate against",
+        "Subtypes:",
+        "Errors:",
+        "Expected a <class 'NoneType'>",
+        "Given value type",
+        "Given value:",
+    )
     lines = [line.strip().lstrip("- ") for line in str(err).splitlines()]
     lines = [line for line in lines if line and not line.startswith(skip)]
     text = " ".join(lines).replace("Problem with given class_path ", "in ")
     sub = argv[0] if argv and argv[0] in SUBCOMMANDS else "fit"
-    match = re.search(r"Option '([^']+)' is not accepted", text) or re.search(r"unrecognized arguments: --?(\S+)", text)
+    match = re.search(r"Option '([^']+)' is not accepted", text) or re.search(
+        r"unrecognized arguments: --?(\S+)", text
+    )
     hint = f"Run `robustrep {sub} --help` for the accepted options"
     if match:
-        close = difflib.get_close_matches(match.group(1).split(".")[-1], _known_option_names(), n=1, cutoff=0.75)
+        close = difflib.get_close_matches(
+            match.group(1).split(".")[-1], _known_option_names(), n=1, cutoff=0.75
+        )
         if close:
             hint = f"Did you mean `{close[0]}`? " + hint
-    return f"invalid configuration: {text}. {hint} (and `--model.help CLASS` / `--data.help CLASS` for a class's arguments)."
+    return (
+        f"invalid configuration: {text}. {hint} (and `--model.help CLASS` / `--data.help "
+        "CLASS` for a class's arguments)."
+    )
 
 
 def _known_option_names() -> list[str]:
@@ -105,7 +128,8 @@ def _known_option_names() -> list[str]:
 
 def _finish_wandb() -> None:
     """Close this run's W&B run so the next run in the same process starts a new one, and wait until
-    its run file is written to the end, so the run directory is complete when ``robustrep`` returns."""
+    its run file is written to the end, so the run directory is complete when ``robustrep``
+    returns."""
     wandb = sys.modules.get("wandb")
     if wandb is None or getattr(wandb, "run", None) is None:
         return
@@ -116,7 +140,10 @@ def _finish_wandb() -> None:
         from robustrep.wandb_runs import wait_for_run_file
 
         if not wait_for_run_file(run_file):
-            print(f"robustrep: warning: W&B had not finished writing {run_file} after 60 s", file=sys.stderr)
+            print(
+                f"robustrep: warning: W&B had not finished writing {run_file} after 60 s",
+                file=sys.stderr,
+            )
 
 
 def _clean_message(err: BaseException) -> str:
@@ -178,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         from robustrep.checkpoints import is_unsafe_load_error, refused_message
 
         if is_unsafe_load_error(err):
-            ckpt = argv[argv.index("--ckpt_path") + 1] if "--ckpt_path" in argv[:-1] else "the checkpoint"
+            ckpt = (
+                argv[argv.index("--ckpt_path") + 1]
+                if "--ckpt_path" in argv[:-1]
+                else "the checkpoint"
+            )
             print(f"\nrobustrep: error: {refused_message(ckpt, err)}\n", file=sys.stderr)
             return 2
         cause = err
@@ -192,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             inner = err.__cause__
             while inner.__cause__ is not None:
                 inner = inner.__cause__
-            print(f"\nrobustrep: error: invalid configuration: {inner}. Fix the value in the config or the override.\n", file=sys.stderr)
+            print(
+                f"\nrobustrep: error: invalid configuration: {inner}. Fix the value in "
+                "the config or the override.\n",
+                file=sys.stderr,
+            )
             return 2
         raise
     return 0

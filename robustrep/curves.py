@@ -16,15 +16,20 @@ PANELS = (
 
 
 def plot_curves(metrics_csv: str | Path, out: str | Path, title: str | None = None) -> Path | None:
-    """Plot the metrics of a Lightning ``metrics.csv`` against the training step; returns the PNG path
-    (None when the file holds no training or validation curve)."""
+    """Plot the metrics of a Lightning ``metrics.csv`` against the training step; returns the PNG
+    path (None when the file holds no training or validation curve)."""
     frame = pd.read_csv(metrics_csv)
     if "step" not in frame.columns:
         return None
     used: set[str] = set()
     panels = []
     for name, prefixes in PANELS:
-        columns = [c for c in frame.columns if c not in used and any(c == p or (p.endswith("/") and c.startswith(p)) for p in prefixes)]
+        columns = [
+            c
+            for c in frame.columns
+            if c not in used
+            and any(c == p or (p.endswith("/") and c.startswith(p)) for p in prefixes)
+        ]
         columns = [c for c in columns if frame[c].notna().sum() > 1]
         if columns:
             used.update(columns)
@@ -40,7 +45,12 @@ def plot_curves(metrics_csv: str | Path, out: str | Path, title: str | None = No
     for ax, (name, columns) in zip(axes[0], panels, strict=True):
         for column in columns:
             points = frame[["step", column]].dropna()
-            ax.plot(points["step"], points[column], marker="." if len(points) < 30 else None, label=column)
+            ax.plot(
+                points["step"],
+                points[column],
+                marker="." if len(points) < 30 else None,
+                label=column,
+            )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.legend(fontsize=7)

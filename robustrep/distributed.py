@@ -1,4 +1,6 @@
-"""DDP helpers: sums and gathers that are the identity in a single process, and the end of a spawned worker."""
+"""DDP helpers: sums and gathers that are the identity in a single process, and the end of a spawned
+worker.
+"""
 
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def rank() -> int:
 
 
 def close_spawned_process_group(trainer: Any) -> None:
-    """Destroy the process group of a ``ddp_spawn``/``ddp_fork`` worker once its trainer call is done.
+    """Destroy the process group of a ``ddp_spawn``/``ddp_fork`` worker once its trainer call is
+    done.
 
     Lightning leaves a gloo group to the interpreter's exit, where its threads sometimes abort the
     worker ("terminate called without an active exception", SIGABRT) after the work has finished:
@@ -73,7 +76,11 @@ def close_spawned_process_group(trainer: Any) -> None:
     from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
     launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
-    if isinstance(launcher, _MultiProcessingLauncher) and dist.is_available() and dist.is_initialized():
+    if (
+        isinstance(launcher, _MultiProcessingLauncher)
+        and dist.is_available()
+        and dist.is_initialized()
+    ):
         dist.barrier()
         dist.destroy_process_group()
 

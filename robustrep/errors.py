@@ -28,6 +28,10 @@ class ConfigError(RobustRepError, ValueError):
 
 
 def check_choice(owner: str, name: str, value: object, choices: tuple) -> None:
-    """Raise a :class:`ConfigError` naming the accepted values unless ``value`` is one of ``choices``."""
+    """Raise a :class:`ConfigError` naming the accepted values unless ``value`` is one of
+    ``choices``.
+    """
     if value not in choices:
-        raise ConfigError(f"{owner}: {name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise ConfigError(
+            f"{owner}: {name} must be one of {', '.join(map(str, choices))}, got {value!r}"
+        )

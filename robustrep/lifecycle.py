@@ -2,8 +2,8 @@
 divergence.
 
 - :class:`RunCheckpoint` writes ``checkpoints/last.ckpt`` atomically at the end of every training
-  epoch (and every ``every_n_train_steps`` batches if set), so a kill at any moment loses at most the
-  current epoch. On a stop request it saves at the end of the current training step and raises
+  epoch (and every ``every_n_train_steps`` batches if set), so a kill at any moment loses at most
+  the current epoch. On a stop request it saves at the end of the current training step and raises
   :class:`RunStopped`.
 - :func:`stop_on_signals` turns SIGTERM and the first SIGINT (Ctrl-C) into such a stop request; a
   second Ctrl-C stops at once (the last epoch's checkpoint is kept).
@@ -38,7 +38,9 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class RunStopped(RobustRepError):
-    """The run stopped on a signal after saving ``checkpoint`` (None if no checkpoint was written)."""
+    """The run stopped on a signal after saving ``checkpoint`` (None if no checkpoint was
+    written).
+    """
 
     def __init__(self, signum: int, checkpoint: str | None, message: str = "") -> None:
         self.signum = signum
@@ -83,7 +85,11 @@ def stop_on_signals() -> Iterator[None]:
         request_stop(signum)
         if first:
             name = signal.Signals(signum).name
-            print(f"\nrobustrep: {name} received; saving a checkpoint after the current step ...", file=sys.stderr, flush=True)
+            print(
+                f"\nrobustrep: {name} received; saving a checkpoint after the current step ...",
+                file=sys.stderr,
+                flush=True,
+            )
             import multiprocessing
 
             for child in multiprocessing.active_children():
@@ -101,7 +107,9 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def _stop_agreed(trainer: pl.Trainer) -> bool:
-    """True on every rank when any rank was asked to stop (our signal flag or Lightning's SIGTERM flag)."""
+    """True on every rank when any rank was asked to stop (our signal flag or Lightning's SIGTERM
+    flag).
+    """
     local = stop_requested() is not None or bool(getattr(trainer, "received_sigterm", False))
     if trainer.world_size > 1:
         return bool(trainer.strategy.reduce_boolean_decision(local, all=False))
@@ -123,7 +131,9 @@ class RunCheckpoint(Checkpoint):
         filename: the file's name.
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 0, filename: str = "last.ckpt") -> None:
+    def __init__(
+        self, dirpath: str | None = None, every_n_train_steps: int = 0, filename: str = "last.ckpt"
+    ) -> None:
         if every_n_train_steps < 0:
             raise ValueError(f"every_n_train_steps must be >= 0, got {every_n_train_steps}")
         self.dirpath = dirpath
@@ -154,9 +164,19 @@ class RunCheckpoint(Checkpoint):
         signum = stop_requested() or signal.SIGTERM
         raise RunStopped(signum, str(self.path))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         stop = _stop_agreed(trainer)
-        due = self.every_n_train_steps > 0 and (trainer.fit_loop.total_batch_idx + 1) % self.every_n_train_steps == 0
+        due = (
+            self.every_n_train_steps > 0
+            and (trainer.fit_loop.total_batch_idx + 1) % self.every_n_train_steps == 0
+        )
         last_of_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if stop or (due and not last_of_epoch):
             self.save(trainer)
@@ -173,10 +193,14 @@ class RunCheckpoint(Checkpoint):
         if not trainer.training and trainer.state.fn != "fit" and _stop_agreed(trainer):
             raise RunStopped(stop_requested() or signal.SIGTERM, None)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._stop_evaluation(trainer)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._stop_evaluation(trainer)
 
 
@@ -222,25 +246,36 @@ class LossWatch(pl.Callback):
 
     A run has *diverged* when its final loss is not finite or ``|end| > factor * max(|start|, 1)``
     (default factor 100: a cross-entropy starting at 0.7 that ends above 100, a VAE loss starting
-    at 500 that ends above 50,000). Read from the ``loss`` a training step returns, or from the logged
-    ``train/loss`` for methods that optimise manually.
+    at 500 that ends above 50,000). Read from the ``loss`` a training step returns, or from the
+    logged ``train/loss`` for methods that optimise manually.
     """
 
     def __init__(self, factor: float = 100.0, window: int = 10) -> None:
         self.factor = factor
         self.window = window
         self.start: torch.Tensor | float | None = None
-        # detached loss tensors, read as numbers only when saved or summarised (no device sync per step)
+        # detached loss tensors, read as numbers only when saved or summarised (no device sync per
+        # step)
         self.recent: deque[torch.Tensor | float] = deque(maxlen=window)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"start": None if self.start is None else float(self.start), "recent": [float(v) for v in self.recent]}
+        return {
+            "start": None if self.start is None else float(self.start),
+            "recent": [float(v) for v in self.recent],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.start = state_dict.get("start")
         self.recent = deque(state_dict.get("recent", []), maxlen=self.window)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             loss = trainer.callback_metrics.get("train/loss")
@@ -256,5 +291,12 @@ class LossWatch(pl.Callback):
         if self.start is None or not self.recent:
             return None
         end = statistics.median(float(v) for v in self.recent)
-        diverged = not math.isfinite(end) or abs(end) > self.factor * max(abs(float(self.start)), 1.0)
-        return {"first_loss": float(self.start), "final_loss": end, "factor": self.factor, "diverged": diverged}
+        diverged = not math.isfinite(end) or abs(end) > self.factor * max(
+            abs(float(self.start)), 1.0
+        )
+        return {
+            "first_loss": float(self.start),
+            "final_loss": end,
+            "factor": self.factor,
+            "diverged": diverged,
+        }

@@ -3,13 +3,14 @@
 A module of its own, imported only when a Lightning subcommand runs (``robustrep --help`` and
 ``robustrep data`` stay fast), and at module level so that ``ddp_spawn`` workers, which unpickle the
 trainer, can import it. The record layout and ``results.json`` are described in
-:mod:`robustrep.records`; checkpoints, stops and selection in :mod:`robustrep.lifecycle`.
+:mod:`robustrep.records`; checkpoints, stops and the selection callback in
+:mod:`robustrep.lifecycle`; ``--selection`` and the test pass in :mod:`robustrep.selection`; the
+loggers and W&B conventions in :mod:`robustrep.loggers`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import time
@@ -23,8 +24,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import robustrep.data  # noqa: F401  (register the datamodules for class_path short names)
 import robustrep.methods  # noqa: F401
 from robustrep.data.base import RobustDataModule
-from robustrep.errors import ConfigError
 from robustrep.lifecycle import LossWatch, RunCheckpoint, RunStopped, Selection, stop_requested
+from robustrep.loggers import configure_wandb, default_loggers, place_loggers, wandb_summary
 from robustrep.methods.base import RobustMethod
 from robustrep.records import (
     choose_run_dir,
@@ -38,12 +39,13 @@ from robustrep.records import (
     versions,
     write_json,
 )
-
-SELECTION_HELP = (
-    "Which weights the test pass scores. 'auto' (default): the best val/worst_group_acc when the benchmark has "
-    "spurious-attribute groups (not strata) and the method has a classifier, else the last epoch. 'last': the last epoch. A validation "
-    "metric such as val/worst_group_acc or val/acc (maximised), or 'min:val/loss'. results.json records the "
-    "selected epoch; the last epoch's test metrics are also kept, under last/."
+from robustrep.selection import (
+    SELECTION_HELP,
+    build_selection,
+    checkpoint_record,
+    final_metrics,
+    run_test_pass,
+    selection_record,
 )
 
 
@@ -111,18 +113,16 @@ class RobustRepCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("save_config_callback", None)  # the record writes config.yaml itself (never over another)
-        kwargs.setdefault("auto_configure_optimizers", False)  # methods take their optimiser as an argument
+        # the record writes config.yaml itself (never over another)
+        kwargs.setdefault("save_config_callback", None)
+        # methods take their optimiser as an argument
+        kwargs.setdefault("auto_configure_optimizers", False)
         # No prefix matching (a misspelt --trainer.max_epoch must not pass as max_epochs) and
         # parse errors raised to main(), which prints them as one short paragraph.
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "allow_abbrev": False})
         kwargs.setdefault("parser_class", ArgumentParser)
         defaults = {
-            # W&B (offline unless WANDB_MODE says otherwise) and a local metrics.csv in the run directory
-            "logger": [
-                {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "robustrep"}},
-                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}},
-            ],
+            "logger": default_loggers(),
             "max_epochs": 10,
             "accelerator": "auto",
             "devices": 1,
@@ -140,16 +140,32 @@ class RobustRepCLI(LightningCLI):
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
         try:
             super().__init__(*args, **kwargs)
-        except BaseException as err:  # a stop (signal) anywhere in the run: name the checkpoint and the resume command
+        except BaseException as err:
+            # a stop (signal) anywhere in the run: name the checkpoint and the resume command
             signum = err.signum if isinstance(err, RunStopped) else stop_requested()
             if signum is None:
                 raise
             raise self._stopped(signum) from err
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--output_root", type=str, default="runs", help="Folder under which every run gets its own directory.")
-        parser.add_argument("--run_dir", type=str | None, default=None, help="Use exactly this run directory (default: a new one under output_root).")
-        parser.add_argument("--name", type=str | None, default=None, help="Experiment name for the run directory and W&B (default: the config file's name).")
+        parser.add_argument(
+            "--output_root",
+            type=str,
+            default="runs",
+            help="Folder under which every run gets its own directory.",
+        )
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Use exactly this run directory (default: a new one under output_root).",
+        )
+        parser.add_argument(
+            "--name",
+            type=str | None,
+            default=None,
+            help="Experiment name for the run directory and W&B (default: the config file's name).",
+        )
         parser.add_argument("--selection", type=str, default="auto", help=SELECTION_HELP)
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         for key in ("num_classes", "num_groups", "group_names", "image_shape"):
@@ -162,7 +178,8 @@ class RobustRepCLI(LightningCLI):
         name = config.get("name") or default_name(config)
         config["name"] = name
         if "weights_only" in config and config.get("weights_only") is None:
-            config["weights_only"] = True  # checkpoints load as tensors and plain data, never as arbitrary pickles
+            # checkpoints load as tensors and plain data, never as arbitrary pickles
+            config["weights_only"] = True
         self.flat = flat_config(self._parser(sub).dump(config, skip_check=True))
         self.config_digest = digest(self.flat)
         run_dir = self._choose_run_dir(sub, config)
@@ -170,21 +187,15 @@ class RobustRepCLI(LightningCLI):
         config["run_dir"] = str(run_dir)
         self.flat["run_dir"] = str(run_dir)
         if _launched_rank() == 0:
-            os.environ["ROBUSTREP_RUN_DIR"] = str(run_dir)  # Lightning's ddp children (same argv) join this run
+            # Lightning's ddp children (same argv) join this run
+            os.environ["ROBUSTREP_RUN_DIR"] = str(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             config_file = run_dir / "config.yaml"
             if not config_file.exists():
                 config_file.write_text(self._parser(sub).dump(config, skip_check=True))
         config.trainer.default_root_dir = str(run_dir)
         config.checkpoint.dirpath = str(run_dir / "checkpoints")
-        logger = config.trainer.get("logger")
-        for spec in logger if isinstance(logger, list) else [logger] if logger and not isinstance(logger, bool) else []:
-            kind = str(spec.get("class_path", "")) if hasattr(spec, "get") else ""
-            if "WandbLogger" in kind:
-                spec.init_args.save_dir = str(run_dir)
-                spec.init_args.name = spec.init_args.get("name") or f"{name}/{run_dir.name}"
-            elif "CSVLogger" in kind:  # <run dir>/metrics.csv (no name/version subfolders)
-                spec.init_args.save_dir, spec.init_args.name, spec.init_args.version = str(run_dir), "", ""
+        place_loggers(config.trainer.get("logger"), run_dir, name)
 
     def _choose_run_dir(self, sub: str, config) -> Path:
         if _launched_rank() > 0 and os.environ.get("ROBUSTREP_RUN_DIR"):
@@ -199,47 +210,52 @@ class RobustRepCLI(LightningCLI):
         sig = signal.Signals(signum).name
         ckpt = self.run_dir / "checkpoints" / "last.ckpt" if self.run_dir is not None else None
         if self.subcommand != "fit" or ckpt is None or not ckpt.is_file():
-            return RunStopped(signum, None, f"stopped by {sig}; nothing to resume: run the same command again")
+            return RunStopped(
+                signum, None, f"stopped by {sig}; nothing to resume: run the same command again"
+            )
         position = ""
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
             position = f" at epoch {state.get('epoch')} step {state.get('global_step')}"
         except Exception:  # noqa: BLE001  (the message is still useful without the position)
             pass
-        done = " after the test pass (results.json written)" if self.run_dir and (self.run_dir / "results.json").exists() else ""
-        return RunStopped(signum, str(ckpt), f"stopped by {sig}{done}; checkpoint{position}: {ckpt}; resume: {resume_command(self.argv, ckpt)}")
+        done = (
+            " after the test pass (results.json written)"
+            if self.run_dir and (self.run_dir / "results.json").exists()
+            else ""
+        )
+        return RunStopped(
+            signum,
+            str(ckpt),
+            f"stopped by {sig}{done}; checkpoint{position}: {ckpt}; resume: "
+            f"{resume_command(self.argv, ckpt)}",
+        )
 
     # -------------------------------------------------------------- W&B conventions
     def _configure_wandb(self) -> None:
         """Group = benchmark, job type = method, tags, and the resolved config as the run config."""
-        from lightning.pytorch.loggers import WandbLogger
-
         config = self.config[self.subcommand]
         method = type(self.model).__name__
         benchmark = getattr(self.datamodule, "benchmark_name", type(self.datamodule).__name__)
         variant = method_variant(self.model)
-        tags = [method, benchmark, f"seed{config.get('seed_everything')}"] + ([variant] if variant else [])
-        if self.record == "evaluation":
-            tags.append("evaluation")
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger._experiment is None:
-                init = logger._wandb_init
-                # the parsed config carries wandb.init's keyword arguments as explicit nulls: fill those too
-                init["group"] = init.get("group") or benchmark
-                init["job_type"] = init.get("job_type") or method
-                init["tags"] = sorted(set(init.get("tags") or []) | set(tags))
-                init["config"] = {
-                    **self.flat,
-                    "config_digest": self.config_digest,
-                    "config_key": config_key(self.flat),
-                    "method": method,
-                    "benchmark": benchmark,
-                    "variant": variant or "default",
-                    "record": self.record,
-                }
+        tags = [method, benchmark, f"seed{config.get('seed_everything')}"]
+        tags += [variant] if variant else []
+        tags += ["evaluation"] if self.record == "evaluation" else []
+        run_config = {
+            **self.flat,
+            "config_digest": self.config_digest,
+            "config_key": config_key(self.flat),
+            "method": method,
+            "benchmark": benchmark,
+            "variant": variant or "default",
+            "record": self.record,
+        }
+        configure_wandb(self.trainer.loggers, method, benchmark, tags, run_config)
 
     def _add_group_metrics(self) -> None:
-        """Every run scores the method's logits per group (``val/acc``, ``test/worst_group_acc``, ...)."""
+        """Every run scores the method's logits per group (``val/acc``, ``test/worst_group_acc``,
+        ...).
+        """
         from robustrep.callbacks.group_metrics import GroupMetrics
 
         if not any(isinstance(cb, GroupMetrics) for cb in self.trainer.callbacks):
@@ -248,10 +264,15 @@ class RobustRepCLI(LightningCLI):
     def before_fit(self) -> None:
         self._configure_wandb()
         self._add_group_metrics()
-        self.selection, self.selection_reason = self._build_selection()
+        setting = str(self.config[self.subcommand].get("selection") or "auto").strip()
+        checkpoints = str(self.run_dir / "checkpoints")
+        self.selection, self.selection_reason = build_selection(
+            setting, self.model, self.datamodule, self.trainer, checkpoints
+        )
         callbacks = self.trainer.callbacks
         run_ckpt = next(i for i, cb in enumerate(callbacks) if isinstance(cb, RunCheckpoint))
-        if self.selection is not None:  # saved before last.ckpt, so last.ckpt holds the selection's state
+        # saved before last.ckpt, so last.ckpt holds the selection's state
+        if self.selection is not None:
             callbacks.insert(run_ckpt, self.selection)
         callbacks.insert(0, self.loss_watch)
 
@@ -263,93 +284,37 @@ class RobustRepCLI(LightningCLI):
         self._configure_wandb()
         self._add_group_metrics()
 
-    # -------------------------------------------------------------- model selection
-    def _build_selection(self) -> tuple[Selection | None, str]:
-        setting = str(self.config[self.subcommand].get("selection") or "auto").strip()
-        model, dm = self.model, self.datamodule
-        validating = self.trainer.limit_val_batches != 0 and self.trainer.check_val_every_n_epoch is not None
-        if setting == "last":
-            return None, "configured"
-        if setting == "auto":
-            metric = getattr(model, "selection_metric", None)
-            if metric is None:
-                return None, f"auto: {type(model).__name__} has no classifier to select on"
-            if getattr(dm, "num_attributes", 1) <= 1:
-                return None, "auto: the benchmark has no attribute groups"
-            if getattr(dm, "num_fine_classes", None):  # groups are strata: selecting on them would use the fine labels
-                return None, "auto: the benchmark's groups are its fine labels"
-            if not validating:
-                return None, "auto: validation is off"
-            return Selection(str(self.run_dir / "checkpoints"), metric, "max", self._first_epoch()), "auto"
-        mode, _, metric = setting.rpartition(":")
-        mode = mode or "max"
-        if mode not in ("max", "min") or not metric.startswith("val/"):
-            raise ConfigError(f"--selection {setting!r}: use auto, last, or a validation metric such as val/worst_group_acc (max) or min:val/loss")
-        if not validating:
-            raise ConfigError(f"--selection {metric} needs validation, but it is off (limit_val_batches 0); use --selection last")
-        return Selection(str(self.run_dir / "checkpoints"), metric, mode, self._first_epoch()), "configured"
-
-    def _best_score(self, best: str) -> float | None:
-        """The selected checkpoint's metric value (read from the file when this process did not train,
-        as the main process of ``ddp_spawn``)."""
-        score = self.selection.best_model_score if self.selection is not None else None
-        if score is None:
-            state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
-            score = next((cb.get("best_model_score") for key, cb in state.get("callbacks", {}).items() if key.startswith("Selection")), None)
-        return None if score is None else float(score)
-
-    def _first_epoch(self) -> int:
-        return int(getattr(self.model, "first_selectable_epoch", 0))
-
-    def _test_metrics(self, ckpt_path: str | None = None, log: bool = True) -> dict[str, float]:
-        """Run the test pass (on ``ckpt_path``'s weights, else the current ones) and return what it logged."""
-        loggers = self.trainer.loggers
-        if not log:
-            self.trainer.loggers = []
-        try:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=log)
-        finally:
-            self.trainer.loggers = loggers
-        return self._final_metrics(exclude=("train/", "val/"))
-
-    def _final_metrics(self, exclude: tuple[str, ...]) -> dict[str, float]:
-        return {k: float(v) for k, v in self.trainer.callback_metrics.items() if not k.startswith(exclude) and v.numel() == 1}
-
     # -------------------------------------------------------------- after the subcommands
     def after_fit(self) -> None:
         if self.trainer.interrupted:
             return
         last_epoch = {"epoch": self.trainer.current_epoch - 1, "step": self.trainer.global_step}
         best = self.selection.best_model_path if self.selection is not None else ""
-        # the last weights by their file: with no path, Lightning would load a SLURM HPC checkpoint if one exists
+        # the last weights by their file: with no path, Lightning would load a SLURM HPC checkpoint
+        # if one exists
         last_ckpt = self.run_dir / "checkpoints" / "last.ckpt" if self.run_dir is not None else None
         last_path = str(last_ckpt) if last_ckpt is not None and last_ckpt.is_file() else None
+        trainer, model, dm = self.trainer, self.model, self.datamodule
         if self.selection is not None and best:
-            last = self._test_metrics(ckpt_path=last_path, log=False)
-            metrics = self._test_metrics(ckpt_path=best)
-            epoch, step = (int(x) for x in re.search(r"epoch(\d+)-step(\d+)", Path(best).stem).groups())
-            selection = {
-                "monitor": self.selection.monitor,
-                "mode": self.selection.mode,
-                "value": self._best_score(best),
-                "epoch": epoch,
-                "step": step,
-                "checkpoint": os.path.relpath(Path(best).resolve(), self.run_dir.resolve()) if self.run_dir else best,
-                "first_epoch": self.selection.first_epoch,
-                "reason": self.selection_reason,
-                "last": last_epoch,
-            }
+            last = run_test_pass(trainer, model, dm, ckpt_path=last_path, log=False)
+            metrics = run_test_pass(trainer, model, dm, ckpt_path=best)
+            selection = selection_record(
+                self.selection, best, self.selection_reason, self.run_dir, last_epoch
+            )
         else:
-            reason = self.selection_reason if self.selection is None else "no validation result was saved"
-            metrics = self._test_metrics(ckpt_path=last_path)
+            reason = self.selection_reason
+            if self.selection is not None:
+                reason = "no validation result was saved"
+            metrics = run_test_pass(trainer, model, dm, ckpt_path=last_path)
             last = dict(metrics)
             selection = {"monitor": None, "mode": "last", "reason": reason, **last_epoch}
         metrics.update({f"last/{k}": v for k, v in last.items()})
         divergence = self.loss_watch.summary()
         if divergence and divergence["diverged"] and self.trainer.is_global_zero:
             print(
-                f"robustrep: warning: the training loss ended at {divergence['final_loss']:.3g}, against {divergence['first_loss']:.3g} "
-                "at the first step: the run diverged (flagged in results.json and by `robustrep report`).",
+                f"robustrep: warning: the training loss ended at {divergence['final_loss']:.3g}, "
+                f"against {divergence['first_loss']:.3g} at the first step: the run diverged "
+                "(flagged in results.json and by `robustrep report`).",
                 file=sys.stderr,
             )
         self._finish("fit", metrics, selection, divergence)
@@ -357,21 +322,24 @@ class RobustRepCLI(LightningCLI):
             raise RunStopped(stop_requested(), None)
 
     def after_test(self) -> None:
-        self._finish("test", self._final_metrics(exclude=("train/", "val/")), self._checkpoint_selection())
+        metrics = final_metrics(self.trainer, exclude=("train/", "val/"))
+        self._finish(
+            "test", metrics, checkpoint_record(self.config[self.subcommand].get("ckpt_path"))
+        )
 
     def after_validate(self) -> None:
-        metrics = {k: v for k, v in self._final_metrics(exclude=("train/",)).items() if k.startswith("val/")}
-        self._finish("validate", metrics, self._checkpoint_selection())
-
-    def _checkpoint_selection(self) -> dict[str, Any]:
+        metrics = final_metrics(self.trainer, exclude=("train/",))
+        metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
         ckpt = self.config[self.subcommand].get("ckpt_path")
-        out: dict[str, Any] = {"monitor": None, "mode": "checkpoint", "checkpoint": ckpt}
-        if ckpt and Path(str(ckpt)).is_file():
-            state = torch.load(str(ckpt), map_location="cpu", weights_only=True, mmap=True)
-            out.update({"epoch": state.get("epoch"), "step": state.get("global_step")})
-        return out
+        self._finish("validate", metrics, checkpoint_record(ckpt))
 
-    def _finish(self, stage: str, metrics: dict[str, float], selection: dict[str, Any], divergence: dict[str, Any] | None = None) -> None:
+    def _finish(
+        self,
+        stage: str,
+        metrics: dict[str, float],
+        selection: dict[str, Any],
+        divergence: dict[str, Any] | None = None,
+    ) -> None:
         if not self.trainer.is_global_zero or self.run_dir is None:
             return
         config = self.config[self.subcommand]
@@ -387,7 +355,9 @@ class RobustRepCLI(LightningCLI):
             "config_digest": self.config_digest,
             "config_key": config_key(self.flat),
             "run_dir": str(self.run_dir),
-            "evaluates": str(run_of_checkpoint(ckpt)) if self.record == "evaluation" and run_of_checkpoint(ckpt) else None,
+            "evaluates": str(run_of_checkpoint(ckpt))
+            if self.record == "evaluation" and run_of_checkpoint(ckpt)
+            else None,
             "ckpt_path": str(ckpt) if ckpt else None,
             "selection": selection,
             "divergence": divergence,
@@ -403,25 +373,10 @@ class RobustRepCLI(LightningCLI):
         if stage == "fit" and (self.run_dir / "metrics.csv").is_file():
             from robustrep.curves import plot_curves
 
-            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png", title=f"{results['name']} ({results['method']}, seed {results['seed']})")
-        self._wandb_summary(results["metrics"])
+            plot_curves(
+                self.run_dir / "metrics.csv",
+                self.run_dir / "curves.png",
+                title=f"{results['name']} ({results['method']}, seed {results['seed']})",
+            )
+        wandb_summary(self.trainer.loggers, results["metrics"])
         print(summary_text(results, path))
-
-    def _wandb_summary(self, metrics: dict[str, float]) -> None:
-        """Final metrics as the W&B run summary; per-group accuracies as a W&B table."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in self.trainer.loggers:
-            if not isinstance(logger, WandbLogger):
-                continue
-            run = logger.experiment
-            if getattr(run, "disabled", False) or not hasattr(run, "summary"):
-                continue
-            run.summary.update(metrics)
-            rows = []
-            for key, value in metrics.items():
-                if "/group_acc/" in key and not key.startswith("last/"):
-                    prefix, group = key.split("/group_acc/", 1)
-                    rows.append([prefix, group, value])
-            if rows:
-                logger.log_table("group_accuracy", columns=["set", "group", "acc"], data=rows)

@@ -1,4 +1,5 @@
-"""Group accuracy as a torchmetrics ``Metric`` (per-group correct/total states, summed across ranks).
+"""Group accuracy as a torchmetrics ``Metric`` (per-group correct/total states, summed across
+ranks).
 
 Conventions (``reference/benchmarks.md`` B2-B3):
 
@@ -32,13 +33,24 @@ class GroupAccuracy(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, num_groups: int, group_names: Sequence[str] | None = None, train_group_counts: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        num_groups: int,
+        group_names: Sequence[str] | None = None,
+        train_group_counts: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.num_groups = num_groups
-        self.group_names = list(group_names) if group_names is not None else [f"g{g}" for g in range(num_groups)]
+        self.group_names = (
+            list(group_names) if group_names is not None else [f"g{g}" for g in range(num_groups)]
+        )
         if len(self.group_names) != num_groups:
             raise ValueError(f"{len(self.group_names)} group names for {num_groups} groups")
-        weights = None if train_group_counts is None else torch.as_tensor(train_group_counts, dtype=torch.float64)
+        weights = (
+            None
+            if train_group_counts is None
+            else torch.as_tensor(train_group_counts, dtype=torch.float64)
+        )
         self.train_group_counts = weights
         self.add_state("correct", torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")
@@ -56,7 +68,9 @@ class GroupAccuracy(Metric):
         if known.any():
             if int(groups[known].max()) >= self.num_groups:
                 raise ValueError(f"group index {int(groups.max())} >= num_groups {self.num_groups}")
-            self.correct += torch.bincount(groups[known], weights=hit[known].double(), minlength=self.num_groups).long()
+            self.correct += torch.bincount(
+                groups[known], weights=hit[known].double(), minlength=self.num_groups
+            ).long()
             self.total += torch.bincount(groups[known], minlength=self.num_groups)
 
     def compute(self) -> dict[str, torch.Tensor]:

@@ -32,13 +32,17 @@ _MASK_63 = (1 << 63) - 1
 
 
 def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed that depends on every part (a stable hash: the same on every machine and run)."""
+    """A 63-bit seed that depends on every part (a stable hash: the same on every machine and
+    run).
+    """
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & _MASK_63
 
 
 def run_seed() -> int:
-    """The run's seed: ``seed_everything``'s value (Lightning exports it as ``PL_GLOBAL_SEED``), else 0."""
+    """The run's seed: ``seed_everything``'s value (Lightning exports it as ``PL_GLOBAL_SEED``),
+    else 0.
+    """
     try:
         return int(os.environ.get("PL_GLOBAL_SEED", "0"))
     except ValueError:
@@ -80,8 +84,12 @@ class TrainingSeeds(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seed_generators(derive_seed(self.base(), "epoch", trainer.current_epoch, _rank(trainer)))
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        seed_generators(derive_seed(self.base(), "batch", trainer.current_epoch, batch_idx, _rank(trainer)))
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int
+    ) -> None:
+        seed_generators(
+            derive_seed(self.base(), "batch", trainer.current_epoch, batch_idx, _rank(trainer))
+        )
 
 
 __all__ = ["TrainingSeeds", "derive_seed", "run_seed", "seed_generators"]

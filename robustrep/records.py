@@ -53,7 +53,13 @@ NOT_IN_CONFIG_KEY = (
 )
 
 #: Keys that may differ between an interrupted run's config.yaml and the command resuming it.
-RESUME_MAY_CHANGE = ("ckpt_path", "config", "config.*", "trainer.enable_progress_bar", "data.init_args.num_workers")
+RESUME_MAY_CHANGE = (
+    "ckpt_path",
+    "config",
+    "config.*",
+    "trainer.enable_progress_bar",
+    "data.init_args.num_workers",
+)
 
 
 def flat_config(dump: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -68,7 +74,9 @@ def flat_config(dump: str | Mapping[str, Any]) -> dict[str, Any]:
             for i, value in enumerate(node):
                 walk(value, f"{prefix}.{i}")
         else:
-            out[prefix] = node if isinstance(node, int | float | str | bool) or node is None else _plain(node)
+            out[prefix] = (
+                node if isinstance(node, int | float | str | bool) or node is None else _plain(node)
+            )
 
     walk(yaml.safe_load(dump) if isinstance(dump, str) else dump, "")
     return out
@@ -87,17 +95,23 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
 
 
 def digest(flat: Mapping[str, Any], leave_out: tuple[str, ...] = ()) -> str:
-    """16 hex digits of the SHA-256 of the config's items (sorted), without the ``leave_out`` keys."""
+    """16 hex digits of the SHA-256 of the config's items (sorted), without the ``leave_out``
+    keys.
+    """
     kept = {k: v for k, v in flat.items() if not _matches(k, leave_out)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def config_key(flat: Mapping[str, Any]) -> str:
-    """The digest of what makes runs comparable: the config without seeds, paths and display settings."""
+    """The digest of what makes runs comparable: the config without seeds, paths and display
+    settings.
+    """
     return digest(flat, NOT_IN_CONFIG_KEY)
 
 
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
+def config_differences(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: tuple[str, ...] = RESUME_MAY_CHANGE
+) -> list[str]:
     """``key: old -> new`` for every key whose value differs (keys matching ``ignore`` left out)."""
     out = []
     for key in sorted(set(old) | set(new)):
@@ -113,7 +127,11 @@ def new_run_name(seed: Any, kind: str = "") -> str:
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
     if job and not kind:
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        return f"slurm-{job}" + (f"_{task}" if os.environ.get("SLURM_ARRAY_JOB_ID") and task else "") + f"-s{seed}"
+        return (
+            f"slurm-{job}"
+            + (f"_{task}" if os.environ.get("SLURM_ARRAY_JOB_ID") and task else "")
+            + f"-s{seed}"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{stamp}{'-' + kind if kind else ''}-s{seed}-{secrets.token_hex(2)}"
 
@@ -127,21 +145,27 @@ def run_of_checkpoint(ckpt_path: str | os.PathLike | None) -> Path | None:
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The most recent resumable checkpoint of a run: ``checkpoints/last.ckpt`` or a SLURM ``hpc_ckpt_*.ckpt``."""
+    """The most recent resumable checkpoint of a run: ``checkpoints/last.ckpt`` or a SLURM
+    ``hpc_ckpt_*.ckpt``.
+    """
     candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
     existing = [p for p in candidates if p.is_file()]
     return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
 
 
-def choose_run_dir(subcommand: str, config: Any, flat: Mapping[str, Any]) -> tuple[Path, str, Path | None]:
-    """Where a run's record goes: ``(run directory, record kind, checkpoint to resume from or None)``.
+def choose_run_dir(
+    subcommand: str, config: Any, flat: Mapping[str, Any]
+) -> tuple[Path, str, Path | None]:
+    """Where a run's record goes:
+    ``(run directory, record kind, checkpoint to resume from or None)``.
 
     ``fit``: ``--run_dir``, else the run a ``--ckpt_path`` belongs to (a resume), else a new folder.
     A finished run (it has results.json) is refused; so is a run folder holding an interrupted run's
-    checkpoint when no ``--ckpt_path`` is given (except a SLURM job's own folder: it resumes from its
-    newest checkpoint), and a resume whose config differs from the run's config.yaml.
-    ``test`` / ``validate`` / ``predict``: an evaluation record, ``<run>/evaluations/<time>-<sub>-<id>``
-    beside the run its checkpoint belongs to, or a new folder; never an existing record.
+    checkpoint when no ``--ckpt_path`` is given (except a SLURM job's own folder: it resumes from
+    its newest checkpoint), and a resume whose config differs from the run's config.yaml.
+    ``test`` / ``validate`` / ``predict``: an evaluation record,
+    ``<run>/evaluations/<time>-<sub>-<id>`` beside the run its checkpoint belongs to, or a new
+    folder; never an existing record.
     """
     from robustrep.errors import ConfigError
 
@@ -152,28 +176,48 @@ def choose_run_dir(subcommand: str, config: Any, flat: Mapping[str, Any]) -> tup
         if explicit:
             run_dir = Path(explicit)
             if (run_dir / "results.json").exists() or (run_dir / "config.yaml").exists():
-                raise ConfigError(f"{run_dir} already holds a record; give `robustrep {subcommand}` a new --run_dir (or none: evaluations go beside their run)")
+                raise ConfigError(
+                    f"{run_dir} already holds a record; give `robustrep {subcommand}` a new "
+                    "--run_dir (or none: evaluations go beside their run)"
+                )
             return run_dir, "evaluation", None
-        base = owner / "evaluations" if owner is not None else Path(config["output_root"]) / config["name"]
+        base = (
+            owner / "evaluations"
+            if owner is not None
+            else Path(config["output_root"]) / config["name"]
+        )
         return base / new_run_name(seed, kind=subcommand), "evaluation", None
-    run_dir = Path(explicit) if explicit else owner if owner is not None else Path(config["output_root"]) / config["name"] / new_run_name(seed)
+    run_dir = (
+        Path(explicit)
+        if explicit
+        else owner
+        if owner is not None
+        else Path(config["output_root"]) / config["name"] / new_run_name(seed)
+    )
     if (run_dir / "results.json").exists():
         raise ConfigError(
-            f"{run_dir} is a finished run (it has results.json); its record is never overwritten. "
-            "To train it further, start a new run from its checkpoint: add --run_dir NEW_DIR (or drop --run_dir)."
+            f"{run_dir} is a finished run (it has results.json); its record is never "
+            "overwritten. To train it further, start a new run from its checkpoint: add "
+            "--run_dir NEW_DIR (or drop --run_dir)."
         )
     resume_from = None
     if ckpt is None and (found := newest_checkpoint(run_dir)) is not None:
         if not run_dir.name.startswith("slurm-"):
-            raise ConfigError(f"{run_dir} holds an interrupted run (checkpoint {found}); resume it with --ckpt_path {found}, or choose another --run_dir")
+            raise ConfigError(
+                f"{run_dir} holds an interrupted run (checkpoint {found}); resume it with "
+                f"--ckpt_path {found}, or choose another --run_dir"
+            )
         resume_from = found
     config_file = run_dir / "config.yaml"
     if config_file.exists():
-        changed = config_differences(flat_config(config_file.read_text()), {**flat, "run_dir": str(run_dir)})
+        changed = config_differences(
+            flat_config(config_file.read_text()), {**flat, "run_dir": str(run_dir)}
+        )
         if changed:
             raise ConfigError(
-                f"resuming {run_dir} with a different config than it was started with ({'; '.join(changed[:6])}"
-                f"{' ...' if len(changed) > 6 else ''}). Resume with the same settings, or start a new run (--run_dir NEW_DIR)."
+                f"resuming {run_dir} with a different config than it was started with "
+                f"({'; '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}). Resume with the "
+                "same settings, or start a new run (--run_dir NEW_DIR)."
             )
     return run_dir, "run", resume_from
 
@@ -209,7 +253,9 @@ def default_name(config: Mapping[str, Any]) -> str:
 
 
 def method_variant(model: Any) -> str:
-    """The baseline/variant a method module runs as (its ``variant_name()``; "" for modules without one)."""
+    """The baseline/variant a method module runs as (its ``variant_name()``; "" for modules without
+    one).
+    """
     name = getattr(model, "variant_name", None)
     return str(name()) if callable(name) else ""
 
@@ -217,18 +263,35 @@ def method_variant(model: Any) -> str:
 def summary_text(results: Mapping[str, Any], path: Path) -> str:
     """The short table printed at the end of a run."""
     m = results["metrics"]
-    keys = [k for k in m if k.count("/") <= 2 and "group_acc/" not in k and not k.endswith("/loss") and not k.startswith("last/")]
+    keys = [
+        k
+        for k in m
+        if k.count("/") <= 2
+        and "group_acc/" not in k
+        and not k.endswith("/loss")
+        and not k.startswith("last/")
+    ]
     width = max([len(k) for k in keys] + [10])
-    lines = ["", f"robustrep: {results['method']} on {results['benchmark']} (seed {results['seed']})", "-" * (width + 10)]
+    lines = [
+        "",
+        f"robustrep: {results['method']} on {results['benchmark']} (seed {results['seed']})",
+        "-" * (width + 10),
+    ]
     lines += [f"{k:<{width}}  {m[k]:.4f}" for k in keys]
     lines.append("-" * (width + 10))
     selection = results.get("selection") or {}
     if selection.get("monitor"):
         value = selection.get("value")
         best = f" = {value:.4f}" if isinstance(value, float) else ""
-        lines.append(f"test metrics at epoch {selection.get('epoch')} (best {selection['monitor']}{best}); last epoch's under last/")
+        lines.append(
+            f"test metrics at epoch {selection.get('epoch')} (best "
+            f"{selection['monitor']}{best}); last epoch's under last/"
+        )
     divergence = results.get("divergence") or {}
     if divergence.get("diverged"):
-        lines.append(f"WARNING: the training loss diverged ({divergence['first_loss']:.3g} -> {divergence['final_loss']:.3g})")
+        lines.append(
+            f"WARNING: the training loss diverged ({divergence['first_loss']:.3g} -> "
+            f"{divergence['final_loss']:.3g})"
+        )
     lines += [f"results: {path}", ""]
     return "\n".join(lines)

@@ -1,6 +1,8 @@
-"""``robustrep report``: many runs' ``results.json`` -> one comparison table (mean ± std over seeds) and a plot.
+"""``robustrep report``: many runs' ``results.json`` -> one comparison table (mean ± std over
+seeds) and a plot.
 
-``robustrep report RUN_DIRS... [--by method,benchmark] [--metrics ...] [--format md|csv|html] [--out DIR]``
+``robustrep report RUN_DIRS... [--by method,benchmark] [--metrics ...]
+[--format md|csv|html] [--out DIR]``
 
 Every argument is a run directory, a ``results.json`` file or a folder searched recursively for
 ``results.json`` files (``runs/`` works). One row per run goes into a pandas frame (``method``,
@@ -28,17 +30,33 @@ import pandas as pd
 
 from robustrep.errors import ConfigError
 from robustrep.records import config_key, flat_config
+from robustrep.report_format import bar_plot, display_table, render
 
 #: Metrics shown when ``--metrics`` is not given (those present in at least one run).
 DEFAULT_METRICS = ("test/worst_group_acc", "test/acc", "test/mean_group_acc", "test/weighted_acc")
 #: Columns of a run that are not metrics.
-RUN_COLUMNS = ("method", "benchmark", "name", "seed", "stage", "record", "config_digest", "config_key", "selection", "diverged", "evaluates", "run_dir")
+RUN_COLUMNS = (
+    "method",
+    "benchmark",
+    "name",
+    "seed",
+    "stage",
+    "record",
+    "config_digest",
+    "config_key",
+    "selection",
+    "diverged",
+    "evaluates",
+    "run_dir",
+)
 
 # ----------------------------------------------------------------------------------- loading runs
 
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
-    """``results.json`` files named by ``paths``: files, run directories, or folders searched recursively."""
+    """``results.json`` files named by ``paths``: files, run directories, or folders searched
+    recursively.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -49,18 +67,23 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
         elif path.is_dir():
             found.extend(sorted(path.rglob("results.json")))
         else:
-            raise ConfigError(f"no run found at {path}: give run directories, results.json files or folders holding them")
+            raise ConfigError(
+                f"no run found at {path}: give run directories, results.json "
+                "files or folders holding them"
+            )
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return unique
 
 
 def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per run: the run columns of ``results.json`` plus one column per metric (NaN where missing).
+    """One row per run: the run columns of ``results.json`` plus one column per metric (NaN where
+    missing).
 
     ``record`` is ``run`` or ``evaluation`` (a later ``robustrep test`` of a run's checkpoint),
     ``config_key`` identifies the experiment (the config without seeds and paths), ``selection`` the
-    weights the test metrics come from (a validation metric or ``last``), ``diverged`` the loss flag.
-    The flat configs are kept in ``frame.attrs["configs"]`` (by config key) to explain differences.
+    weights the test metrics come from (a validation metric or ``last``), ``diverged`` the loss
+    flag. The flat configs are kept in ``frame.attrs["configs"]`` (by config key) to explain
+    differences.
     """
     rows = []
     configs: dict[str, dict[str, Any]] = {}
@@ -68,22 +91,30 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
         try:
             results = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON ({err}); delete it or re-run that run") from err
+            raise ConfigError(
+                f"{path} is not valid JSON ({err}); delete it or re-run that run"
+            ) from err
         row: dict[str, Any] = {key: results.get(key) for key in RUN_COLUMNS}
         row["run_dir"] = row["run_dir"] or str(path.parent)
         # records written before run records existed: a stage-test record was a re-evaluation, and
         # the test pass always scored the last epoch
-        row["record"] = results.get("record") or ("evaluation" if results.get("stage") == "test" else "run")
+        row["record"] = results.get("record") or (
+            "evaluation" if results.get("stage") == "test" else "run"
+        )
         selection = results.get("selection") or {}
         row["selection"] = selection.get("monitor") or selection.get("mode") or "last"
         row["diverged"] = bool((results.get("divergence") or {}).get("diverged"))
         flat = results.get("config") or _config_beside(path)
-        row["config_key"] = results.get("config_key") or (config_key(flat) if flat else results.get("config_digest") or "unknown")
+        row["config_key"] = results.get("config_key") or (
+            config_key(flat) if flat else results.get("config_digest") or "unknown"
+        )
         configs.setdefault(row["config_key"], flat or {})
         row.update({key: float(value) for key, value in (results.get("metrics") or {}).items()})
         rows.append(row)
     if not rows:
-        raise ConfigError("no results.json found under the given paths (a run writes it when it finishes)")
+        raise ConfigError(
+            "no results.json found under the given paths (a run writes it when it finishes)"
+        )
     frame = pd.DataFrame(rows)
     frame.attrs["configs"] = configs
     return frame
@@ -115,13 +146,27 @@ def label_configs(df: pd.DataFrame, by: Sequence[str]) -> tuple[pd.DataFrame, li
             continue
         flats = {k: configs.get(k) or {} for k in distinct}
         every_key = sorted(set().union(*flats.values()))
-        varying = [k for k in every_key if len({json.dumps(f.get(k), default=str) for f in flats.values()}) > 1 and not _ignored(k)]
+        varying = [
+            k
+            for k in every_key
+            if len({json.dumps(f.get(k), default=str) for f in flats.values()}) > 1
+            and not _ignored(k)
+        ]
         for ck in distinct:
             parts = [f"{_short_key(k)}={flats[ck].get(k)}" for k in varying[:3]]
-            label = ", ".join(parts) + (" ..." if len(varying) > 3 else "") if parts else f"config {ck[:8]}"
+            label = (
+                ", ".join(parts) + (" ..." if len(varying) > 3 else "")
+                if parts
+                else f"config {ck[:8]}"
+            )
             out.loc[group.index[group["config_key"] == ck], "config"] = label
-        name = " / ".join(str(k) for k in (keys if isinstance(keys, tuple) else (keys,)) if str(k) != "run")
-        notes.append(f"{name}: {len(distinct)} different configs, one row each (they differ in {', '.join(map(_short_key, varying[:6])) or 'unrecorded keys'})")
+        name = " / ".join(
+            str(k) for k in (keys if isinstance(keys, tuple) else (keys,)) if str(k) != "run"
+        )
+        notes.append(
+            f"{name}: {len(distinct)} different configs, one row each (they differ in "
+            f"{', '.join(map(_short_key, varying[:6])) or 'unrecorded keys'})"
+        )
     return out, notes
 
 
@@ -131,9 +176,12 @@ def _ignored(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in NOT_IN_CONFIG_KEY)
 
 
-def run_flags(df: pd.DataFrame, group_cols: Sequence[str], named_by: int) -> tuple[dict[tuple, str], list[str]]:
-    """Per group: repeated seeds and diverged runs, as a short cell text (keyed by the group's values
-    as strings) and as notes naming the group by its first ``named_by`` columns (and its config)."""
+def run_flags(
+    df: pd.DataFrame, group_cols: Sequence[str], named_by: int
+) -> tuple[dict[tuple, str], list[str]]:
+    """Per group: repeated seeds and diverged runs, as a short cell text (keyed by the group's
+    values as strings) and as notes naming the group by its first ``named_by`` columns (and its
+    config)."""
     flags: dict[tuple, str] = {}
     notes = []
     for keys, group in df.groupby(list(group_cols), sort=False, dropna=False):
@@ -143,7 +191,9 @@ def run_flags(df: pd.DataFrame, group_cols: Sequence[str], named_by: int) -> tup
         repeated = {s: int(c) for s, c in seeds.items() if c > 1}
         if repeated:
             cell.append("repeated seed " + ", ".join(f"{s} x{c}" for s, c in repeated.items()))
-        diverged = int(group["diverged"].fillna(False).astype(bool).sum()) if "diverged" in group else 0
+        diverged = (
+            int(group["diverged"].fillna(False).astype(bool).sum()) if "diverged" in group else 0
+        )
         if diverged:
             cell.append(f"{diverged} diverged")
         if cell:
@@ -160,7 +210,9 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def select_metrics(df: pd.DataFrame, patterns: Sequence[str] | None) -> list[str]:
-    """Metric columns matching ``patterns`` (exact names or globs like ``test/*/acc``), in the given order."""
+    """Metric columns matching ``patterns`` (exact names or globs like ``test/*/acc``), in the given
+    order.
+    """
     available = metric_columns(df)
     if not patterns:
         chosen = [m for m in DEFAULT_METRICS if m in available]
@@ -169,7 +221,10 @@ def select_metrics(df: pd.DataFrame, patterns: Sequence[str] | None) -> list[str
     for pattern in patterns:
         hits = [m for m in available if fnmatch.fnmatchcase(m, pattern)]
         if not hits:
-            raise ConfigError(f"no run has a metric matching {pattern!r}; available: {', '.join(available) or 'none'}")
+            raise ConfigError(
+                f"no run has a metric matching {pattern!r}; available: "
+                f"{', '.join(available) or 'none'}"
+            )
         chosen.extend(h for h in hits if h not in chosen)
     return chosen
 
@@ -185,7 +240,9 @@ def aggregate(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd
     """
     missing = [b for b in by if b not in df.columns]
     if missing:
-        raise ConfigError(f"cannot group by {missing}: the runs have columns {', '.join(map(str, df.columns))}")
+        raise ConfigError(
+            f"cannot group by {missing}: the runs have columns {', '.join(map(str, df.columns))}"
+        )
     frame = df.copy()
     for key in by:
         frame[key] = frame[key].fillna("?").astype(str)
@@ -202,105 +259,6 @@ def aggregate(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd
     return out.reset_index()
 
 
-def format_cell(mean: float, std: float, count: int, total: int, scale: float = 100.0, digits: int = 2) -> str:
-    """``"81.25 ± 1.10"``; ``"81.25"`` for one run; ``"(n=2)"`` appended when fewer runs than the group has; ``"-"`` if none."""
-    if count == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "-"
-    text = f"{mean * scale:.{digits}f}"
-    if count > 1 and not math.isnan(std):
-        text += f" ± {std * scale:.{digits}f}"
-    if count < total:
-        text += f" (n={count})"
-    return text
-
-
-def display_table(agg: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
-    """The aggregated frame with one formatted ``mean ± std`` column per metric, plus ``n``."""
-    rows = []
-    for _, rec in agg.iterrows():
-        row = {key: rec[key] for key in by}
-        for metric in metrics:
-            row[metric] = format_cell(rec[metric], rec[f"{metric}:std"], int(rec[f"{metric}:n"]), int(rec["n"]), scale, digits)
-        row["n"] = int(rec["n"])
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[*by, *metrics, "n"])
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table (numbers right-aligned), without the optional ``tabulate`` package."""
-    columns = [str(c) for c in table.columns]
-    cells = [["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in row] for row in table.itertuples(index=False)]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    numeric = [all(_looks_numeric(r[i]) for r in cells) and cells for i in range(len(columns))]
-
-    def line(values: list[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
-        return "| " + " | ".join(parts) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else (":" + "-" * (w + 1)) for w, num in zip(widths, numeric, strict=True)) + "|"
-    return "\n".join([line(columns), rule, *(line(r) for r in cells)])
-
-
-def _looks_numeric(text: str) -> bool:
-    head = text.split(" ")[0].lstrip("+-")
-    return head in ("-", "") or head.replace(".", "", 1).isdigit()
-
-
-def render(table: pd.DataFrame, fmt: str) -> str:
-    """``table`` as ``md``, ``csv`` or ``html`` text."""
-    if fmt == "md":
-        return to_markdown(table) + "\n"
-    if fmt == "csv":
-        return table.to_csv(index=False)
-    if fmt == "html":
-        return table.to_html(index=False, na_rep="-", escape=True)
-    raise ConfigError(f"unknown format {fmt!r}: use md, csv or html")
-
-
-# ----------------------------------------------------------------------------------- plot
-
-
-def bar_plot(
-    agg: pd.DataFrame,
-    by: Sequence[str],
-    path: str | Path,
-    average: str = "test/acc",
-    worst: str = "test/worst_group_acc",
-    scale: float = 100.0,
-    title: str | None = None,
-) -> Path:
-    """PNG bar plot: average and worst-group accuracy (mean, std error bars) per row of ``agg``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels = [" / ".join(str(rec[k]) for k in by) for _, rec in agg.iterrows()]
-    x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 1.5), 3.6))
-    for offset, metric, label in ((-0.2, average, "average"), (0.2, worst, "worst group")):
-        if metric not in agg.columns:
-            continue
-        means = agg[metric].to_numpy(dtype=float) * scale
-        stds = np.nan_to_num(agg[f"{metric}:std"].to_numpy(dtype=float) * scale)
-        ax.bar(x + offset, np.nan_to_num(means), width=0.4, yerr=stds, capsize=3, label=f"{label} ({metric})")
-    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)" if scale == 100.0 else "accuracy")
-    ax.set_ylim(0, scale)
-    ax.legend(fontsize=7, loc="lower right")
-    if title:
-        import textwrap
-
-        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------------- command
 
 
@@ -308,23 +266,62 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of this subcommand (also used to check documented command lines)."""
     parser = argparse.ArgumentParser(
         prog="robustrep report",
-        description="Aggregate runs (results.json) over seeds into a comparison table (mean ± std, n) and a bar plot.",
-        epilog="examples:\n  robustrep report runs/\n  robustrep report runs/erm_waterbirds runs/cim_waterbirds --by method --format csv --out reports/wb\n"
-        "  robustrep report runs/ --metrics 'test/*acc' --by method,benchmark,name",
+        description=(
+            "Aggregate runs (results.json) over seeds into a comparison table "
+            "(mean ± std, n) and a bar plot."
+        ),
+        epilog=(
+            "examples:\n  robustrep report runs/\n  robustrep report runs/erm_waterbirds "
+            "runs/cim_waterbirds --by method --format csv --out reports/wb\n  robustrep report "
+            "runs/ --metrics 'test/*acc' --by method,benchmark,name"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("paths", nargs="*", help="run directories, results.json files, or folders searched for them")
-    parser.add_argument("--by", default="method,benchmark", help="columns to group runs by, comma-separated (default: method,benchmark; also name, seed)")
-    parser.add_argument("--metrics", nargs="+", default=None, help="metric names or globs (default: worst-group, average, mean-group and weighted accuracy)")
+    parser.add_argument(
+        "paths", nargs="*", help="run directories, results.json files, or folders searched for them"
+    )
+    parser.add_argument(
+        "--by",
+        default="method,benchmark",
+        help=(
+            "columns to group runs by, comma-separated (default: method,benchmark; also name, seed)"
+        ),
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help=(
+            "metric names or globs (default: worst-group, average, "
+            "mean-group and weighted accuracy)"
+        ),
+    )
     parser.add_argument(
         "--format",
         choices=("md", "csv", "html"),
         default="md",
-        help="md/html: 'mean ± std' text in percent; csv: numeric <metric>:mean/:std/:n columns as stored (default: md)",
+        help=(
+            "md/html: 'mean ± std' text in percent; csv: numeric <metric>:mean/:std/:n "
+            "columns as stored (default: md)"
+        ),
     )
-    parser.add_argument("--out", default=None, help="folder to write report.<format>, report_runs.csv and report.png into (default: print only)")
-    parser.add_argument("--raw", action="store_true", help="show fractions as stored instead of percentages")
-    parser.add_argument("--wandb", default=None, metavar="PROJECT", help="read runs from the W&B API (ENTITY/PROJECT, online) instead of paths")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=(
+            "folder to write report.<format>, report_runs.csv and "
+            "report.png into (default: print only)"
+        ),
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="show fractions as stored instead of percentages"
+    )
+    parser.add_argument(
+        "--wandb",
+        default=None,
+        metavar="PROJECT",
+        help="read runs from the W&B API (ENTITY/PROJECT, online) instead of paths",
+    )
     return parser
 
 
@@ -343,10 +340,13 @@ def report_command(argv: list[str]) -> int:
     metrics = select_metrics(df, args.metrics)
     missing = [b for b in by if b not in df.columns]
     if missing:
-        raise ConfigError(f"cannot group by {missing}: the runs have columns {', '.join(map(str, df.columns))}")
+        raise ConfigError(
+            f"cannot group by {missing}: the runs have columns {', '.join(map(str, df.columns))}"
+        )
+    fill = {"record": "run", "config_key": "unknown", "selection": "last", "diverged": False}
     for column in ("record", "config_key", "selection", "diverged", "seed"):
         if column not in df.columns:
-            df[column] = {"record": "run", "config_key": "unknown", "selection": "last", "diverged": False}.get(column)
+            df[column] = fill.get(column)
     df, config_notes = label_configs(df, [*by, "record"] if "record" not in by else by)
     # never pool different experiments: rows are split by config, by record kind and by selection
     extra = [c for c in ("record", "config", "selection") if c not in by]
@@ -355,18 +355,29 @@ def report_command(argv: list[str]) -> int:
     flags, flag_notes = run_flags(df, group_cols, len(by))
     scale = 1.0 if args.raw else 100.0
     table = display_table(agg, group_cols, metrics, scale=scale, digits=4 if args.raw else 2)
-    table["flags"] = [flags.get(tuple(str(rec[c]) for c in group_cols), "") for _, rec in agg.iterrows()]
-    shown = [c for c in table.columns if c != "config_key" and not (c in ("config", "flags") and not table[c].astype(str).str.len().any())]
+    table["flags"] = [
+        flags.get(tuple(str(rec[c]) for c in group_cols), "") for _, rec in agg.iterrows()
+    ]
+    shown = [
+        c
+        for c in table.columns
+        if c != "config_key"
+        and not (c in ("config", "flags") and not table[c].astype(str).str.len().any())
+    ]
     if "record" in shown and set(table["record"]) == {"run"}:
         shown.remove("record")
     table = table[shown]
-    if args.format == "csv":  # numbers, not text: mean, std and count of each metric, as stored (fractions)
+    # numbers, not text: mean, std and count of each metric, as stored (fractions)
+    if args.format == "csv":
         text = agg.rename(columns={m: f"{m}:mean" for m in metrics}).to_csv(index=False)
     else:
         text = render(table, args.format)
     notes = [*config_notes, *flag_notes]
     if "evaluation" in set(df["record"]):
-        notes.append("record = evaluation: a later `robustrep test` of a run's checkpoint, kept apart from the training runs")
+        notes.append(
+            "record = evaluation: a later `robustrep test` of a run's checkpoint, kept "
+            "apart from the training runs"
+        )
     if notes and args.format != "csv":
         text += "\n" + "\n".join(f"note: {n}" for n in notes) + "\n"
     print(text)
@@ -378,6 +389,8 @@ def report_command(argv: list[str]) -> int:
         written = [out / f"report.{args.format}", out / "report_runs.csv"]
         plotted = [m for m in ("test/acc", "test/worst_group_acc") if m in df.columns]
         if plotted:
-            written.append(bar_plot(aggregate(df, by, plotted), by, out / "report.png", scale=scale))
+            written.append(
+                bar_plot(aggregate(df, by, plotted), by, out / "report.png", scale=scale)
+            )
         print("written: " + ", ".join(str(p) for p in written))
     return 0

@@ -1,13 +1,15 @@
-"""``robustrep reproduce TABLE``: run a paper table from ``experiments/tables/TABLE.yaml`` and compare.
+"""``robustrep reproduce TABLE``: run a paper table from ``experiments/tables/TABLE.yaml`` and
+compare.
 
-``robustrep reproduce TABLE [--seeds N] [--rows GLOB] [--profile smoke] [--dry-run] [--report-only] [--trainer.* ...]``
+``robustrep reproduce TABLE [--seeds N] [--rows GLOB] [--profile smoke] [--dry-run]
+[--report-only] [--trainer.* ...]``
 
 A table file lists rows; each row is one experiment config plus overrides and the paper's numbers::
 
     title: CIM, Table 4 - Colored MNIST (CIM variant), test accuracy
     source: papers/cim.txt, Table 4
     seeds: 3                      # default of --seeds
-    seed_keys: []                 # other config keys set to the seed too, e.g. [data.init_args.seed]
+    seed_keys: []                 # other config keys set to the seed too (data.init_args.seed)
     columns: {acc: test/acc}      # paper column -> our metric in results.json
     paper_scale: 100              # paper numbers are percentages (ours are fractions)
     profiles:                     # extra overrides of every row under --profile NAME
@@ -20,13 +22,13 @@ A table file lists rows; each row is one experiment config plus overrides and th
         profiles: {smoke: {data.init_args.train_fraction: 0.5}}
 
 Every (row, seed) is one ``robustrep fit`` run in a subprocess, pinned to
-``<output_root>/tables/<table>[-<profile>]/<row>/seed<s>`` (profiles get their own folder so a smoke
-run is never taken for a real one). A run with a ``results.json`` is skipped; a run with
-``checkpoints/last.ckpt`` but no ``results.json`` (interrupted) is resumed with ``--ckpt_path``. Each
-run's command goes to ``reproduce.json`` and its output to ``reproduce.log`` in its directory.
+``<output_root>/tables/<table>[-<profile>]/<row>/seed<s>`` (profiles get their own folder so a
+smoke run is never taken for a real one). A run with a ``results.json`` is skipped; a run with
+``checkpoints/last.ckpt`` but no ``results.json`` (interrupted) is resumed with ``--ckpt_path``.
+Each run's command goes to ``reproduce.json`` and its output to ``reproduce.log`` in its directory.
 ``--dry-run`` prints the commands (one per line, for a scheduler) instead of running them. At the
-end the report (ours as mean ± std over seeds, the paper's number and the difference) is printed and
-written to ``<table folder>/report.{md,csv,html}`` with a bar plot ``report.png``.
+end the report (ours as mean ± std over seeds, the paper's number and the difference) is printed
+and written to ``<table folder>/report.{md,csv,html}`` with a bar plot ``report.png``.
 
 The built-in ``smoke`` profile (``SMOKE``: one epoch, two batches per loop, batch 32, no progress
 bar) is extended by the table's and the row's ``profiles.smoke`` (embedded data, tiny images, few
@@ -49,18 +51,29 @@ from robustrep.tables import REPO_ROOT, Job, load_table, plan, table_root, write
 
 
 class _Stops:
-    """The running row's process and the stop signal ``reproduce`` received (see :func:`_forward_stops`)."""
+    """The running row's process and the stop signal ``reproduce`` received (see
+    :func:`_forward_stops`).
+    """
 
     def __init__(self) -> None:
         self.child: subprocess.Popen | None = None
         self.signum: int | None = None
 
 
-def run_job(job: Job, program: list[str], env: dict[str, str] | None = None, stops: _Stops | None = None) -> int:
-    """Run one job in a subprocess, output appended to ``<run_dir>/reproduce.log``; returns its exit status."""
+def run_job(
+    job: Job, program: list[str], env: dict[str, str] | None = None, stops: _Stops | None = None
+) -> int:
+    """Run one job in a subprocess, output appended to ``<run_dir>/reproduce.log``; returns its exit
+    status.
+    """
     job.run_dir.mkdir(parents=True, exist_ok=True)
     command = job.command(program)
-    (job.run_dir / "reproduce.json").write_text(json.dumps({"args": job.args, "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    (job.run_dir / "reproduce.json").write_text(
+        json.dumps(
+            {"args": job.args, "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            indent=2,
+        )
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(job.run_dir / "reproduce.log", "a") as log:
         log.write(f"\n$ {shlex.join(command)}\n")
@@ -70,7 +83,9 @@ def run_job(job: Job, program: list[str], env: dict[str, str] | None = None, sto
             stops.child = proc
         try:
             return proc.wait()
-        except BaseException:  # a second Ctrl-C or an exception: stop the child too; its last.ckpt lets a re-run resume
+        except BaseException:
+            # a second Ctrl-C or an exception: stop the child too; its last.ckpt lets a re-run
+            # resume
             proc.terminate()
             try:
                 proc.wait(timeout=30)
@@ -84,10 +99,11 @@ def run_job(job: Job, program: list[str], env: dict[str, str] | None = None, sto
 
 @contextlib.contextmanager
 def _forward_stops(stops: _Stops):
-    """While rows run, SIGTERM and SIGINT are passed on to the running row as SIGTERM: the run saves a
-    checkpoint after its current step and exits (143), and a later ``reproduce`` resumes it. (SIGTERM,
-    not the signal itself: after a terminal's Ctrl-C the row already has its own SIGINT, and a second
-    SIGINT would stop it without saving.) A second signal to ``reproduce`` stops the row at once."""
+    """While rows run, SIGTERM and SIGINT are passed on to the running row as SIGTERM: the run saves
+    a checkpoint after its current step and exits (143), and a later ``reproduce`` resumes it.
+    (SIGTERM, not the signal itself: after a terminal's Ctrl-C the row already has its own SIGINT,
+    and a second SIGINT would stop it without saving.) A second signal to ``reproduce`` stops the
+    row at once."""
     import signal
     import threading
 
@@ -99,7 +115,12 @@ def _forward_stops(stops: _Stops):
         if stops.signum is not None:
             raise KeyboardInterrupt(f"signal {signum}")
         stops.signum = signum
-        print(f"\nreproduce: {signal.Signals(signum).name} received; asking the running row to save and stop ...", file=sys.stderr, flush=True)
+        print(
+            f"\nreproduce: {signal.Signals(signum).name} received; asking the "
+            "running row to save and stop ...",
+            file=sys.stderr,
+            flush=True,
+        )
         if stops.child is not None and stops.child.poll() is None:
             stops.child.send_signal(signal.SIGTERM)
 
@@ -115,36 +136,77 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of this subcommand (also used to check documented command lines)."""
     parser = argparse.ArgumentParser(
         prog="robustrep reproduce",
-        description="Run every row of a paper table (experiments/tables/TABLE.yaml) and report ours beside the paper's numbers. "
-        "Finished runs are skipped, interrupted ones resumed from their last.ckpt. Other --KEY VALUE arguments "
-        "(e.g. --trainer.max_epochs 5, --trainer.accelerator gpu) are passed to every run.",
-        epilog="examples:\n  robustrep reproduce cim_table4 --dry-run > jobs.txt\n  robustrep reproduce chroma_table2 --profile smoke\n"
-        "  robustrep reproduce spread_fig4 --rows 'MNIST*' --seeds 3 --trainer.accelerator gpu",
+        description=(
+            "Run every row of a paper table (experiments/tables/TABLE.yaml) and report ours "
+            "beside the paper's numbers. Finished runs are skipped, interrupted ones resumed from "
+            "their last.ckpt. Other --KEY VALUE arguments (e.g. --trainer.max_epochs 5, "
+            "--trainer.accelerator gpu) are passed to every run."
+        ),
+        epilog=(
+            "examples:\n  robustrep reproduce cim_table4 --dry-run > jobs.txt\n  robustrep "
+            "reproduce chroma_table2 --profile smoke\n  robustrep reproduce spread_fig4 --rows "
+            "'MNIST*' --seeds 3 --trainer.accelerator gpu"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     known = sorted(p.stem for p in (REPO_ROOT / "experiments" / "tables").glob("*.yaml"))
     parser.epilog += "\n\ntables: " + (", ".join(known) or "none")
-    parser.add_argument("table", help="a table name (experiments/tables/NAME.yaml) or a path to a table file")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per row (default: the table's `seeds`, else 1)")
-    parser.add_argument("--rows", default=None, help="only rows whose label or folder name matches this glob")
-    parser.add_argument("--profile", default=None, help="extra overrides: `smoke` = tiny budget for a laptop CPU (1 epoch, 2 batches, small data)")
-    parser.add_argument("--output_root", default="runs", help="runs go to OUTPUT_ROOT/tables/TABLE[-PROFILE]/ROW/seedS (default: runs)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands still to run, one per line, and exit")
-    parser.add_argument("--report-only", action="store_true", help="do not run anything; write the report from the finished runs")
+    parser.add_argument(
+        "table", help="a table name (experiments/tables/NAME.yaml) or a path to a table file"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds 0..N-1 per row (default: the table's `seeds`, else 1)",
+    )
+    parser.add_argument(
+        "--rows", default=None, help="only rows whose label or folder name matches this glob"
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help=(
+            "extra overrides: `smoke` = tiny budget for a laptop CPU (1 "
+            "epoch, 2 batches, small data)"
+        ),
+    )
+    parser.add_argument(
+        "--output_root",
+        default="runs",
+        help="runs go to OUTPUT_ROOT/tables/TABLE[-PROFILE]/ROW/seedS (default: runs)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the commands still to run, one per line, and exit",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="do not run anything; write the report from the finished runs",
+    )
     return parser
 
 
 def _stopped(job: Job, signum: int | None, code: int | None) -> int:
-    """Say which row stopped, where its checkpoint is and how to resume; the exit status of the signal."""
+    """Say which row stopped, where its checkpoint is and how to resume; the exit status of the
+    signal.
+    """
     import signal
 
     signum = signum or signal.SIGINT
     ckpt = job.run_dir / "checkpoints" / "last.ckpt"
-    saved = f"its checkpoint: {ckpt}" if ckpt.is_file() else "it had no checkpoint yet (it will start over)"
+    saved = (
+        f"its checkpoint: {ckpt}"
+        if ckpt.is_file()
+        else "it had no checkpoint yet (it will start over)"
+    )
     how = "exit " + str(code) if code is not None else "stopped at once"
     print(
-        f"\nreproduce: stopped by {signal.Signals(signum).name} during {job.row.label} seed {job.seed} ({how}); {saved}. "
-        "Run the same `robustrep reproduce` command again to resume it; finished runs are kept.",
+        f"\nreproduce: stopped by {signal.Signals(signum).name} during {job.row.label} seed "
+        f"{job.seed} ({how}); {saved}. Run the same `robustrep reproduce` command again to "
+        "resume it; finished runs are kept.",
         file=sys.stderr,
     )
     return 130 if signum == signal.SIGINT else 143
@@ -154,7 +216,10 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
     """Entry point of ``robustrep reproduce``; returns the exit status (1 if a run failed)."""
     args, extra = build_parser().parse_known_args(argv)
     if extra and not extra[0].startswith("--"):
-        raise ConfigError(f"unexpected argument {extra[0]!r}: overrides passed to the runs look like --trainer.max_epochs 5")
+        raise ConfigError(
+            f"unexpected argument {extra[0]!r}: overrides passed to the runs "
+            "look like --trainer.max_epochs 5"
+        )
     table = load_table(args.table)
     seeds = list(range(args.seeds if args.seeds is not None else table.seeds))
     if not seeds:
@@ -170,16 +235,25 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
         return 0
     for job in jobs:
         if job.stale:
-            print(f"note: {job.run_dir} finished with other arguments (see its reproduce.json); kept - delete it to re-run", file=sys.stderr)
+            print(
+                f"note: {job.run_dir} finished with other arguments (see its "
+                "reproduce.json); kept - delete it to re-run",
+                file=sys.stderr,
+            )
     program = program or [sys.executable, "-m", "robustrep.cli"]
     failed = []
     if not args.report_only:
         todo = [j for j in jobs if j.status != "finished"]
-        print(f"{table.title}: {len(jobs)} runs, {len(jobs) - len(todo)} finished, {len(todo)} to run -> {root}")
+        print(
+            f"{table.title}: {len(jobs)} runs, {len(jobs) - len(todo)} finished, "
+            f"{len(todo)} to run -> {root}"
+        )
         stops = _Stops()
         with _forward_stops(stops):
             for i, job in enumerate(todo, 1):
-                what = f"[{i}/{len(todo)}] {job.row.label} seed {job.seed}" + (" (resuming)" if job.status == "resume" else "")
+                what = f"[{i}/{len(todo)}] {job.row.label} seed {job.seed}" + (
+                    " (resuming)" if job.status == "resume" else ""
+                )
                 print(what + " ...", flush=True)
                 start = time.time()
                 try:
@@ -192,13 +266,27 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
                 if code != 0 or not (job.run_dir / "results.json").is_file():
                     failed.append(job)
                     tail = (job.run_dir / "reproduce.log").read_text().splitlines()[-15:]
-                    print(f"    FAILED (exit {code}) after {took:.0f} s; log: {job.run_dir / 'reproduce.log'}\n      " + "\n      ".join(tail), flush=True)
+                    print(
+                        (
+                            f"    FAILED (exit {code}) after {took:.0f} s; log: "
+                            f"{job.run_dir / 'reproduce.log'}\n      "
+                        )
+                        + "\n      ".join(tail),
+                        flush=True,
+                    )
                 else:
                     print(f"    done in {took:.0f} s", flush=True)
     markdown = write_report(table, root, jobs, args.profile)
     print("\n" + markdown)
-    print(f"written: {root / 'report.md'}, report.csv, report.html" + (", report.png" if (root / "report.png").exists() else ""))
+    print(
+        f"written: {root / 'report.md'}, report.csv, report.html"
+        + (", report.png" if (root / "report.png").exists() else "")
+    )
     if failed:
-        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{j.row.label} seed {j.seed}" for j in failed), file=sys.stderr)
+        print(
+            f"{len(failed)} run(s) failed: "
+            + ", ".join(f"{j.row.label} seed {j.seed}" for j in failed),
+            file=sys.stderr,
+        )
         return 1
     return 0

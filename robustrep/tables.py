@@ -1,6 +1,6 @@
 """Paper tables as files (``experiments/tables/NAME.yaml``): loading them, planning their runs, and
-the report that puts ours beside the paper's numbers. ``robustrep reproduce`` (:mod:`robustrep.reproduce`)
-runs the plan; the file format is described there.
+the report that puts ours beside the paper's numbers. ``robustrep reproduce``
+(:mod:`robustrep.reproduce`) runs the plan; the file format is described there.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from robustrep.errors import ConfigError
-from robustrep.report import aggregate, bar_plot, format_cell, load_runs, render
+from robustrep.report import aggregate, load_runs
+from robustrep.report_format import bar_plot, format_cell, render
 
 #: Overrides of every row under ``--profile smoke`` (tables add their own, e.g. embedded data).
 SMOKE: dict[str, Any] = {
@@ -51,7 +52,9 @@ class Row:
 
 @dataclass
 class Table:
-    """A paper table: rows, the paper column -> metric map (a row may remap columns), and per-profile overrides."""
+    """A paper table: rows, the paper column -> metric map (a row may remap columns), and
+    per-profile overrides.
+    """
 
     name: str
     path: Path
@@ -74,10 +77,15 @@ class Job:
     run_dir: Path
     args: list[str]
     status: str  # "finished", "resume", "new"
-    stale: bool = False  # finished, but by a command with other arguments (another override, an older table file)
+    # finished, but by a command with other arguments (another override, an older table file)
+    stale: bool = False
 
     def command(self, program: list[str]) -> list[str]:
-        extra = ["--ckpt_path", str(self.run_dir / "checkpoints" / "last.ckpt")] if self.status == "resume" else []
+        extra = (
+            ["--ckpt_path", str(self.run_dir / "checkpoints" / "last.ckpt")]
+            if self.status == "resume"
+            else []
+        )
         return [*program, *self.args, *extra]
 
 
@@ -88,7 +96,9 @@ def slugify(text: str) -> str:
 
 
 def overrides_to_args(spec: Any, where: str) -> list[str]:
-    """Overrides as CLI tokens: a mapping ``{key: value}`` -> ``["--key", "value", ...]``, or a list kept as is."""
+    """Overrides as CLI tokens: a mapping ``{key: value}`` -> ``["--key", "value", ...]``, or a list
+    kept as is.
+    """
     if spec is None:
         return []
     if isinstance(spec, list):
@@ -98,7 +108,9 @@ def overrides_to_args(spec: Any, where: str) -> list[str]:
         for key, value in spec.items():
             out += [f"--{str(key).lstrip('-')}", _cli_value(value)]
         return out
-    raise ConfigError(f"{where}: overrides must be a mapping or a list of CLI tokens, got {type(spec).__name__}")
+    raise ConfigError(
+        f"{where}: overrides must be a mapping or a list of CLI tokens, got {type(spec).__name__}"
+    )
 
 
 def _cli_value(value: Any) -> str:
@@ -112,13 +124,22 @@ def _cli_value(value: Any) -> str:
 
 
 def find_table(name: str) -> Path:
-    """``experiments/tables/<name>.yaml`` in the current folder or the repository, or a path to a YAML file."""
-    candidates = [Path(name), Path("experiments/tables") / f"{name}.yaml", REPO_ROOT / "experiments" / "tables" / f"{name}.yaml"]
+    """``experiments/tables/<name>.yaml`` in the current folder or the repository, or a path to a
+    YAML file.
+    """
+    candidates = [
+        Path(name),
+        Path("experiments/tables") / f"{name}.yaml",
+        REPO_ROOT / "experiments" / "tables" / f"{name}.yaml",
+    ]
     for path in candidates:
         if path.is_file():
             return path
     known = sorted(p.stem for p in (REPO_ROOT / "experiments" / "tables").glob("*.yaml"))
-    raise ConfigError(f"no table {name!r}: expected experiments/tables/{name}.yaml; known tables: {', '.join(known) or 'none'}")
+    raise ConfigError(
+        f"no table {name!r}: expected experiments/tables/{name}.yaml; known tables: "
+        f"{', '.join(known) or 'none'}"
+    )
 
 
 def load_table(name_or_path: str) -> Table:
@@ -137,18 +158,39 @@ def load_table(name_or_path: str) -> Table:
         if not isinstance(raw, dict) or "label" not in raw or "config" not in raw:
             raise ConfigError(f"{where}: row {i} needs `label` and `config`")
         config = Path(raw["config"])
-        config = config if config.is_absolute() else (base / config if (base / config).exists() else Path.cwd() / config)
+        config = (
+            config
+            if config.is_absolute()
+            else (base / config if (base / config).exists() else Path.cwd() / config)
+        )
         if not config.is_file():
-            raise ConfigError(f"{where}: row {raw['label']!r} names {raw['config']}, which does not exist")
+            raise ConfigError(
+                f"{where}: row {raw['label']!r} names {raw['config']}, which does not exist"
+            )
         paper = dict(raw.get("paper") or {})
         row_columns = {str(k): str(v) for k, v in (raw.get("columns") or {}).items()}
         unknown = (set(paper) | set(row_columns)) - set(columns)
         if unknown:
-            raise ConfigError(f"{where}: row {raw['label']!r} has paper numbers for {sorted(unknown)}, not in `columns` {sorted(columns)}")
-        profiles = {k: overrides_to_args(v, f"{where} row {raw['label']!r} profile {k}") for k, v in (raw.get("profiles") or {}).items()}
-        row = Row(str(raw["label"]), config, overrides_to_args(raw.get("overrides"), f"{where} row {raw['label']!r}"), paper, profiles, row_columns)
+            raise ConfigError(
+                f"{where}: row {raw['label']!r} has paper numbers for {sorted(unknown)}, not in "
+                f"`columns` {sorted(columns)}"
+            )
+        profiles = {
+            k: overrides_to_args(v, f"{where} row {raw['label']!r} profile {k}")
+            for k, v in (raw.get("profiles") or {}).items()
+        }
+        row = Row(
+            str(raw["label"]),
+            config,
+            overrides_to_args(raw.get("overrides"), f"{where} row {raw['label']!r}"),
+            paper,
+            profiles,
+            row_columns,
+        )
         if row.slug in slugs:
-            raise ConfigError(f"{where}: two rows share the folder name {row.slug!r}; make the labels differ")
+            raise ConfigError(
+                f"{where}: two rows share the folder name {row.slug!r}; make the labels differ"
+            )
         slugs.add(row.slug)
         rows.append(row)
     return Table(
@@ -160,7 +202,10 @@ def load_table(name_or_path: str) -> Table:
         paper_scale=float(spec.get("paper_scale", 100.0)),
         seeds=int(spec.get("seeds", 1)),
         source=str(spec.get("source") or ""),
-        profiles={k: overrides_to_args(v, f"{where} profile {k}") for k, v in (spec.get("profiles") or {}).items()},
+        profiles={
+            k: overrides_to_args(v, f"{where} profile {k}")
+            for k, v in (spec.get("profiles") or {}).items()
+        },
         seed_keys=[str(k) for k in (spec.get("seed_keys") or [])],
     )
 
@@ -176,11 +221,30 @@ def table_root(table: Table, output_root: str | Path, profile: str | None) -> Pa
     return Path(output_root) / "tables" / (table.name if not profile else f"{table.name}-{profile}")
 
 
-def plan(table: Table, seeds: list[int], output_root: str | Path, profile: str | None, extra: list[str], rows: str | None = None) -> list[Job]:
+def plan(
+    table: Table,
+    seeds: list[int],
+    output_root: str | Path,
+    profile: str | None,
+    extra: list[str],
+    rows: str | None = None,
+) -> list[Job]:
     """The (row, seed) jobs in order, each marked finished / resume / new from its run directory."""
-    if profile and profile not in BUILTIN_PROFILES and profile not in table.profiles and not any(profile in r.profiles for r in table.rows):
-        raise ConfigError(f"unknown profile {profile!r}: built in {sorted(BUILTIN_PROFILES)}, table {table.name} defines {sorted(table.profiles)}")
-    chosen = [r for r in table.rows if rows is None or any(fnmatch.fnmatch(x, rows) for x in (r.label, r.slug))]
+    if (
+        profile
+        and profile not in BUILTIN_PROFILES
+        and profile not in table.profiles
+        and not any(profile in r.profiles for r in table.rows)
+    ):
+        raise ConfigError(
+            f"unknown profile {profile!r}: built in {sorted(BUILTIN_PROFILES)}, table "
+            f"{table.name} defines {sorted(table.profiles)}"
+        )
+    chosen = [
+        r
+        for r in table.rows
+        if rows is None or any(fnmatch.fnmatch(x, rows) for x in (r.label, r.slug))
+    ]
     if not chosen:
         raise ConfigError(f"--rows {rows!r} matches none of {[r.label for r in table.rows]}")
     root = table_root(table, output_root, profile)
@@ -188,7 +252,11 @@ def plan(table: Table, seeds: list[int], output_root: str | Path, profile: str |
     for row in chosen:
         profile_args: list[str] = []
         if profile:
-            profile_args = overrides_to_args(BUILTIN_PROFILES.get(profile), "profile") + table.profiles.get(profile, []) + row.profiles.get(profile, [])
+            profile_args = (
+                overrides_to_args(BUILTIN_PROFILES.get(profile), "profile")
+                + table.profiles.get(profile, [])
+                + row.profiles.get(profile, [])
+            )
         for seed in seeds:
             run_dir = root / row.slug / f"seed{seed}"
             args = [
@@ -210,7 +278,10 @@ def plan(table: Table, seeds: list[int], output_root: str | Path, profile: str |
             if (run_dir / "results.json").is_file():
                 status = "finished"
                 stale = _recorded_args(run_dir) not in (None, args)
-            elif (run_dir / "checkpoints" / "last.ckpt").is_file() and _recorded_args(run_dir) in (None, args):
+            elif (run_dir / "checkpoints" / "last.ckpt").is_file() and _recorded_args(run_dir) in (
+                None,
+                args,
+            ):
                 status = "resume"
             else:
                 status = "new"
@@ -229,7 +300,9 @@ def _recorded_args(run_dir: Path) -> list[str] | None:
 
 
 def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(numeric frame, display frame): ours (mean ± std over seeds), the paper's number and the difference per column."""
+    """(numeric frame, display frame): ours (mean ± std over seeds), the paper's number and the
+    difference per column.
+    """
     done = [j for j in jobs if (j.run_dir / "results.json").is_file()]
     labels = {j.row.slug: j.row.label for j in jobs}
     default = table.columns or {"worst_group_acc": "test/worst_group_acc", "acc": "test/acc"}
@@ -256,13 +329,30 @@ def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFram
         rec = agg.loc[slug] if agg is not None and slug in agg.index else None
         num["n"] = int(rec["n"]) if rec is not None else 0
         for col, metric in row_columns[slug].items():
-            mean = float(rec[metric]) * scale if rec is not None and not pd.isna(rec[metric]) else math.nan
-            std = float(rec[f"{metric}:std"]) * scale if rec is not None and not pd.isna(rec[f"{metric}:std"]) else math.nan
+            mean = (
+                float(rec[metric]) * scale
+                if rec is not None and not pd.isna(rec[metric])
+                else math.nan
+            )
+            std = (
+                float(rec[f"{metric}:std"]) * scale
+                if rec is not None and not pd.isna(rec[f"{metric}:std"])
+                else math.nan
+            )
             count = int(rec[f"{metric}:n"]) if rec is not None else 0
             paper = row.paper.get(col)
             paper = math.nan if paper is None else float(paper)
-            num.update({f"{col} ours": mean, f"{col} ours std": std, f"{col} paper": paper, f"{col} diff": mean - paper})
-            disp[f"{col} ours"] = format_cell(mean / scale, std / scale, count, num["n"], scale=scale, digits=digits)
+            num.update(
+                {
+                    f"{col} ours": mean,
+                    f"{col} ours std": std,
+                    f"{col} paper": paper,
+                    f"{col} diff": mean - paper,
+                }
+            )
+            disp[f"{col} ours"] = format_cell(
+                mean / scale, std / scale, count, num["n"], scale=scale, digits=digits
+            )
             disp[f"{col} paper"] = "-" if math.isnan(paper) else f"{paper:g}"
             disp[f"{col} diff"] = "-" if math.isnan(mean - paper) else f"{mean - paper:+.{digits}f}"
         disp["n"] = num["n"]
@@ -272,11 +362,16 @@ def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFram
 
 
 def write_report(table: Table, root: Path, jobs: list[Job], profile: str | None) -> str:
-    """Write ``report.{md,csv,html}`` (and ``report.png`` when runs have accuracies) under ``root``; return the markdown."""
+    """Write ``report.{md,csv,html}`` (and ``report.png`` when runs have accuracies) under ``root``;
+    return the markdown.
+    """
     numeric, display = table_report(table, root, jobs)
     root.mkdir(parents=True, exist_ok=True)
     head = f"## {table.title}" + (f" (profile: {profile})" if profile else "")
-    notes = [f"Source: {table.source}." if table.source else "", "Ours: mean ± std over seeds (n runs); diff = ours - paper, in the paper's units."]
+    notes = [
+        f"Source: {table.source}." if table.source else "",
+        "Ours: mean ± std over seeds (n runs); diff = ours - paper, in the paper's units.",
+    ]
     markdown = "\n\n".join([head, *[n for n in notes if n], render(display, "md")])
     (root / "report.md").write_text(markdown)
     numeric.to_csv(root / "report.csv", index=False)
@@ -285,8 +380,12 @@ def write_report(table: Table, root: Path, jobs: list[Job], profile: str | None)
     if finished:
         runs = load_runs(finished)
         labels = {str(j.run_dir.resolve()): j.row.label for j in jobs}
-        runs["row"] = [labels.get(str(Path(d).resolve()), Path(d).parent.name) for d in runs["run_dir"]]
+        runs["row"] = [
+            labels.get(str(Path(d).resolve()), Path(d).parent.name) for d in runs["run_dir"]
+        ]
         plotted = [m for m in ("test/acc", "test/worst_group_acc") if m in runs.columns]
         if plotted:
-            bar_plot(aggregate(runs, ["row"], plotted), ["row"], root / "report.png", title=table.title)
+            bar_plot(
+                aggregate(runs, ["row"], plotted), ["row"], root / "report.png", title=table.title
+            )
     return markdown

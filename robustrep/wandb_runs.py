@@ -22,7 +22,8 @@ from robustrep.errors import ConfigError
 
 
 def runs_from_wandb(project: str, api: Any = None, filters: dict | None = None) -> pd.DataFrame:
-    """The same frame as :func:`load_runs`, from the W&B API (``project`` = ``ENTITY/PROJECT`` or ``PROJECT``).
+    """The same frame as :func:`load_runs`, from the W&B API (``project`` = ``ENTITY/PROJECT`` or
+    ``PROJECT``).
 
     Method = the run's job type, benchmark = its group, seed = the ``seed_everything`` config value,
     metrics = the summary keys of the ``test/``, ``probe/``, ``c2f/`` and ``knn/`` families.
@@ -33,9 +34,11 @@ def runs_from_wandb(project: str, api: Any = None, filters: dict | None = None) 
 
             api = wandb.Api()
         runs = list(api.runs(project, filters=filters or {}))
-    except Exception as err:  # no login, no network, unknown project: one readable line instead of a traceback
+    except Exception as err:
+        # no login, no network, unknown project: one readable line instead of a traceback
         raise ConfigError(
-            f"could not read the W&B project {project!r} ({type(err).__name__}: {err}); run `wandb login` and check the name, or give run directories"
+            f"could not read the W&B project {project!r} ({type(err).__name__}: {err}); run "
+            "`wandb login` and check the name, or give run directories"
         ) from err
     rows = []
     for run in runs:
@@ -50,7 +53,9 @@ def runs_from_wandb(project: str, api: Any = None, filters: dict | None = None) 
             "run_dir": getattr(run, "url", run.name),
         }
         for key, value in summary.items():
-            if key.startswith(("test/", "probe/", "c2f/", "knn/")) and isinstance(value, int | float):
+            if key.startswith(("test/", "probe/", "c2f/", "knn/")) and isinstance(
+                value, int | float
+            ):
                 row[key] = float(value)
         rows.append(row)
     if not rows:
@@ -65,7 +70,8 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
 def read_wandb_records(path: str | Path) -> Iterator[Any]:
-    """Yield the ``wandb_internal_pb2.Record`` messages of an offline ``run-*.wandb`` file, in order.
+    """Yield the ``wandb_internal_pb2.Record`` messages of an offline ``run-*.wandb`` file, in
+    order.
 
     Raises:
         CorruptDataError: bad header, checksum mismatch or a broken FIRST/MIDDLE/LAST sequence.
@@ -88,10 +94,13 @@ def read_wandb_records(path: str | Path) -> Iterator[Any]:
         pos += _RECORD_HEADER + length
         if kind == 0 and length == 0:  # zero padding written before a block boundary
             continue
-        if len(payload) < length:  # the writer was still appending (a live run): stop at the last whole record
+        # the writer was still appending (a live run): stop at the last whole record
+        if len(payload) < length:
             break
         if zlib.crc32(bytes([kind]) + payload) & 0xFFFFFFFF != crc:
-            raise CorruptDataError(f"{path}: checksum mismatch at byte {pos - length - _RECORD_HEADER}")
+            raise CorruptDataError(
+                f"{path}: checksum mismatch at byte {pos - length - _RECORD_HEADER}"
+            )
         if kind == _FULL:
             message = payload
         elif kind == _FIRST:
@@ -112,11 +121,13 @@ def read_wandb_records(path: str | Path) -> Iterator[Any]:
 
 
 def wait_for_run_file(path: str | Path, timeout: float = 60.0) -> bool:
-    """Wait until W&B has written a run file to its end (its ``exit`` record); True if it did in time.
+    """Wait until W&B has written a run file to its end (its ``exit`` record); True if it did in
+    time.
 
     ``wandb.finish()`` returns before W&B's service process has flushed the ``run-*.wandb`` file
     (right after it the file can still be its 7-byte header), so a reader in the same process,
-    or a process that exits at once, can see a truncated run. ``timeout`` bounds the wait in seconds.
+    or a process that exits at once, can see a truncated run. ``timeout`` bounds the wait in
+    seconds.
     """
     from robustrep.errors import CorruptDataError
 
@@ -140,12 +151,15 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
             (its latest ``wandb/offline-run-*``).
 
     Returns:
-        ``{"id", "project", "group", "job_type", "name", "tags", "config": {...}, "summary": {...}}``;
-        config and summary values JSON-decoded, nested summary keys joined with ``.``.
+        ``{"id", "project", "group", "job_type", "name", "tags",
+        "config": {...}, "summary": {...}}``; config and summary values JSON-decoded, nested
+        summary keys joined with ``.``.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("run-*.wandb")) or sorted(path.glob("wandb/offline-run-*/run-*.wandb"))
+        files = sorted(path.glob("run-*.wandb")) or sorted(
+            path.glob("wandb/offline-run-*/run-*.wandb")
+        )
         if not files:
             raise ConfigError(f"no offline W&B run (run-*.wandb) under {path}")
         path = files[-1]
@@ -154,7 +168,14 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = record.run
-            info.update(id=run.run_id, project=run.project, group=run.run_group, job_type=run.job_type, name=run.display_name, tags=list(run.tags))
+            info.update(
+                id=run.run_id,
+                project=run.project,
+                group=run.run_group,
+                job_type=run.job_type,
+                name=run.display_name,
+                tags=list(run.tags),
+            )
             _apply_config(info["config"], run.config.update)
         elif kind == "config":
             _apply_config(info["config"], record.config.update)

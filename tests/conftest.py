@@ -18,7 +18,16 @@ torch.set_num_threads(1)
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml")
 # CLI overrides that shrink the quickstart's synthetic benchmark to 8 px and 64 / 32 / 32 images
-TINY_QUICKSTART = ["--data.init_args.size", "8", "--data.init_args.train_size", "64", "--data.init_args.val_size", "32", "--data.init_args.test_size", "32"]
+TINY_QUICKSTART = [
+    "--data.init_args.size",
+    "8",
+    "--data.init_args.train_size",
+    "64",
+    "--data.init_args.val_size",
+    "32",
+    "--data.init_args.test_size",
+    "32",
+]
 
 
 def tiny_synthetic(**overrides) -> SyntheticSpurious:
@@ -29,8 +38,8 @@ def tiny_synthetic(**overrides) -> SyntheticSpurious:
 
 
 def quick_trainer(tmp_path, **overrides) -> pl.Trainer:
-    """A CPU Trainer with no logger, no checkpoints and no progress bar, scoring groups as the CLI does
-    (``GroupMetrics`` in front of the given callbacks)."""
+    """A CPU Trainer with no logger, no checkpoints and no progress bar, scoring groups as the CLI
+    does (``GroupMetrics`` in front of the given callbacks)."""
     from robustrep.callbacks import GroupMetrics
 
     overrides["callbacks"] = [GroupMetrics(), *(overrides.get("callbacks") or [])]
@@ -69,8 +78,9 @@ def run_cli(args: list[str]) -> int:
 
 @pytest.fixture(autouse=True)
 def _fresh_run_seed(monkeypatch):
-    """Every test starts without a run seed from an earlier test in the same worker (``seed_everything``
-    exports PL_GLOBAL_SEED, which the training sampler and the step seeds read)."""
+    """Every test starts without a run seed from an earlier test in the same worker
+    (``seed_everything`` exports PL_GLOBAL_SEED, which the training sampler and the step seeds
+    read)."""
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
 
 

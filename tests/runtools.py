@@ -13,12 +13,14 @@ import lightning.pytorch as pl
 
 
 class SignalAt(pl.Callback):
-    """Send ``signum`` to this very process at the end of training batch ``batch`` of epoch ``epoch``
-    (a real signal at a known point: SIGTERM / SIGINT are handled, SIGKILL is a crash). With
-    ``once_file`` it fires only if that file does not exist yet (and creates it), so the resumed run,
-    which passes the same point again after a crash, is not stopped a second time."""
+    """Send ``signum`` to this very process at the end of training batch ``batch`` of epoch
+    ``epoch`` (a real signal at a known point: SIGTERM / SIGINT are handled, SIGKILL is a crash).
+    With ``once_file`` it fires only if that file does not exist yet (and creates it), so the
+    resumed run, which passes the same point again after a crash, is not stopped a second time."""
 
-    def __init__(self, epoch: int, batch: int, signum: str = "SIGTERM", once_file: str | None = None) -> None:
+    def __init__(
+        self, epoch: int, batch: int, signum: str = "SIGTERM", once_file: str | None = None
+    ) -> None:
         self.epoch = epoch
         self.batch = batch
         self.signum = signum
@@ -56,7 +58,13 @@ class WeightsLog(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and self.monitor in trainer.callback_metrics:
-            self.record["val"].append([trainer.current_epoch, float(trainer.callback_metrics[self.monitor]), weights_digest(pl_module)])
+            self.record["val"].append(
+                [
+                    trainer.current_epoch,
+                    float(trainer.callback_metrics[self.monitor]),
+                    weights_digest(pl_module),
+                ]
+            )
             self._write()
 
     def on_test_start(self, trainer, pl_module) -> None:

@@ -13,7 +13,17 @@ CONFIG = str(Path(__file__).resolve().parents[1] / "experiments" / "erm_waterbir
 
 
 def fit_waterbirds(tmp_path, root, *extra: str) -> int:
-    args = ["fit", "--config", CONFIG, "--data.init_args.root", str(root), "--data.init_args.resolution", "16", "--data.init_args.batch_size", "4"]
+    args = [
+        "fit",
+        "--config",
+        CONFIG,
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.resolution",
+        "16",
+        "--data.init_args.batch_size",
+        "4",
+    ]
     args += [
         "--model.init_args.backbone",
         "tiny",

@@ -21,7 +21,10 @@ def test_there_are_configs():
 @pytest.fixture(scope="module")
 def parser(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cli = _build_cli_class()(args=["--config", str(CONFIGS[0]), "--trainer.logger", "false", "--output_root", str(out)], run=False)
+    cli = _build_cli_class()(
+        args=["--config", str(CONFIGS[0]), "--trainer.logger", "false", "--output_root", str(out)],
+        run=False,
+    )
     return cli.parser
 
 

@@ -9,10 +9,25 @@ from robustrep.methods import ERM, GroupDRO
 
 def _run(tmp_path, method, devices: int, batch_size: int) -> dict[str, float]:
     pl.seed_everything(0)
-    dm = tiny_synthetic(batch_size=batch_size, eval_batch_size=8, shuffle_train=False, train_size=64, test_size=40, val_size=16)
-    model = method(backbone="mlp", backbone_kwargs={"hidden": [32]}, num_groups=4, image_shape=(3, 8, 8), group_names=dm.group_names)
+    dm = tiny_synthetic(
+        batch_size=batch_size,
+        eval_batch_size=8,
+        shuffle_train=False,
+        train_size=64,
+        test_size=40,
+        val_size=16,
+    )
+    model = method(
+        backbone="mlp",
+        backbone_kwargs={"hidden": [32]},
+        num_groups=4,
+        image_shape=(3, 8, 8),
+        group_names=dm.group_names,
+    )
     strategy = "ddp_spawn" if devices > 1 else "auto"
-    trainer = quick_trainer(tmp_path / f"d{devices}", devices=devices, strategy=strategy, max_epochs=2)
+    trainer = quick_trainer(
+        tmp_path / f"d{devices}", devices=devices, strategy=strategy, max_epochs=2
+    )
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
@@ -41,7 +56,8 @@ def _close_worker(rank: int, port: int, queue) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    close_spawned_process_group(SimpleNamespace(strategy=SimpleNamespace(launcher=None)))  # e.g. plain `ddp`: keep it
+    # e.g. plain `ddp`: keep it
+    close_spawned_process_group(SimpleNamespace(strategy=SimpleNamespace(launcher=None)))
     kept = dist.is_initialized()
     spawn_launcher = object.__new__(_MultiProcessingLauncher)
     close_spawned_process_group(SimpleNamespace(strategy=SimpleNamespace(launcher=spawn_launcher)))
@@ -50,7 +66,9 @@ def _close_worker(rank: int, port: int, queue) -> None:
 
 @pytest.mark.slow
 def test_spawned_worker_closes_its_process_group():
-    """A ddp_spawn worker closes its gloo group itself instead of leaving it to the interpreter's exit."""
+    """A ddp_spawn worker closes its gloo group itself instead of leaving it to the interpreter's
+    exit.
+    """
     import torch.multiprocessing as mp
 
     port = free_port()
@@ -68,23 +86,56 @@ def test_spawned_worker_closes_its_process_group():
 
 @pytest.mark.slow
 def test_cli_fit_under_ddp_spawn_matches_a_one_process_test_of_its_checkpoint(tmp_path):
-    """`robustrep fit ... --trainer.strategy ddp_spawn` (the trainer and its config callback are pickled into
-    the workers) writes results.json whose test metrics, gathered over 2 ranks, equal a 1-process test."""
+    """`robustrep fit ... --trainer.strategy ddp_spawn` (the trainer and its config callback are
+    pickled into the workers) writes results.json whose test metrics, gathered over 2 ranks, equal a
+    1-process test."""
     import json
 
     from conftest import QUICKSTART, TINY_QUICKSTART, run_cli
 
-    common = ["--config", QUICKSTART, *TINY_QUICKSTART, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
-    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"]
-    assert run_cli(["fit", *common, *ddp, "--trainer.max_epochs", "2", "--output_root", str(tmp_path / "ddp")]) == 0
+    common = [
+        "--config",
+        QUICKSTART,
+        *TINY_QUICKSTART,
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+    ]
+    ddp = [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp_spawn",
+    ]
+    assert (
+        run_cli(
+            [
+                "fit",
+                *common,
+                *ddp,
+                "--trainer.max_epochs",
+                "2",
+                "--output_root",
+                str(tmp_path / "ddp"),
+            ]
+        )
+        == 0
+    )
     (fit_results,) = (tmp_path / "ddp").glob("quickstart/*/results.json")
     ckpt = fit_results.parent / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     fitted = json.loads(fit_results.read_text())
     distributed = fitted["metrics"]
-    best = fit_results.parent / fitted["selection"]["checkpoint"]  # the selected epoch's weights -> test/*
+    # the selected epoch's weights -> test/*
+    best = fit_results.parent / fitted["selection"]["checkpoint"]
     for name, path, prefix in (("one_last", ckpt, "last/"), ("one_best", best, "")):
-        assert run_cli(["test", *common, "--ckpt_path", str(path), "--run_dir", str(tmp_path / name)]) == 0
+        assert (
+            run_cli(["test", *common, "--ckpt_path", str(path), "--run_dir", str(tmp_path / name)])
+            == 0
+        )
         single = json.loads((tmp_path / name / "results.json").read_text())["metrics"]
         assert {"test/acc", "test/worst_group_acc"} <= set(single)
         for key in single:

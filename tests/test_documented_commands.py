@@ -1,9 +1,11 @@
-"""Every `robustrep ...` command line in README.md and docs/ parses, so the docs cannot drift from the CLI.
+"""Every `robustrep ...` command line in README.md and docs/ parses, so the docs cannot drift from
+the CLI.
 
 Lightning subcommands are parsed with ``--print_config`` (config files, keys, types and class paths
 are checked; nothing is trained), ``reproduce`` runs with ``--dry-run``, and ``report`` / ``data`` /
-``analyze`` lines go through their argument parsers. Placeholders the docs use (``<run>``, ``X.yaml``,
-``S``, ``$s``, ``{a,b}``) are filled in first; a command that uses another placeholder fails here.
+``analyze`` lines go through their argument parsers. Placeholders the docs use (``<run>``,
+``X.yaml``, ``S``, ``$s``, ``{a,b}``) are filled in first; a command that uses another placeholder
+fails here.
 """
 
 from __future__ import annotations
@@ -71,21 +73,40 @@ def documented_commands() -> list[tuple[str, str]]:
                     command = command.rstrip()[:-1] + " " + lines[i].strip()
                 command = re.sub(r"\s+#(?!\S*\{).*$", "", command).strip()  # trailing shell comment
                 command = re.sub(r"^(\$ |.*?;\s*do\s+|for .*?;\s*do\s+)", "", command).strip()
-                match = re.search(r"(?:^|\s)(robustrep\s.*)$", command) if "robustrep " in command else None
+                match = (
+                    re.search(r"(?:^|\s)(robustrep\s.*)$", command)
+                    if "robustrep " in command
+                    else None
+                )
                 if match and not command.startswith(("#", "pip ", "git ")):
                     texts = [match.group(1).split(";")[0].split(" > ")[0].strip()]
-                    for name, values in variables.items():  # shell variables and for-loop values of the block
+                    # shell variables and for-loop values of the block
+                    for name, values in variables.items():
                         pattern = re.compile(r'"?\$\{?' + name + r'\}?"?')
                         if any(pattern.search(t) for t in texts):
-                            # every value where it names a file (${cfg}_grid_mnist.yaml), the first one elsewhere (seeds)
-                            in_word = any(re.search(r'\w"?\$\{?' + name + r"|\$\{?" + name + r'\}?"?\w', t) for t in texts)
+                            # every value where it names a file (${cfg}_grid_mnist.yaml), the first
+                            # one elsewhere (seeds)
+                            in_word = any(
+                                re.search(r'\w"?\$\{?' + name + r"|\$\{?" + name + r'\}?"?\w', t)
+                                for t in texts
+                            )
                             chosen = values if in_word else values[:1]
                             quote = len(chosen) == 1
-                            texts = [pattern.sub(lambda _m, v=v, q=quote: shlex.quote(v) if q else v, t) for t in texts for v in chosen]
+                            texts = [
+                                pattern.sub(lambda _m, v=v, q=quote: shlex.quote(v) if q else v, t)
+                                for t in texts
+                                for v in chosen
+                            ]
                     found.extend((where, t) for t in texts)
-            else:  # inline code that is a whole command line (options, no "a|b" alternatives or "...")
+            else:
+                # inline code that is a whole command line (options, no "a|b" alternatives or "...")
                 for span in re.findall(r"`(robustrep [^`]+)`", line):
-                    if " --" in span and "|" not in span and "..." not in span and not span.split()[-1].startswith("--"):
+                    if (
+                        " --" in span
+                        and "|" not in span
+                        and "..." not in span
+                        and not span.split()[-1].startswith("--")
+                    ):
                         found.append((where, span))
             i += 1
     return found
@@ -97,7 +118,9 @@ def _fill(text: str) -> str:
     return text.replace("...", "").strip()
 
 
-COMMANDS = [(where, cmd) for where, raw in documented_commands() for cmd in _expand_braces(_fill(raw))]
+COMMANDS = [
+    (where, cmd) for where, raw in documented_commands() for cmd in _expand_braces(_fill(raw))
+]
 
 
 def test_the_docs_document_commands():

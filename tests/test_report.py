@@ -12,17 +12,38 @@ import pytest
 from conftest import run_cli
 
 from robustrep.errors import ConfigError, CorruptDataError
-from robustrep.report import aggregate, format_cell, load_runs, select_metrics, to_markdown
+from robustrep.report import aggregate, load_runs, select_metrics
+from robustrep.report_format import format_cell, to_markdown
 from robustrep.wandb_runs import read_offline_run, read_wandb_records, runs_from_wandb
 
 # method, benchmark, seed, metrics (fractions, as the CLI writes them)
 RUNS = [
-    ("ERM", "synthetic", 0, {"test/acc": 0.90, "test/worst_group_acc": 0.50, "test/group_acc/a": 0.5}),
-    ("ERM", "synthetic", 1, {"test/acc": 0.80, "test/worst_group_acc": 0.60, "test/group_acc/a": 0.6}),
-    ("ERM", "synthetic", 2, {"test/acc": 0.85, "test/worst_group_acc": 0.70, "test/group_acc/a": 0.7}),
+    (
+        "ERM",
+        "synthetic",
+        0,
+        {"test/acc": 0.90, "test/worst_group_acc": 0.50, "test/group_acc/a": 0.5},
+    ),
+    (
+        "ERM",
+        "synthetic",
+        1,
+        {"test/acc": 0.80, "test/worst_group_acc": 0.60, "test/group_acc/a": 0.6},
+    ),
+    (
+        "ERM",
+        "synthetic",
+        2,
+        {"test/acc": 0.85, "test/worst_group_acc": 0.70, "test/group_acc/a": 0.7},
+    ),
     ("CIM", "synthetic", 0, {"test/acc": 0.70, "test/worst_group_acc": 0.65}),
     ("CIM", "synthetic", 1, {"test/acc": 0.74}),  # no worst-group metric: counts for acc only
-    ("ERM", "waterbirds", 0, {"test/acc": 0.97, "test/worst_group_acc": 0.61, "test/weighted_acc": 0.95}),
+    (
+        "ERM",
+        "waterbirds",
+        0,
+        {"test/acc": 0.97, "test/worst_group_acc": 0.61, "test/weighted_acc": 0.95},
+    ),
 ]
 
 
@@ -49,7 +70,9 @@ def write_runs(root: Path, runs=RUNS) -> Path:
 def test_aggregate_means_stds_counts_and_mixed_benchmarks(tmp_path):
     df = load_runs([write_runs(tmp_path)])
     assert len(df) == 6
-    agg = aggregate(df, ["method", "benchmark"], ["test/acc", "test/worst_group_acc", "test/weighted_acc"]).set_index(["method", "benchmark"])
+    agg = aggregate(
+        df, ["method", "benchmark"], ["test/acc", "test/worst_group_acc", "test/weighted_acc"]
+    ).set_index(["method", "benchmark"])
     erm = agg.loc[("ERM", "synthetic")]
     assert erm["n"] == 3
     assert erm["test/acc"] == pytest.approx(0.85)
@@ -78,9 +101,22 @@ def test_report_markdown_is_readable_and_writes_files(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["method", "benchmark", "selection", "test/worst_group_acc", "test/acc", "test/weighted_acc", "n"]
+    assert header == [
+        "method",
+        "benchmark",
+        "selection",
+        "test/worst_group_acc",
+        "test/acc",
+        "test/weighted_acc",
+        "n",
+    ]
     assert set(lines[1]) <= set("|-: ")
-    rows = {tuple(c.strip() for c in line.strip("|").split("|"))[:2]: [c.strip() for c in line.strip("|").split("|")] for line in lines[2:]}
+    rows = {
+        tuple(c.strip() for c in line.strip("|").split("|"))[:2]: [
+            c.strip() for c in line.strip("|").split("|")
+        ]
+        for line in lines[2:]
+    }
     assert rows[("ERM", "synthetic")][2:] == ["last", "60.00 ± 10.00", "85.00 ± 5.00", "-", "3"]
     assert rows[("CIM", "synthetic")][2:] == ["last", "65.00 (n=1)", "72.00 ± 2.83", "-", "2"]
     assert rows[("ERM", "waterbirds")][2:] == ["last", "61.00", "97.00", "95.00", "1"]
@@ -93,12 +129,27 @@ def test_report_markdown_is_readable_and_writes_files(tmp_path, capsys):
 
 def test_report_csv_and_html(tmp_path, capsys):
     runs = write_runs(tmp_path / "runs")
-    assert run_cli(["report", str(runs), "--format", "csv", "--by", "method", "--metrics", "test/acc"]) == 0
+    assert (
+        run_cli(["report", str(runs), "--format", "csv", "--by", "method", "--metrics", "test/acc"])
+        == 0
+    )
     table = pd.read_csv(io.StringIO(capsys.readouterr().out.strip())).set_index("method")
-    assert list(table.columns) == ["record", "config", "selection", "config_key", "n", "test/acc:mean", "test/acc:std", "test/acc:n"]
-    assert table.loc["ERM", "n"] == 4 and table.loc["CIM", "n"] == 2  # seeds pooled over both benchmarks
+    assert list(table.columns) == [
+        "record",
+        "config",
+        "selection",
+        "config_key",
+        "n",
+        "test/acc:mean",
+        "test/acc:std",
+        "test/acc:n",
+    ]
+    # seeds pooled over both benchmarks
+    assert table.loc["ERM", "n"] == 4 and table.loc["CIM", "n"] == 2
     assert table.loc["ERM", "test/acc:mean"] == pytest.approx(0.88)
-    assert table.loc["ERM", "test/acc:std"] == pytest.approx(pd.Series([0.90, 0.80, 0.85, 0.97]).std())
+    assert table.loc["ERM", "test/acc:std"] == pytest.approx(
+        pd.Series([0.90, 0.80, 0.85, 0.97]).std()
+    )
     assert run_cli(["report", str(runs), "--format", "html", "--out", str(tmp_path / "h")]) == 0
     html = (tmp_path / "h" / "report.html").read_text()
     assert html.count("<tr") == 4 and "60.00 ± 10.00" in html
@@ -114,7 +165,10 @@ def test_metric_globs_by_seed_and_errors(tmp_path, capsys):
     assert run_cli(["report", str(tmp_path / "missing")]) == 2
     assert run_cli(["report", str(runs), "--by", "optimizer"]) == 2
     assert "cannot group by" in capsys.readouterr().err
-    assert run_cli(["report", str(runs), "--raw", "--by", "seed", "--metrics", "test/worst_group_acc"]) == 0
+    assert (
+        run_cli(["report", str(runs), "--raw", "--by", "seed", "--metrics", "test/worst_group_acc"])
+        == 0
+    )
     out = capsys.readouterr().out  # seed 0: 0.50, 0.65, 0.61; seed 1: CIM has no worst-group metric
     assert (
         "|    0 | last      |      0.5867 ± 0.0777 | 3 | repeated seed 0 x3 |" in out
@@ -135,7 +189,12 @@ def test_markdown_alignment_reference():
 def test_runs_from_wandb_api():
     class Run:
         def __init__(self, job_type, group, seed, summary):
-            self.job_type, self.group, self.name, self.url = job_type, group, f"{job_type}-{seed}", f"https://wandb.ai/x/{seed}"
+            self.job_type, self.group, self.name, self.url = (
+                job_type,
+                group,
+                f"{job_type}-{seed}",
+                f"https://wandb.ai/x/{seed}",
+            )
             self.config = {"seed_everything": seed, "config_digest": "abc"}
             self.summary = summary
 
@@ -143,7 +202,12 @@ def test_runs_from_wandb_api():
         def runs(self, path, filters=None):
             assert path == "me/robustrep"
             return [
-                Run("ERM", "synthetic", 0, {"test/acc": 0.5, "val/acc": 0.1, "group_accuracy": {"_type": "table"}}),
+                Run(
+                    "ERM",
+                    "synthetic",
+                    0,
+                    {"test/acc": 0.5, "val/acc": 0.1, "group_accuracy": {"_type": "table"}},
+                ),
                 Run("ERM", "synthetic", 1, {"test/acc": 0.7}),
             ]
 
@@ -151,19 +215,28 @@ def test_runs_from_wandb_api():
         def runs(self, path, filters=None):
             raise ConnectionError("no network")
 
-    with pytest.raises(ConfigError, match="could not read the W&B project 'me/robustrep' .ConnectionError: no network"):
+    with pytest.raises(
+        ConfigError,
+        match="could not read the W&B project 'me/robustrep' .ConnectionError: no network",
+    ):
         runs_from_wandb("me/robustrep", api=Offline())
     df = runs_from_wandb("me/robustrep", api=Api())
-    assert list(df["seed"]) == [0, 1] and "val/acc" not in df.columns and "group_accuracy" not in df.columns
+    assert (
+        list(df["seed"]) == [0, 1]
+        and "val/acc" not in df.columns
+        and "group_accuracy" not in df.columns
+    )
     agg = aggregate(df, ["method", "benchmark"], ["test/acc"])
     assert agg.loc[0, "test/acc"] == pytest.approx(0.6) and agg.loc[0, "n"] == 2
 
 
-# ----------------------------------------------------------------------------------- offline W&B file reader
+# -------------------------------------------------------------------------- offline W&B file reader
 
 
 def _write_log(path: Path, payloads: list[bytes]) -> None:
-    """A naive writer of the LevelDB-log framing W&B uses: header, 32 KiB blocks, records split across blocks."""
+    """A naive writer of the LevelDB-log framing W&B uses: header, 32 KiB blocks, records split
+    across blocks.
+    """
     block = 32768
     out = bytearray(b":W&B" + struct.pack("<HB", 0xBEE1, 0))
     for payload in payloads:
@@ -175,7 +248,12 @@ def _write_log(path: Path, payloads: list[bytes]) -> None:
                 continue
             chunk, payload = payload[: room - 7], payload[room - 7 :]
             kind = (1 if first else 4) if not payload else (2 if first else 3)
-            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF, len(chunk), kind) + chunk
+            out += (
+                struct.pack(
+                    "<IHB", zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF, len(chunk), kind
+                )
+                + chunk
+            )
             first = False
             if not payload:
                 break
@@ -202,8 +280,15 @@ def test_wandb_reader_joins_records_split_across_blocks(tmp_path):
     kinds = [r.WhichOneof("record_type") for r in read_wandb_records(path)]
     assert kinds == ["run", "summary", "summary"]
     info = read_offline_run(path)
-    assert (info["id"], info["group"], info["job_type"], info["tags"]) == ("abc", "synthetic", "ERM", ["ERM", "seed0"])
-    assert len(info["summary"]) == 4001 and info["summary"]["test/group_acc/g3999"] == pytest.approx(3999 / 4000)
+    assert (info["id"], info["group"], info["job_type"], info["tags"]) == (
+        "abc",
+        "synthetic",
+        "ERM",
+        ["ERM", "seed0"],
+    )
+    assert len(info["summary"]) == 4001 and info["summary"][
+        "test/group_acc/g3999"
+    ] == pytest.approx(3999 / 4000)
     assert info["summary"]["group_accuracy.size"] == 162
 
     data = bytearray(path.read_bytes())

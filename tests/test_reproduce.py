@@ -1,7 +1,9 @@
-"""``robustrep reproduce``: table files, dry-run commands, skipping finished rows, resuming, the paper column.
+"""``robustrep reproduce``: table files, dry-run commands, skipping finished rows, resuming, the
+paper column.
 
-The fast tests run the rows with a stand-in program (a few lines of Python that writes results.json);
-the slow test runs a real smoke table in subprocesses, kills it mid-run and resumes it.
+The fast tests run the rows with a stand-in program (a few lines of Python that writes
+results.json); the slow test runs a real smoke table in subprocesses, kills it mid-run and resumes
+it.
 """
 
 import json
@@ -38,7 +40,8 @@ FAKE_FIT = textwrap.dedent(
         sys.exit(3)
     seed = int(args[args.index("--seed_everything") + 1])
     acc = {"erm": 0.50, "jtt": 0.60}[run_dir.parent.name] + 0.02 * seed
-    results = {"method": run_dir.parent.name.upper(), "benchmark": "synthetic", "seed": seed, "run_dir": str(run_dir),
+    results = {"method": run_dir.parent.name.upper(), "benchmark": "synthetic", "seed": seed,
+               "run_dir": str(run_dir),
                "metrics": {"test/acc": acc, "test/worst_group_acc": acc - 0.3}}
     (run_dir / "results.json").write_text(json.dumps(results))
     """
@@ -53,7 +56,8 @@ def write_table(tmp_path: Path, extra_row: str = "") -> Path:
         seed_keys: [data.init_args.seed]
         columns: {{acc: test/acc, worst: test/worst_group_acc}}
         profiles:
-          smoke: {{data.init_args.size: 8, data.init_args.train_size: 64, data.init_args.val_size: 32, data.init_args.test_size: 32}}
+          smoke: {{data.init_args.size: 8, data.init_args.train_size: 64,
+                   data.init_args.val_size: 32, data.init_args.test_size: 32}}
         rows:
           - label: ERM
             config: {ROOT / "experiments" / "quickstart.yaml"}
@@ -98,7 +102,15 @@ def reproduce(argv, program=None) -> int:
 def parser(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cli = _build_cli_class()(
-        args=["--config", str(ROOT / "experiments" / "quickstart.yaml"), "--trainer.logger", "false", "--output_root", str(out)], run=False
+        args=[
+            "--config",
+            str(ROOT / "experiments" / "quickstart.yaml"),
+            "--trainer.logger",
+            "false",
+            "--output_root",
+            str(out),
+        ],
+        run=False,
     )
     return cli.parser
 
@@ -109,7 +121,9 @@ def test_shipped_table_loads(table, tmp_path):
     assert spec.rows and spec.columns and spec.title and spec.source
     for row in spec.rows:
         assert set(row.paper) <= set(spec.columns) and set(row.columns) <= set(spec.columns)
-        assert spec.name == "quickstart" or any(v is not None for v in row.paper.values()), f"{row.label}: no paper number"
+        assert spec.name == "quickstart" or any(v is not None for v in row.paper.values()), (
+            f"{row.label}: no paper number"
+        )
     jobs = plan(spec, [0], tmp_path, "smoke", [])
     assert len(jobs) == len(spec.rows) and all(j.status == "new" for j in jobs)
 
@@ -117,7 +131,9 @@ def test_shipped_table_loads(table, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("table", TABLES, ids=[t.stem for t in TABLES])
 def test_shipped_table_rows_parse(table, parser, tmp_path):
-    """Every row's command (config + row overrides + smoke profile) is accepted by the CLI parser."""
+    """Every row's command (config + row overrides + smoke profile) is accepted by the CLI
+    parser.
+    """
     spec = load_table(str(table))
     for job in plan(spec, [0], tmp_path, "smoke", []):
         assert job.args[0] == "fit"
@@ -132,10 +148,16 @@ def test_table_errors(tmp_path):
     bad = write_table(tmp_path, "  - {label: Extra, config: experiments/does_not_exist.yaml}")
     with pytest.raises(ConfigError, match="does_not_exist.yaml, which does not exist"):
         load_table(str(bad))
-    dup = write_table(tmp_path, f"  - {{label: 'erm!', config: {ROOT / 'experiments' / 'quickstart.yaml'}}}")
+    dup = write_table(
+        tmp_path, f"  - {{label: 'erm!', config: {ROOT / 'experiments' / 'quickstart.yaml'}}}"
+    )
     with pytest.raises(ConfigError, match="share the folder name 'erm'"):
         load_table(str(dup))
-    unknown = write_table(tmp_path, f"  - {{label: X, config: {ROOT / 'experiments' / 'quickstart.yaml'}, paper: {{auroc: 1}}}}")
+    unknown = write_table(
+        tmp_path,
+        f"  - {{label: X, config: "
+        f"{ROOT / 'experiments' / 'quickstart.yaml'}, paper: {{auroc: 1}}}}",
+    )
     with pytest.raises(ConfigError, match="auroc"):
         load_table(str(unknown))
     assert slugify("CIM + VIB (alpha 1)") == "cim_vib_alpha_1"
@@ -147,20 +169,45 @@ def test_table_errors(tmp_path):
 def test_dry_run_prints_one_runnable_command_per_run(tmp_path, capsys):
     table = write_table(tmp_path)
     out_root = tmp_path / "runs"
-    assert reproduce([table, "--dry-run", "--profile", "smoke", "--output_root", out_root, "--trainer.max_epochs", "2"]) == 0
+    assert (
+        reproduce(
+            [
+                table,
+                "--dry-run",
+                "--profile",
+                "smoke",
+                "--output_root",
+                out_root,
+                "--trainer.max_epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4  # 2 rows x 2 seeds (the table's default)
     commands = [shlex.split(line) for line in lines]
     assert all(c[:2] == ["robustrep", "fit"] for c in commands)
     run_dirs = [c[c.index("--run_dir") + 1] for c in commands]
-    assert run_dirs == [str(out_root / "tables" / "toy_table-smoke" / row / f"seed{s}") for row in ("erm", "jtt") for s in (0, 1)]
+    assert run_dirs == [
+        str(out_root / "tables" / "toy_table-smoke" / row / f"seed{s}")
+        for row in ("erm", "jtt")
+        for s in (0, 1)
+    ]
     assert [c[c.index("--seed_everything") + 1] for c in commands] == ["0", "1", "0", "1"]
     assert [c[c.index("--data.init_args.seed") + 1] for c in commands] == ["0", "1", "0", "1"]
     jtt = commands[2]
     assert jtt[jtt.index("--model.init_args.upweight") + 1] == "5"
-    # user overrides come after the profile's (last one wins), the row's smoke override after the table's
-    last = {flag: len(jtt) - 1 - jtt[::-1].index(flag) for flag in ("--trainer.max_epochs", "--trainer.limit_train_batches")}
-    assert jtt[last["--trainer.max_epochs"] + 1] == "2" and jtt[last["--trainer.limit_train_batches"] + 1] == "1"
+    # user overrides come after the profile's (last one wins), the row's smoke override after the
+    # table's
+    last = {
+        flag: len(jtt) - 1 - jtt[::-1].index(flag)
+        for flag in ("--trainer.max_epochs", "--trainer.limit_train_batches")
+    }
+    assert (
+        jtt[last["--trainer.max_epochs"] + 1] == "2"
+        and jtt[last["--trainer.limit_train_batches"] + 1] == "1"
+    )
     assert last["--trainer.max_epochs"] > last["--trainer.limit_train_batches"]
     assert not out_root.exists(), "a dry run creates nothing"
     # the printed command is accepted by the CLI as is
@@ -169,7 +216,7 @@ def test_dry_run_prints_one_runnable_command_per_run(tmp_path, capsys):
     assert "max_epochs: 2" in printed and "train_size: 64" in printed
 
 
-# ----------------------------------------------------------------------------------- running (stand-in program)
+# ----------------------------------------------------------------------- running (stand-in program)
 
 
 def test_runs_rows_skips_finished_and_reports_paper_column(tmp_path, fake, capsys):
@@ -183,13 +230,24 @@ def test_runs_rows_skips_finished_and_reports_paper_column(tmp_path, fake, capsy
     root = tmp_path / "runs" / "tables" / "toy_table"
     lines = [line for line in (root / "report.md").read_text().splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["row", "acc ours", "acc paper", "acc diff", "worst ours", "worst paper", "worst diff", "n"]
+    assert header == [
+        "row",
+        "acc ours",
+        "acc paper",
+        "acc diff",
+        "worst ours",
+        "worst paper",
+        "worst diff",
+        "n",
+    ]
     erm = [c.strip() for c in lines[2].strip("|").split("|")]
     assert erm == ["ERM", "51.00 ± 1.41", "52", "-1.00", "21.00 ± 1.41", "30", "-9.00", "2"]
     jtt = [c.strip() for c in lines[3].strip("|").split("|")]
     assert jtt == ["JTT", "61.00 ± 1.41", "61", "+0.00", "31.00 ± 1.41", "-", "-", "2"]
     csv = pd.read_csv(root / "report.csv").set_index("row")
-    assert csv.loc["ERM", "acc ours"] == pytest.approx(51.0) and csv.loc["ERM", "acc diff"] == pytest.approx(-1.0)
+    assert csv.loc["ERM", "acc ours"] == pytest.approx(51.0) and csv.loc[
+        "ERM", "acc diff"
+    ] == pytest.approx(-1.0)
     assert math.isnan(csv.loc["JTT", "worst paper"])
     assert (root / "report.png").exists() and "<table" in (root / "report.html").read_text()
     assert json.loads((root / "erm" / "seed1" / "reproduce.json").read_text())["args"][0] == "fit"
@@ -217,18 +275,30 @@ def test_interrupted_run_resumes_from_last_checkpoint(tmp_path, fake):
     table = write_table(tmp_path)
     spec = load_table(str(table))
     jobs = plan(spec, [0, 1], tmp_path / "runs", None, [])
-    interrupted, changed = jobs[0], jobs[1]  # ERM seed 0 was killed; ERM seed 1 was killed under other settings
-    for job, args in ((interrupted, job_args := interrupted.args), (changed, [*changed.args[:-2], "--trainer.max_epochs", "99"])):
+    # ERM seed 0 was killed; ERM seed 1 was killed under other settings
+    interrupted, changed = jobs[0], jobs[1]
+    for job, args in (
+        (interrupted, job_args := interrupted.args),
+        (changed, [*changed.args[:-2], "--trainer.max_epochs", "99"]),
+    ):
         (job.run_dir / "checkpoints").mkdir(parents=True)
         (job.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
         (job.run_dir / "reproduce.json").write_text(json.dumps({"args": args}))
     assert job_args == interrupted.args
-    assert [j.status for j in plan(spec, [0, 1], tmp_path / "runs", None, [])] == ["resume", "new", "new", "new"]
+    assert [j.status for j in plan(spec, [0, 1], tmp_path / "runs", None, [])] == [
+        "resume",
+        "new",
+        "new",
+        "new",
+    ]
     assert reproduce([table, "--output_root", tmp_path / "runs"], program) == 0
     by_dir = {c[c.index("--run_dir") + 1]: c for c in calls()}
     resumed = by_dir[str(interrupted.run_dir)]
-    assert resumed[resumed.index("--ckpt_path") + 1] == str(interrupted.run_dir / "checkpoints" / "last.ckpt")
-    assert sum("--ckpt_path" in c for c in calls()) == 1  # a checkpoint made with other settings is not resumed
+    assert resumed[resumed.index("--ckpt_path") + 1] == str(
+        interrupted.run_dir / "checkpoints" / "last.ckpt"
+    )
+    # a checkpoint made with other settings is not resumed
+    assert sum("--ckpt_path" in c for c in calls()) == 1
 
 
 def test_failed_row_does_not_stop_the_table(tmp_path, fake, monkeypatch, capsys):
@@ -239,20 +309,30 @@ def test_failed_row_does_not_stop_the_table(tmp_path, fake, monkeypatch, capsys)
     captured = capsys.readouterr()
     assert "FAILED (exit 3)" in captured.out and "1 run(s) failed: JTT seed 0" in captured.err
     report = (tmp_path / "runs" / "tables" / "toy_table" / "report.md").read_text()
-    assert "| JTT |        - |        61 |        - |          - |           - |          - | 0 |" in report
+    assert (
+        "| JTT |        - |        61 |        - |          - |           - |          - | 0 |"
+        in report
+    )
     monkeypatch.delenv("FAKE_FAIL")
-    assert reproduce([table, "--output_root", tmp_path / "runs", "--seeds", "1", "--rows", "J*"], program) == 0
+    assert (
+        reproduce(
+            [table, "--output_root", tmp_path / "runs", "--seeds", "1", "--rows", "J*"], program
+        )
+        == 0
+    )
     assert len(calls()) == 3 and "/jtt/" in calls()[-1][calls()[-1].index("--run_dir") + 1]
 
 
 def test_sigterm_is_forwarded_to_the_running_child(tmp_path, capsys):
-    """A scheduler's SIGTERM to `reproduce` is passed on to the row's process (no orphan keeps training),
-    and reproduce says which run stopped and how to resume it."""
+    """A scheduler's SIGTERM to `reproduce` is passed on to the row's process (no orphan keeps
+    training), and reproduce says which run stopped and how to resume it."""
     import threading
 
     sleeper = tmp_path / "sleeper.py"
     pid_file = tmp_path / "child.pid"
-    sleeper.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    sleeper.write_text(
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n"
+    )
 
     def send_sigterm():
         deadline = time.time() + 60
@@ -265,15 +345,22 @@ def test_sigterm_is_forwarded_to_the_running_child(tmp_path, capsys):
     thread = threading.Thread(target=send_sigterm)
     thread.start()
     start = time.time()
-    code = reproduce([write_table(tmp_path), "--output_root", tmp_path / "runs", "--seeds", "1"], [sys.executable, str(sleeper)])
+    code = reproduce(
+        [write_table(tmp_path), "--output_root", tmp_path / "runs", "--seeds", "1"],
+        [sys.executable, str(sleeper)],
+    )
     thread.join()
     assert code == 143 and time.time() - start < 60
     err = capsys.readouterr().err
-    assert "reproduce: stopped by SIGTERM during ERM seed 0 (exit -15)" in err and "Run the same `robustrep reproduce` command again" in err
+    assert (
+        "reproduce: stopped by SIGTERM during ERM seed 0 (exit -15)" in err
+        and "Run the same `robustrep reproduce` command again" in err
+    )
     child = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # terminated and reaped
         os.kill(child, 0)
-    assert signal.getsignal(signal.SIGTERM) == before  # the handler is only installed while rows run
+    # the handler is only installed while rows run
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_option_errors(tmp_path, capsys):
@@ -290,36 +377,58 @@ def test_option_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_smoke_table_stopped_by_sigterm_and_resumed_ends_as_uninterrupted(tmp_path, capsys):
-    """A real one-row table in subprocesses: `reproduce` gets SIGTERM mid-run, passes it on, says which run
-    stopped and exits 143; the same command again resumes that run, which ends exactly as an
-    uninterrupted run of the same arguments."""
+    """A real one-row table in subprocesses: `reproduce` gets SIGTERM mid-run, passes it on, says
+    which run stopped and exits 143; the same command again resumes that run, which ends exactly as
+    an uninterrupted run of the same arguments."""
     table = tmp_path / "one.yaml"
     table.write_text(
         textwrap.dedent(f"""
         title: One row
         columns: {{acc: test/acc, worst: test/worst_group_acc}}
         profiles:
-          smoke: {{data.init_args.size: 8, data.init_args.train_size: 1280, data.init_args.val_size: 32, data.init_args.test_size: 32}}
+          smoke: {{data.init_args.size: 8, data.init_args.train_size: 1280,
+                   data.init_args.val_size: 32, data.init_args.test_size: 32}}
         rows:
           - {{label: ERM, config: {ROOT / "experiments" / "quickstart.yaml"}, paper: {{acc: 50.0}}}}
         """)
     )
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    argv = [sys.executable, "-m", "robustrep.cli", "reproduce", str(table), "--profile", "smoke", "--output_root", str(tmp_path / "runs")]
+    argv = [
+        sys.executable,
+        "-m",
+        "robustrep.cli",
+        "reproduce",
+        str(table),
+        "--profile",
+        "smoke",
+        "--output_root",
+        str(tmp_path / "runs"),
+    ]
     slow = ["--trainer.max_epochs", "6", "--trainer.limit_train_batches", "40"]
     run_dir = tmp_path / "runs" / "tables" / "one-smoke" / "erm" / "seed0"
-    proc = subprocess.Popen([*argv, *slow], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*argv, *slow], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 240
-    while not (run_dir / "checkpoints" / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+    while (
+        not (run_dir / "checkpoints" / "last.ckpt").exists()
+        and proc.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)  # to reproduce only: it forwards the stop to its row
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 143, out[-2000:] + err[-2000:]
     assert "reproduce: stopped by SIGTERM during ERM seed 0 (exit 143); its checkpoint: " in err
-    assert "robustrep: stopped by SIGTERM; checkpoint at epoch" in (run_dir / "reproduce.log").read_text()
+    assert (
+        "robustrep: stopped by SIGTERM; checkpoint at epoch"
+        in (run_dir / "reproduce.log").read_text()
+    )
     assert not (run_dir / "results.json").exists(), "the run finished before it could be stopped"
 
-    done = subprocess.run([*argv, *slow], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*argv, *slow], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "ERM seed 0 (resuming)" in done.stdout
     log = (run_dir / "reproduce.log").read_text()
@@ -337,5 +446,11 @@ def test_smoke_table_stopped_by_sigterm_and_resumed_ends_as_uninterrupted(tmp_pa
     assert reference == pytest.approx(results["metrics"], abs=1e-6)
 
     # a third time (in this process): nothing left to run
-    assert reproduce([table, "--profile", "smoke", "--output_root", tmp_path / "runs", *slow], program=["false"]) == 0
+    assert (
+        reproduce(
+            [table, "--profile", "smoke", "--output_root", tmp_path / "runs", *slow],
+            program=["false"],
+        )
+        == 0
+    )
     assert "1 runs, 1 finished, 0 to run" in capsys.readouterr().out

@@ -8,7 +8,9 @@ from robustrep.data.synthetic import SyntheticSpurious, sample_attributes
 def test_training_correlation_matches_request(correlation):
     dm = SyntheticSpurious(correlation=correlation, train_size=4000, size=8)
     train = dm.make_split("train")
-    aligned = (train.metadata["attribute"] == train.labels % dm.num_attributes).float().mean().item()
+    aligned = (
+        (train.metadata["attribute"] == train.labels % dm.num_attributes).float().mean().item()
+    )
     assert aligned == pytest.approx(correlation, abs=0.02)
 
 
@@ -22,13 +24,19 @@ def test_eval_sets_balanced_and_reversed():
 
 
 def test_groups_strata_and_shapes():
-    dm = SyntheticSpurious(num_classes=3, num_attributes=2, strata_per_class=2, size=12, train_size=300)
+    dm = SyntheticSpurious(
+        num_classes=3, num_attributes=2, strata_per_class=2, size=12, train_size=300
+    )
     assert dm.num_groups == 6 and dm.num_fine_classes == 6 and dm.image_shape == (3, 12, 12)
     ds = dm.make_split("train")
     assert torch.equal(ds.labels, ds.metadata["fine_label"] // 2)
     assert torch.equal(ds.groups, ds.labels * 2 + ds.metadata["attribute"])
     item = ds[5]
-    assert item["image"].shape == (3, 12, 12) and item["image"].min() >= 0.0 and item["image"].max() <= 1.0
+    assert (
+        item["image"].shape == (3, 12, 12)
+        and item["image"].min() >= 0.0
+        and item["image"].max() <= 1.0
+    )
     assert set(item) >= {"image", "label", "group", "index", "attribute", "fine_label"}
     assert len(dm.group_names) == 6
 
@@ -49,7 +57,9 @@ def test_core_feature_is_learnable_without_colour():
 
     dm = SyntheticSpurious(num_attributes=1, size=8, train_size=600, test_size=300, noise=0.1)
     tr, te = dm.make_split("train"), dm.make_split("test")
-    clf = LogisticRegression(max_iter=500).fit(tr.images.flatten(1).float().numpy() / 255, tr.labels.numpy())
+    clf = LogisticRegression(max_iter=500).fit(
+        tr.images.flatten(1).float().numpy() / 255, tr.labels.numpy()
+    )
     assert clf.score(te.images.flatten(1).float().numpy() / 255, te.labels.numpy()) > 0.9
 
 
@@ -69,7 +79,8 @@ def test_sklearn_digits_source():
 
 def test_sklearn_box_gives_mnist_layout_and_grid_crops_can_hold_a_digit():
     """sklearn_box 20 puts the ink in the centred 20 x 20 box (4 px border, as MNIST); in Grid
-    MNIST every digit then fits one 20 x 20 crop on the stride-4 grid, with the default 28 none does."""
+    MNIST every digit then fits one 20 x 20 crop on the stride-4 grid, with the default 28 none
+    does."""
     from robustrep.data import GridMNIST
     from robustrep.data.digits import load_digits
 
@@ -79,7 +90,8 @@ def test_sklearn_box_gives_mnist_layout_and_grid_crops_can_hold_a_digit():
     border = torch.ones(28, 28, dtype=torch.bool)
     border[4:24, 4:24] = False
     assert boxed[:, 0][:, border].max() == 0 and boxed.max() > 200
-    assert (full[:, 0, 0] > 50).any(1).all()  # the default layout has ink in the top row of every digit
+    # the default layout has ink in the top row of every digit
+    assert (full[:, 0, 0] > 50).any(1).all()
     with pytest.raises(ValueError, match="sklearn_box"):
         GridMNIST(digits_source="sklearn", sklearn_box=30)
 

@@ -1,5 +1,6 @@
-"""The W&B run the CLI writes (offline) holds the conventions of docs/wandb.md: project, group = benchmark,
-job type = method, tags, the resolved config, summary = results.json metrics, the group-accuracy table."""
+"""The W&B run the CLI writes (offline) holds the conventions of docs/wandb.md: project, group =
+benchmark, job type = method, tags, the resolved config, summary = results.json metrics, the
+group-accuracy table."""
 
 import json
 from pathlib import Path
@@ -17,8 +18,20 @@ def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monk
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     wandb.teardown()  # other tests set up wandb's process-wide settings in disabled mode
-    args = ["fit", "--config", QUICKSTART, *TINY_QUICKSTART, "--trainer.max_epochs", "1", "--seed_everything", "3"]
-    assert run_cli([*args, "--trainer.enable_progress_bar", "false", "--output_root", str(tmp_path)]) == 0
+    args = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        *TINY_QUICKSTART,
+        "--trainer.max_epochs",
+        "1",
+        "--seed_everything",
+        "3",
+    ]
+    assert (
+        run_cli([*args, "--trainer.enable_progress_bar", "false", "--output_root", str(tmp_path)])
+        == 0
+    )
     (results_path,) = tmp_path.glob("quickstart/*/results.json")
     results = json.loads(results_path.read_text())
     (offline,) = (results_path.parent / "wandb").glob("offline-run-*")
@@ -35,7 +48,11 @@ def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monk
     assert config["model.class_path"] == "robustrep.methods.ERM"
     assert config["data.init_args.size"] == 8 and config["seed_everything"] == 3
     assert config["config_digest"] == results["config_digest"]
-    assert (config["method"], config["benchmark"], config["variant"]) == ("ERM", "synthetic", "default")
+    assert (config["method"], config["benchmark"], config["variant"]) == (
+        "ERM",
+        "synthetic",
+        "default",
+    )
 
     summary = run["summary"]
     for key, value in results["metrics"].items():
@@ -45,7 +62,13 @@ def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monk
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["set", "group", "acc"]
     by_group = {row[1]: row[2] for row in table["data"] if row[0] == "test"}
-    assert by_group == pytest.approx({k.split("/group_acc/")[1]: v for k, v in results["metrics"].items() if k.startswith("test/group_acc/")})
+    assert by_group == pytest.approx(
+        {
+            k.split("/group_acc/")[1]: v
+            for k, v in results["metrics"].items()
+            if k.startswith("test/group_acc/")
+        }
+    )
     assert min(by_group.values()) == pytest.approx(summary["test/worst_group_acc"])
 
 
@@ -54,10 +77,27 @@ def test_offline_run_holds_group_job_type_tags_config_and_summary(tmp_path, monk
     [
         (lambda: ERM(backbone="tiny", image_shape=(3, 8, 8)), ""),
         (lambda: SpreadSupCon(backbone="tiny", image_shape=(3, 8, 8), loss="supcon"), "supcon"),
-        (lambda: CRLTAC(image_shape=(3, 16, 16), crop_size=8, crop_stride=4, m=2, policy="uniform"), "uniform"),
+        (
+            lambda: CRLTAC(
+                image_shape=(3, 16, 16), crop_size=8, crop_stride=4, m=2, policy="uniform"
+            ),
+            "uniform",
+        ),
         (lambda: IPIRM(backbone="tiny", image_shape=(3, 8, 8), base="simclr"), "simclr+invariance"),
-        (lambda: IPIRM(backbone="tiny", image_shape=(3, 8, 8), base="simsiam", invariance=False), "simsiam"),
-        (lambda: CIM(backbone="tiny", image_shape=(3, 8, 8), transform_network=False, lam=0, vib_beta=0.001), "mask+no_tn+vib"),
+        (
+            lambda: IPIRM(backbone="tiny", image_shape=(3, 8, 8), base="simsiam", invariance=False),
+            "simsiam",
+        ),
+        (
+            lambda: CIM(
+                backbone="tiny",
+                image_shape=(3, 8, 8),
+                transform_network=False,
+                lam=0,
+                vib_beta=0.001,
+            ),
+            "mask+no_tn+vib",
+        ),
         (lambda: CIM(backbone="tiny", image_shape=(3, 8, 8), variant="gram"), "gram"),
     ],
 )
@@ -66,7 +106,9 @@ def test_method_variant_tag(build, expected):
 
 
 def test_wait_for_run_file_waits_for_the_exit_record(tmp_path, monkeypatch):
-    """wandb.finish() can return while the run file is still its 7-byte header; the CLI waits for the end."""
+    """wandb.finish() can return while the run file is still its 7-byte header; the CLI waits for
+    the end.
+    """
     import wandb
 
     from robustrep.wandb_runs import read_wandb_records, wait_for_run_file

@@ -1,4 +1,5 @@
 """Downstream applications on frozen embeddings: strata recovery, noisy labels, coresets.
 
-``robustrep analyze strata|noisy-labels|coreset`` (:func:`robustrep.analysis.commands.analyze_command`).
+``robustrep analyze strata|noisy-labels|coreset``
+(:func:`robustrep.analysis.commands.analyze_command`).
 """

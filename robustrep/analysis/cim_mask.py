@@ -1,4 +1,4 @@
-"""Where does CIM's mask put its weight? Mean mask on the foreground and on the background.
+r"""Where does CIM's mask put its weight? Mean mask on the foreground and on the background.
 
 CIM's claim (fig. 2a of the paper) is that the Transformation Network keeps the task-relevant
 pixels (the digit) and suppresses the nuisance (the coloured background). This analysis measures
@@ -7,7 +7,8 @@ datamodule can tell foreground pixels apart (a ``foreground(images)`` method, e.
 :class:`~robustrep.data.ColoredMNISTCIM`: the digit's strokes), over the foreground and the
 background separately. A mask that keeps the shortcut has ``background >= foreground``.
 
-    robustrep analyze cim-mask --ckpt runs/cim_colored_mnist/<run>/checkpoints/last.ckpt --set digits_source=sklearn
+    robustrep analyze cim-mask --ckpt runs/cim_colored_mnist/<run>/checkpoints/last.ckpt \
+        --set digits_source=sklearn
 """
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ class MaskResult:
     per_class: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
-        lines = [f"CIM mask on {self.eval_set} ({self.images} images)", f"{'pixels':<24} {'mean mask':>9}", f"{'all':<24} {self.mean:>9.4f}"]
+        lines = [
+            f"CIM mask on {self.eval_set} ({self.images} images)",
+            f"{'pixels':<24} {'mean mask':>9}",
+            f"{'all':<24} {self.mean:>9.4f}",
+        ]
         if self.foreground is not None:
-            lines += [f"{'foreground':<24} {self.foreground:>9.4f}", f"{'background':<24} {self.background:>9.4f}"]
+            lines += [
+                f"{'foreground':<24} {self.foreground:>9.4f}",
+                f"{'background':<24} {self.background:>9.4f}",
+            ]
         lines += [f"{'class ' + name:<24} {value:>9.4f}" for name, value in self.per_class.items()]
         return "\n".join(lines)
 
@@ -41,7 +49,9 @@ def mask_statistics(model, dm, eval_set: str | None = None) -> MaskResult:
     """Mean mask of ``model`` (anything with ``mask(images)``) over ``dm``'s test set ``eval_set``
     (default: the primary one), overall, per class and on the foreground / background."""
     if not hasattr(model, "mask"):
-        raise ConfigError(f"{type(model).__name__} has no input mask; cim-mask analyses CIM checkpoints")
+        raise ConfigError(
+            f"{type(model).__name__} has no input mask; cim-mask analyses CIM checkpoints"
+        )
     tests = dm.splits.test
     name = eval_set or next(iter(tests))
     if name not in tests:
@@ -70,7 +80,13 @@ def mask_statistics(model, dm, eval_set: str | None = None) -> MaskResult:
             sums["bg"] += float(mask[~fg].sum())
             counts["bg"] += int((~fg).sum())
     names = list(getattr(dm, "class_names", None) or range(dm.num_classes))
-    per_class = {str(names[c]): float(class_sum[c] / class_count[c]) for c in range(dm.num_classes) if class_count[c] > 0}
+    per_class = {
+        str(names[c]): float(class_sum[c] / class_count[c])
+        for c in range(dm.num_classes)
+        if class_count[c] > 0
+    }
     fg_mean = sums["fg"] / counts["fg"] if counts["fg"] else None
     bg_mean = sums["bg"] / counts["bg"] if counts["bg"] else None
-    return MaskResult(name, images, sums["all"] / max(counts["all"], 1), fg_mean, bg_mean, per_class)
+    return MaskResult(
+        name, images, sums["all"] / max(counts["all"], 1), fg_mean, bg_mean, per_class
+    )

@@ -32,7 +32,9 @@ def instantiate(spec: Any) -> Any:
 
 
 def callable_spec(spec: dict | None):
-    """A factory ``f(first_arg) -> object`` from an optimizer / scheduler spec (the CLI's callables)."""
+    """A factory ``f(first_arg) -> object`` from an optimizer / scheduler spec (the CLI's
+    callables).
+    """
     if spec is None:
         return None
     cls = import_class(spec["class_path"])
@@ -40,7 +42,9 @@ def callable_spec(spec: dict | None):
 
 
 def parse_value(text: str) -> Any:
-    """``key=value`` override values: YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``, ``name``)."""
+    """``key=value`` override values: YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``,
+    ``name``).
+    """
     return yaml.safe_load(text)
 
 
@@ -49,7 +53,8 @@ def load_config(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     config = yaml.safe_load(path.read_text()) or {}
-    config = config.get("fit", config)  # a config.yaml saved by `robustrep fit` may nest under the subcommand
+    # a config.yaml saved by `robustrep fit` may nest under the subcommand
+    config = config.get("fit", config)
     if "data" not in config:
         raise ConfigError(f"{path} has no `data:` section")
     return config
@@ -62,7 +67,10 @@ def find_run_config(ckpt: str | Path) -> Path:
         candidate = folder / "config.yaml"
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"no config.yaml next to {ckpt} or in its run directory; pass --config with the run's YAML (e.g. experiments/X.yaml)")
+    raise ConfigError(
+        f"no config.yaml next to {ckpt} or in its run directory; pass --config with the run's "
+        "YAML (e.g. experiments/X.yaml)"
+    )
 
 
 def build_datamodule(config: dict, overrides: dict[str, Any] | None = None):
@@ -91,7 +99,9 @@ def build_model(config: dict, dm, overrides: dict[str, Any] | None = None):
     return import_class(spec["class_path"])(**init)
 
 
-def embed_splits(model, dm, sets: tuple[str, ...] = ("train", "test")) -> dict[str, dict[str, torch.Tensor]]:
+def embed_splits(
+    model, dm, sets: tuple[str, ...] = ("train", "test")
+) -> dict[str, dict[str, torch.Tensor]]:
     """Frozen features + labels/groups/fine labels/indices of the training set (eval transform) and
     of the primary test set (and/or ``val``)."""
     keys = ("label", "group", "fine_label", "index")
@@ -107,7 +117,9 @@ def embed_splits(model, dm, sets: tuple[str, ...] = ("train", "test")) -> dict[s
 
 
 def quiet_trainer(max_epochs: int, seed: int, **kwargs):
-    """A CPU/auto Trainer without logger, checkpoints or progress bar, for the analyses' inner runs."""
+    """A CPU/auto Trainer without logger, checkpoints or progress bar, for the analyses' inner
+    runs.
+    """
     import lightning.pytorch as pl
 
     pl.seed_everything(seed, workers=True, verbose=False)

@@ -25,8 +25,11 @@ from robustrep.analysis.common import build_datamodule, build_model, embed_split
 from robustrep.evaluation.features import extract_features, fit_linear_probe
 
 
-def bucket_prune(counts: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Indices of the coreset (sorted) keeping ``round(fraction * n_c)`` points of every class ``c``.
+def bucket_prune(
+    counts: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int = 0
+) -> torch.Tensor:
+    """Indices of the coreset (sorted) keeping ``round(fraction * n_c)`` points of every class
+    ``c``.
 
     ``counts``: per point, how many partial-training runs classified it correctly.
     """
@@ -38,7 +41,8 @@ def bucket_prune(counts: torch.Tensor, labels: torch.Tensor, fraction: float, se
         values = torch.unique(counts[idx])
         buckets = [idx[counts[idx] == v] for v in values.tolist()]
         sizes = [len(b) for b in buckets]
-        for _ in range(sum(sizes) - target):  # remove one point from the largest bucket (ties: easiest)
+        # remove one point from the largest bucket (ties: easiest)
+        for _ in range(sum(sizes) - target):
             k = max(range(len(sizes)), key=lambda j: (sizes[j], values[j].item()))
             sizes[k] -= 1
         for bucket, size in zip(buckets, sizes):
@@ -46,8 +50,12 @@ def bucket_prune(counts: torch.Tensor, labels: torch.Tensor, fraction: float, se
     return torch.cat(keep).sort().values if keep else torch.zeros(0, dtype=torch.long)
 
 
-def random_subset(n: int, fraction: float, labels: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
-    """A seeded random subset of ``round(fraction * n)`` indices (class-stratified when ``labels`` given)."""
+def random_subset(
+    n: int, fraction: float, labels: torch.Tensor | None = None, seed: int = 0
+) -> torch.Tensor:
+    """A seeded random subset of ``round(fraction * n)`` indices (class-stratified when ``labels``
+    given).
+    """
     gen = torch.Generator().manual_seed(seed)
     if labels is None:
         return torch.randperm(n, generator=gen)[: round(fraction * n)].sort().values
@@ -59,7 +67,9 @@ def random_subset(n: int, fraction: float, labels: torch.Tensor | None = None, s
 
 
 def _restrict(dm, positions: torch.Tensor):
-    """Restrict the datamodule's training split to ``positions`` (dataset ``index`` keys stay global)."""
+    """Restrict the datamodule's training split to ``positions`` (dataset ``index`` keys stay
+    global).
+    """
     dm.splits.train = Subset(dm.splits.train, positions.tolist())
     return dm
 
@@ -74,8 +84,10 @@ class CoresetResult:
 
     def table(self) -> str:
         lines = [
-            f"coreset: {self.size} points ({self.target:.0%} of the training set) from {self.runs} partial-training runs",
-            "points per correctness count: " + ", ".join(f"{k}: {v}" for k, v in self.bucket_sizes.items()),
+            f"coreset: {self.size} points ({self.target:.0%} of the training set) from "
+            f"{self.runs} partial-training runs",
+            "points per correctness count: "
+            + ", ".join(f"{k}: {v}" for k, v in self.bucket_sizes.items()),
             f"{'fresh model trained on':<28} {'test acc':>9}",
         ]
         lines += [f"{k:<28} {v:>9.4f}" for k, v in self.test_acc.items()]
@@ -91,7 +103,9 @@ def correctness_counts(
     seed: int = 0,
     trainer_kwargs: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train on random subsets; returns ``(counts N, labels N)`` over the full training set (by position)."""
+    """Train on random subsets; returns ``(counts N, labels N)`` over the full training set (by
+    position).
+    """
     base = build_datamodule(config, data_overrides)
     labels = torch.cat([b["label"] for b in base.train_eval_dataloader(shard=False)])
     n = labels.shape[0]
@@ -109,14 +123,25 @@ def correctness_counts(
                     model.eval()
                     preds = model.head(full["features"].to(model.device)).argmax(1).cpu()
             else:
-                predict = fit_linear_probe(full["features"][positions], full["label"][positions], int(labels.max()) + 1, seed=run_seed)
+                predict = fit_linear_probe(
+                    full["features"][positions],
+                    full["label"][positions],
+                    int(labels.max()) + 1,
+                    seed=run_seed,
+                )
                 preds = predict(full["features"])
             counts += (preds == labels).long()
     return counts, labels
 
 
 def evaluate_subset(
-    config: dict, positions: torch.Tensor, max_epochs: int, eval_model: dict | None, data_overrides: dict | None, seed: int, trainer_kwargs: dict | None
+    config: dict,
+    positions: torch.Tensor,
+    max_epochs: int,
+    eval_model: dict | None,
+    data_overrides: dict | None,
+    seed: int,
+    trainer_kwargs: dict | None,
 ) -> float:
     """Test accuracy of a fresh model trained on the training points at ``positions``."""
     dm = _restrict(build_datamodule(config, data_overrides), positions)
@@ -145,22 +170,42 @@ def run_coreset(
     seed: int = 0,
     trainer_kwargs: dict | None = None,
 ) -> CoresetResult:
-    """The whole coreset pipeline; ``eval_model`` is a ``{class_path, init_args}`` spec for the fresh
-    model (default: ERM with the config's backbone), trained with ``eval_data_overrides`` (default:
-    one view, ``standard`` augmentation)."""
-    counts, labels = correctness_counts(config, fractions, repeats, max_epochs, data_overrides, seed, trainer_kwargs)
+    """The whole coreset pipeline; ``eval_model`` is a ``{class_path, init_args}`` spec for the
+    fresh model (default: ERM with the config's backbone), trained with ``eval_data_overrides``
+    (default: one view, ``standard`` augmentation)."""
+    counts, labels = correctness_counts(
+        config, fractions, repeats, max_epochs, data_overrides, seed, trainer_kwargs
+    )
     coreset = bucket_prune(counts, labels, target, seed)
     baseline = random_subset(len(labels), target, labels, seed)
     if eval_model is None:
         init = config["model"].get("init_args") or {}
         eval_model = {
             "class_path": "robustrep.methods.ERM",
-            "init_args": {k: init[k] for k in ("backbone", "backbone_kwargs", "optimizer", "lr_scheduler") if k in init},
+            "init_args": {
+                k: init[k]
+                for k in ("backbone", "backbone_kwargs", "optimizer", "lr_scheduler")
+                if k in init
+            },
         }
-    eval_overrides = {**(data_overrides or {}), "num_views": 1, "augment": "standard", **(eval_data_overrides or {})}
+    eval_overrides = {
+        **(data_overrides or {}),
+        "num_views": 1,
+        "augment": "standard",
+        **(eval_data_overrides or {}),
+    }
     epochs = eval_epochs or max_epochs
     values, sizes = torch.unique(counts, return_counts=True)
-    result = CoresetResult(target, len(coreset), len(fractions) * repeats, {int(v): int(s) for v, s in zip(values, sizes)})
-    result.test_acc["coreset (bucket pruning)"] = evaluate_subset(config, coreset, epochs, eval_model, eval_overrides, seed, trainer_kwargs)
-    result.test_acc["random subset, same size"] = evaluate_subset(config, baseline, epochs, eval_model, eval_overrides, seed, trainer_kwargs)
+    result = CoresetResult(
+        target,
+        len(coreset),
+        len(fractions) * repeats,
+        {int(v): int(s) for v, s in zip(values, sizes)},
+    )
+    result.test_acc["coreset (bucket pruning)"] = evaluate_subset(
+        config, coreset, epochs, eval_model, eval_overrides, seed, trainer_kwargs
+    )
+    result.test_acc["random subset, same size"] = evaluate_subset(
+        config, baseline, epochs, eval_model, eval_overrides, seed, trainer_kwargs
+    )
     return result

@@ -27,7 +27,9 @@ from robustrep.evaluation.features import fit_linear_probe
 from robustrep.evaluation.labels import symmetric_noise
 
 
-def geometric_scores(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def geometric_scores(
+    z: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores and nearest-centre labels of one batch (``z``: b x d, ``labels``: b).
 
     Returns:
@@ -40,7 +42,8 @@ def geometric_scores(z: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
     counts = onehot.sum(0)  # C
     own = sums[labels] - z  # centre direction of the other points of the own class (b x d)
     cos_own = (z * own).sum(1) / own.norm(dim=1).clamp(min=1e-12)
-    cos_own = torch.where(counts[labels] > 1, cos_own, torch.full_like(cos_own, -1.0))  # alone in its class: maximally suspicious
+    # alone in its class: maximally suspicious
+    cos_own = torch.where(counts[labels] > 1, cos_own, torch.full_like(cos_own, -1.0))
     total = z.sum(0)
     n_other = (labels.shape[0] - counts[labels]).clamp(min=1)
     mean_other = (z * (total - sums[labels])).sum(1) / n_other
@@ -55,14 +58,20 @@ def geometric_scores(z: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
 
 
 def detect_and_relabel(
-    z: torch.Tensor, noisy: torch.Tensor, noise_rate: float, num_classes: int, batch_size: int = 512, seed: int = 0
+    z: torch.Tensor,
+    noisy: torch.Tensor,
+    noise_rate: float,
+    num_classes: int,
+    batch_size: int = 512,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flag the lowest-scoring ``noise_rate`` fraction of every batch and relabel it.
 
     Returns ``(flagged bool N, corrected labels N, scores N)``.
     """
     n = z.shape[0]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 104729))  # a stream distinct from the noise draw's
+    # a stream distinct from the noise draw's
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 104729))
     flagged = torch.zeros(n, dtype=torch.bool)
     corrected = noisy.clone()
     scores = torch.zeros(n, dtype=torch.float64)
@@ -91,7 +100,8 @@ class NoisyLabelResult:
         lines = [
             f"noise rate {self.noise_rate:.2f} ({self.noise_source})",
             f"detection precision {self.precision:.4f}  recall {self.recall:.4f}",
-            f"training-label accuracy: noisy {self.label_acc_noisy:.4f} -> corrected {self.label_acc_corrected:.4f}",
+            f"training-label accuracy: noisy {self.label_acc_noisy:.4f} -> corrected "
+            f"{self.label_acc_corrected:.4f}",
             f"{'linear head trained on':<28} {'test acc':>9}",
         ]
         lines += [f"{k:<28} {v:>9.4f}" for k, v in self.test_acc.items()]
@@ -117,12 +127,18 @@ def run_noisy_labels(
         noisy = symmetric_noise(clean, noise_rate, num_classes, seed)
         source = "symmetric noise injected after training; the encoder saw clean labels"
     is_noisy = noisy != clean
-    flagged, corrected, _ = detect_and_relabel(train["features"], noisy, noise_rate, num_classes, batch_size, seed)
+    flagged, corrected, _ = detect_and_relabel(
+        train["features"], noisy, noise_rate, num_classes, batch_size, seed
+    )
     hits = (flagged & is_noisy).sum().item()
     precision = hits / max(1, flagged.sum().item())
     recall = hits / max(1, is_noisy.sum().item())
     test_acc = {}
-    for name, labels in (("noisy labels", noisy), ("corrected labels", corrected), ("clean labels (oracle)", clean)):
+    for name, labels in (
+        ("noisy labels", noisy),
+        ("corrected labels", corrected),
+        ("clean labels (oracle)", clean),
+    ):
         predict = fit_linear_probe(train["features"], labels, num_classes, seed=seed)
         test_acc[name] = (predict(test["features"]) == test["label"]).double().mean().item()
     return NoisyLabelResult(

@@ -23,27 +23,38 @@ import torch
 from robustrep.errors import ConfigError
 from robustrep.metrics import GroupAccuracy
 
-UMAP_NOTICE = "umap-learn is not installed, so strata recovery reduces dimensions with PCA instead of UMAP (pip install umap-learn for the paper's setting)"
+UMAP_NOTICE = (
+    "umap-learn is not installed, so strata recovery reduces dimensions with PCA instead of UMAP "
+    "(pip install umap-learn for the paper's setting)"
+)
 
 
-def reduce_dimensions(x: np.ndarray, n_components: int = 2, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+def reduce_dimensions(
+    x: np.ndarray, n_components: int = 2, method: str = "auto", seed: int = 0
+) -> tuple[np.ndarray, str]:
     """Project ``x`` (N x D) to ``n_components`` dimensions; returns ``(projection, method used)``.
 
     ``method``: ``umap`` (requires umap-learn), ``pca``, ``none`` (keep the centred
     features) or ``auto`` (UMAP if installed, else PCA with a warning).
     """
-    x = x - x.mean(0)  # centred, not standardised: per-dimension scaling would inflate noise dimensions
+    # centred, not standardised: per-dimension scaling would inflate noise dimensions
+    x = x - x.mean(0)
     if method in ("auto", "umap"):
         try:
             import umap  # type: ignore[import-not-found]
         except ImportError:
             if method == "umap":
-                raise ConfigError("reducer umap needs the optional package umap-learn (pip install umap-learn); or use --reducer pca") from None
+                raise ConfigError(
+                    "reducer umap needs the optional package umap-learn (pip install "
+                    "umap-learn); or use --reducer pca"
+                ) from None
             warnings.warn(UMAP_NOTICE, stacklevel=2)
             method = "pca"
         else:
             neighbours = max(2, min(15, x.shape[0] - 1))
-            return umap.UMAP(n_components=n_components, n_neighbors=neighbours, random_state=seed).fit_transform(x), "umap"
+            return umap.UMAP(
+                n_components=n_components, n_neighbors=neighbours, random_state=seed
+            ).fit_transform(x), "umap"
     if method == "pca":
         from sklearn.decomposition import PCA
 
@@ -95,7 +106,11 @@ def cluster_within_classes(
         sample = rng.choice(len(idx), size=min(len(idx), 2000), replace=False)
         for k in candidates:
             assign = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x)
-            score = silhouette_score(x[sample], assign[sample]) if k > 1 and len(np.unique(assign[sample])) > 1 else 0.0
+            score = (
+                silhouette_score(x[sample], assign[sample])
+                if k > 1 and len(np.unique(assign[sample])) > 1
+                else 0.0
+            )
             if best is None or score > best_score:
                 best, best_score = assign, score
         assert best is not None
@@ -150,7 +165,12 @@ def train_linear_head(
             if groups is None:
                 loss = losses.mean()
             else:
-                group_loss = torch.zeros(len(g_ids), dtype=torch.float64).index_add(0, g_inv, losses.double()) / counts
+                group_loss = (
+                    torch.zeros(len(g_ids), dtype=torch.float64).index_add(
+                        0, g_inv, losses.double()
+                    )
+                    / counts
+                )
                 q = q * torch.exp(step_size * group_loss.detach())
                 q = q / q.sum()
                 loss = (q * group_loss).sum()
@@ -176,7 +196,11 @@ class StrataResult:
 
     def table(self) -> str:
         lines = [f"reducer: {self.reducer}; clusters per class: {self.clusters}"]
-        lines.append("strata F1 per true group: " + ", ".join(f"g{g}={v:.3f}" for g, v in self.f1.items()) + f"  (mean {self.mean_f1:.3f})")
+        lines.append(
+            "strata F1 per true group: "
+            + ", ".join(f"g{g}={v:.3f}" for g, v in self.f1.items())
+            + f"  (mean {self.mean_f1:.3f})"
+        )
         lines.append(f"{'head on frozen features':<32} {'test acc':>9} {'worst-group':>12}")
         for name in self.acc:
             lines.append(f"{name:<32} {self.acc[name]:>9.4f} {self.worst_group_acc[name]:>12.4f}")
@@ -196,15 +220,42 @@ def run_strata(
     step_size: float = 0.01,
     seed: int = 0,
 ) -> StrataResult:
-    """Strata recovery on training features and Group DRO heads scored on the test features' true groups."""
+    """Strata recovery on training features and Group DRO heads scored on the test features' true
+    groups.
+    """
     if (train["group"] < 0).all() or (test["group"] < 0).all():
-        raise ConfigError("strata recovery is scored against true groups, and this benchmark has none (group = -1)")
-    pseudo, info = cluster_within_classes(train["features"], train["label"], clusters_per_class, max_clusters, reducer, n_components, seed)
+        raise ConfigError(
+            "strata recovery is scored against true groups, and this "
+            "benchmark has none (group = -1)"
+        )
+    pseudo, info = cluster_within_classes(
+        train["features"],
+        train["label"],
+        clusters_per_class,
+        max_clusters,
+        reducer,
+        n_components,
+        seed,
+    )
     f1 = strata_f1(pseudo, train["group"])
-    result = StrataResult(info.get("reducer", reducer), info["clusters"], f1, float(np.mean(list(f1.values()))))
-    heads = {"ERM": None, "Group DRO (pseudo-groups)": pseudo, "Group DRO (true groups, oracle)": train["group"]}
+    result = StrataResult(
+        info.get("reducer", reducer), info["clusters"], f1, float(np.mean(list(f1.values())))
+    )
+    heads = {
+        "ERM": None,
+        "Group DRO (pseudo-groups)": pseudo,
+        "Group DRO (true groups, oracle)": train["group"],
+    }
     for name, groups in heads.items():
-        predict = train_linear_head(train["features"], train["label"], groups, num_classes, steps=steps, step_size=step_size, seed=seed)
+        predict = train_linear_head(
+            train["features"],
+            train["label"],
+            groups,
+            num_classes,
+            steps=steps,
+            step_size=step_size,
+            seed=seed,
+        )
         metric = GroupAccuracy(num_groups)
         metric.update(predict(test["features"]), test["label"], test["group"])
         values = metric.compute()

@@ -8,8 +8,8 @@ name       what
 ``mlp``    flatten + MLP (``hidden`` sizes, ReLU); CIM's Colored MNIST net is ``[1024, 512, 256]``
 ``cnn``    small 3- or 4-block conv net (``width``), global average pool; fast on CPU
 ``resnet18`` / ``resnet50``  torchvision ResNets; ``pretrained: true`` loads ImageNet weights from
-           the local torch cache (never downloaded in tests); ``cifar_stem: true`` swaps the stem for a
-           3x3 stride-1 conv without max-pool (small images)
+           the local torch cache (never downloaded in tests); ``cifar_stem: true`` swaps the stem
+           for a 3x3 stride-1 conv without max-pool (small images)
 ``vit``    ViT for 32 x 32 inputs (4 x 4 patches, width 256, 7 pre-norm layers, 8 heads, MLP 512;
            the L_spread paper's encoder); features = the CLS token
 ``crltac_cnn`` CRL-TAC's crop trunk ``f``: three stride-2 convolutions (+ BatchNorm), pooled
@@ -47,9 +47,13 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
     """Add a backbone: ``builder(image_shape, **kwargs)`` must return a module with ``out_dim``.
-    Call it from your own code (not at import time of a library module); a taken name is an error."""
+    Call it from your own code (not at import time of a library module); a taken name is an
+    error."""
     if name in BACKBONES:
-        raise ValueError(f"a backbone named {name!r} is already registered ({BACKBONES[name]!r}); choose another name")
+        raise ValueError(
+            f"a backbone named {name!r} is already registered "
+            f"({BACKBONES[name]!r}); choose another name"
+        )
     BACKBONES[name] = builder
 
 
@@ -63,4 +67,14 @@ def build_backbone(name: str, image_shape: tuple[int, int, int], **kwargs) -> nn
     return net
 
 
-__all__ = ["BACKBONES", "CNN", "MLP", "ConvEncoder", "CropCNN", "Tiny", "build_backbone", "register_backbone", "resnet"]
+__all__ = [
+    "BACKBONES",
+    "CNN",
+    "MLP",
+    "ConvEncoder",
+    "CropCNN",
+    "Tiny",
+    "build_backbone",
+    "register_backbone",
+    "resnet",
+]

@@ -4,15 +4,16 @@ network ``P(T|x)``."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 
 class CropCNN(nn.Module):
-    """The paper's encoder trunk ``f`` [ours in detail]: three 3x3 stride-2 convolutions (``channels``;
-    the last has ``out_dim`` channels), each followed by BatchNorm and ReLU, then global average pooling.
+    """The paper's encoder trunk ``f`` [ours in detail]: three 3x3 stride-2 convolutions
+    (``channels``; the last has ``out_dim`` channels), each followed by BatchNorm and ReLU, then
+    global average pooling.
 
     Args:
         image_shape: (C, H, W) of the input; only C matters (any crop size works).
@@ -23,7 +24,13 @@ class CropCNN(nn.Module):
             two crops after ``g``) and the contrastive loss stays at ``log(n m - 1)`` for epochs.
     """
 
-    def __init__(self, image_shape: Sequence[int], channels: Sequence[int] = (32, 64), out_dim: int = 200, batch_norm: bool = True) -> None:
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        channels: Sequence[int] = (32, 64),
+        out_dim: int = 200,
+        batch_norm: bool = True,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = image_shape[0]
@@ -44,11 +51,19 @@ class PolicyNet(nn.Module):
     """``P(T|x)`` logits: Conv-ReLU-Conv-ReLU-AvgPool2-FC-ReLU-FC|T| (paper Figure 5).
 
     The convolutions are 3x3 with stride ``stride`` [ours; the paper gives none. 3 tiles the image
-    without gaps and makes the policy about 4x cheaper than stride 2, which matters for the CRL-TAC /
-    SimCLR step-time ratio]. The last layer starts at zero, so the initial policy is exactly uniform [ours].
+    without gaps and makes the policy about 4x cheaper than stride 2, which matters for the CRL-TAC
+    / SimCLR step-time ratio]. The last layer starts at zero, so the initial policy is exactly
+    uniform [ours].
     """
 
-    def __init__(self, image_shape: Sequence[int], num_crops: int, channels: int = 32, hidden: int = 128, stride: int = 3) -> None:
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        num_crops: int,
+        channels: int = 32,
+        hidden: int = 128,
+        stride: int = 3,
+    ) -> None:
         super().__init__()
         c, h, w = image_shape
         self.features = nn.Sequential(
@@ -61,7 +76,9 @@ class PolicyNet(nn.Module):
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, c, h, w)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_crops))
+        self.fc = nn.Sequential(
+            nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_crops)
+        )
         nn.init.zeros_(self.fc[-1].weight)
         nn.init.zeros_(self.fc[-1].bias)
 
@@ -94,9 +111,28 @@ def encode_constant_crops_once(encode, crops: torch.Tensor) -> tuple[torch.Tenso
     return tuple(result)
 
 
+@torch.no_grad()
+def encode_without_grad(
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    modules: Sequence[nn.Module],
+    crops: torch.Tensor,
+    dedupe: bool = True,
+) -> tuple[torch.Tensor, ...]:
+    """``encode(crops)`` without gradient. When every one of ``modules`` (the encoder) is in eval
+    mode, each crop is mapped on its own, and with ``dedupe`` each distinct constant crop (e.g. Grid
+    MNIST's blank canvas, most of its 289 crops) is encoded once and its output copied
+    (:func:`encode_constant_crops_once`): the same result, far fewer crops."""
+    in_eval = not any(mod.training for enc in modules for mod in enc.modules())
+    if dedupe and in_eval:
+        return encode_constant_crops_once(encode, crops)
+    return encode(crops)
+
+
 @contextlib.contextmanager
 def in_eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Run ``modules`` (and their submodules) in eval mode inside the block, then restore each mode."""
+    """Run ``modules`` (and their submodules) in eval mode inside the block, then restore each
+    mode.
+    """
     modes = [(mod, mod.training) for module in modules for mod in module.modules()]
     for mod, _ in modes:
         mod.training = False

@@ -16,8 +16,9 @@ class TransformationNetwork(nn.Module):
     The encoder halves the resolution ``depth`` times (3x3 stride-2 convs, width doubling up to
     ``8 * width``); the decoder goes back up level by level (a 3x3 conv at the coarser resolution,
     then bilinear upsampling to the encoder size, so no conv runs at full resolution with many
-    channels), adding the encoder feature of that size when ``skip`` is on; a zero-initialised 1x1 conv gives the mask
-    logits, so training starts from the uniform mask ``sigmoid(mask_bias_init)``.
+    channels), adding the encoder feature of that size when ``skip`` is on; a zero-initialised 1x1
+    conv gives the mask logits, so training starts from the uniform mask
+    ``sigmoid(mask_bias_init)``.
 
     Args:
         in_channels: image channels.
@@ -31,7 +32,13 @@ class TransformationNetwork(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, image_size: int, width: int | None = None, depth: int | None = None, skip: bool = True, mask_bias_init: float = 0.0
+        self,
+        in_channels: int,
+        image_size: int,
+        width: int | None = None,
+        depth: int | None = None,
+        skip: bool = True,
+        mask_bias_init: float = 0.0,
     ) -> None:
         super().__init__()
         width = width or (8 if image_size <= 32 else 16 if image_size <= 64 else 32)
@@ -39,16 +46,27 @@ class TransformationNetwork(nn.Module):
         self.width, self.depth = width, depth  # the effective values
         widths = [min(width * 2**i, width * 8) for i in range(depth + 1)]
         self.skip = skip
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.ReLU(inplace=True))
-        self.down = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1), nn.ReLU(inplace=True)) for i in range(depth))
-        self.up = nn.ModuleList(nn.Sequential(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1), nn.ReLU(inplace=True)) for i in reversed(range(depth)))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.ReLU(inplace=True)
+        )
+        self.down = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1), nn.ReLU(inplace=True)
+            )
+            for i in range(depth)
+        )
+        self.up = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1), nn.ReLU(inplace=True))
+            for i in reversed(range(depth))
+        )
         self.out = nn.Conv2d(widths[0], 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, mask_bias_init)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Mask logits N x 1 x H x W."""
-        # channels-last: the small convolutions run ~1.5x faster on CPU (oneDNN) and on GPU tensor cores.
+        # channels-last: the small convolutions run ~1.5x faster on CPU (oneDNN) and on GPU tensor
+        # cores.
         h = self.stem(x.contiguous(memory_format=torch.channels_last))
         features = [h]
         for block in self.down:

@@ -17,7 +17,9 @@ class Tiny(nn.Module):
     def __init__(self, image_shape: Sequence[int], out_dim: int = 16) -> None:
         super().__init__()
         self.out_dim = out_dim
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(image_shape), out_dim), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(math.prod(image_shape), out_dim), nn.ReLU()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -32,7 +34,9 @@ class MLP(nn.Module):
         dropout: dropout after each hidden layer (0 = off).
     """
 
-    def __init__(self, image_shape: Sequence[int], hidden: Sequence[int] = (256, 128), dropout: float = 0.0) -> None:
+    def __init__(
+        self, image_shape: Sequence[int], hidden: Sequence[int] = (256, 128), dropout: float = 0.0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(image_shape)
@@ -58,7 +62,9 @@ class CNN(nn.Module):
         batch_norm: use BatchNorm (turn off for exact DDP-vs-single-process comparisons).
     """
 
-    def __init__(self, image_shape: Sequence[int], width: int = 32, blocks: int = 3, batch_norm: bool = True) -> None:
+    def __init__(
+        self, image_shape: Sequence[int], width: int = 32, blocks: int = 3, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = image_shape[0]
@@ -79,7 +85,9 @@ class CNN(nn.Module):
         return self.net(x)
 
 
-def resnet(arch: str, image_shape: Sequence[int], pretrained: bool = False, cifar_stem: bool = False) -> nn.Module:
+def resnet(
+    arch: str, image_shape: Sequence[int], pretrained: bool = False, cifar_stem: bool = False
+) -> nn.Module:
     """A torchvision ResNet without its classification layer (``out_dim`` = 512 or 2048).
 
     ``pretrained`` loads ImageNet weights from the local torch hub cache only; when they are not
@@ -87,7 +95,10 @@ def resnet(arch: str, image_shape: Sequence[int], pretrained: bool = False, cifa
     """
     import torchvision
 
-    weights_enum = {"resnet18": torchvision.models.ResNet18_Weights, "resnet50": torchvision.models.ResNet50_Weights}[arch]
+    weights_enum = {
+        "resnet18": torchvision.models.ResNet18_Weights,
+        "resnet50": torchvision.models.ResNet50_Weights,
+    }[arch]
     net = getattr(torchvision.models, arch)(weights=None)
     if pretrained:
         weights = weights_enum.DEFAULT
@@ -96,14 +107,21 @@ def resnet(arch: str, image_shape: Sequence[int], pretrained: bool = False, cifa
             state = torch.load(cache, map_location="cpu", weights_only=True)
         except FileNotFoundError as err:
             raise ConfigError(
-                f"pretrained {arch} weights are not in the local cache ({cache}). robustrep does not "
-                f"download weights; fetch them once on a machine with internet (e.g. "
-                f"`python -c 'import torchvision; torchvision.models.{arch}(weights=\"DEFAULT\")'`) "
-                "and copy the file there, or set pretrained: false."
+                f"pretrained {arch} weights are not in the local cache ({cache}). robustrep does "
+                "not download weights; fetch them once on a machine with internet (e.g. `python "
+                f"-c 'import torchvision; torchvision.models.{arch}(weights=\"DEFAULT\")'`) and "
+                "copy the file there, or set pretrained: false."
             ) from err
         net.load_state_dict(state)
     if image_shape[0] != 3 or cifar_stem:
-        net.conv1 = nn.Conv2d(image_shape[0], 64, 3 if cifar_stem else 7, 1 if cifar_stem else 2, 1 if cifar_stem else 3, bias=False)
+        net.conv1 = nn.Conv2d(
+            image_shape[0],
+            64,
+            3 if cifar_stem else 7,
+            1 if cifar_stem else 2,
+            1 if cifar_stem else 3,
+            bias=False,
+        )
     if cifar_stem:
         net.maxpool = nn.Identity()
     net.out_dim = net.fc.in_features

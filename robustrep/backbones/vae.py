@@ -1,4 +1,12 @@
-"""Chroma-VAE's networks: the convolutional encoder (registered as ``vae_conv``) and its mirror decoder."""
+"""Chroma-VAE's networks: the convolutional encoder (registered as ``vae_conv``), its mirror
+decoder, and the partial latents of its reconstructions.
+
+The paper publishes no architecture; ours: ``vae_conv`` is a stack of 4x4 stride-2 convolutions +
+ReLU (``width`` channels, doubled per layer; as many layers as halve the image while it stays >= 4
+px, at most 4: two for 28 px, four for 64 px) and a fully connected layer of ``hidden`` units; any
+registered backbone (e.g. ``resnet18`` for large images) can replace it. The decoder mirrors it
+with transposed convolutions.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,9 @@ from robustrep.errors import ConfigError
 
 
 def conv_depth(image_shape: Sequence[int], max_depth: int = 4) -> int:
-    """Number of stride-2 layers: halve while both sides are even and stay >= 4 px (at most ``max_depth``)."""
+    """Number of stride-2 layers: halve while both sides are even and stay >= 4 px (at most
+    ``max_depth``).
+    """
     _, h, w = image_shape
     depth = 0
     while depth < max_depth and h % 2 == 0 and w % 2 == 0 and h // 2 >= 4 and w // 2 >= 4:
@@ -25,12 +35,20 @@ class ConvEncoder(nn.Module):
 
     Args:
         image_shape: input (C, H, W).
-        width: channels of the first convolution, doubled per layer (32-64 for 28 px, 32-256 for 64 px).
-        depth: number of convolutions; None = as many as halve the image while it stays >= 4 px (max 4).
+        width: channels of the first convolution, doubled per layer (32-64 for 28 px, 32-256 for 64
+            px).
+        depth: number of convolutions; None = as many as halve the image while it stays >= 4 px (max
+            4).
         hidden: size of the fully connected output (``out_dim``).
     """
 
-    def __init__(self, image_shape: Sequence[int], width: int = 32, depth: int | None = None, hidden: int = 256) -> None:
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        width: int = 32,
+        depth: int | None = None,
+        hidden: int = 256,
+    ) -> None:
         super().__init__()
         depth = depth or conv_depth(image_shape)
         c, h, w = image_shape
@@ -56,14 +74,26 @@ class ConvDecoder(nn.Module):
         width, depth, hidden: as in :class:`ConvEncoder` (None = the same rule).
     """
 
-    def __init__(self, image_shape: Sequence[int], dim_z: int, width: int = 32, depth: int | None = None, hidden: int = 256) -> None:
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        dim_z: int,
+        width: int = 32,
+        depth: int | None = None,
+        hidden: int = 256,
+    ) -> None:
         super().__init__()
         depth = depth or conv_depth(image_shape)
         c, h, w = image_shape
         if h % 2**depth or w % 2**depth:
-            raise ConfigError(f"the VAE decoder needs image sides divisible by 2^{depth}; got {h}x{w}. Set decoder_kwargs.depth or data.image_size.")
+            raise ConfigError(
+                f"the VAE decoder needs image sides divisible by 2^{depth}; got {h}x{w}. Set "
+                "decoder_kwargs.depth or data.image_size."
+            )
         self.start = (width * 2 ** (depth - 1), h // 2**depth, w // 2**depth)
-        self.fc = nn.Sequential(nn.Linear(dim_z, hidden), nn.ReLU(), nn.Linear(hidden, math.prod(self.start)), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(dim_z, hidden), nn.ReLU(), nn.Linear(hidden, math.prod(self.start)), nn.ReLU()
+        )
         layers: list[nn.Module] = []
         for i in reversed(range(depth)):
             out = c if i == 0 else width * 2 ** (i - 1)
@@ -74,3 +104,19 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(self.fc(z).view(-1, *self.start))
+
+
+def partial_latent(
+    mu: torch.Tensor, dim_z1: int, keep: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``[mu_1, eps]`` (``keep=1``) or ``[eps, mu_2]`` (``keep=2``) with ``eps ~ N(0, I)``, where
+    ``mu_1`` is the first ``dim_z1`` dimensions of ``mu`` (N x dim_z); ``generator`` draws on the
+    CPU."""
+    if keep not in (1, 2):
+        raise ValueError(f"keep must be 1 or 2, got {keep}")
+    noise = torch.randn(
+        mu.shape, generator=generator, device="cpu" if generator is not None else mu.device
+    ).to(mu.device, mu.dtype)
+    keep_first = torch.arange(mu.shape[1], device=mu.device) < dim_z1
+    mask = keep_first if keep == 1 else ~keep_first
+    return torch.where(mask, mu, noise)

@@ -1,6 +1,6 @@
-"""Evaluation callbacks. Each depends only on a method's ``embed``/``forward`` and evaluation outputs,
-except ``ChromaDiagnostics``, ``CIMImages`` and ``CRLTACMetrics``, which name the protocol they need
-(:mod:`robustrep.callbacks.protocols`) and check it in ``setup``."""
+"""Evaluation callbacks. Each depends only on a method's ``embed``/``forward`` and evaluation
+outputs, except ``ChromaDiagnostics``, ``CIMImages`` and ``CRLTACMetrics``, which name the protocol
+they need (:mod:`robustrep.callbacks.protocols`) and check it in ``setup``."""
 
 from robustrep.callbacks.background_gap import BackgroundGap
 from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
@@ -11,4 +11,13 @@ from robustrep.callbacks.group_metrics import GroupMetrics
 from robustrep.callbacks.knn import KNNMonitor
 from robustrep.callbacks.linear_probe import LinearProbe
 
-__all__ = ["BackgroundGap", "CIMImages", "ChromaDiagnostics", "CoarseToFine", "CRLTACMetrics", "GroupMetrics", "KNNMonitor", "LinearProbe"]
+__all__ = [
+    "BackgroundGap",
+    "CIMImages",
+    "ChromaDiagnostics",
+    "CoarseToFine",
+    "CRLTACMetrics",
+    "GroupMetrics",
+    "KNNMonitor",
+    "LinearProbe",
+]

@@ -20,7 +20,9 @@ import lightning.pytorch as pl
 from robustrep.callbacks.group_metrics import GroupMetrics
 
 
-def background_gap(accuracies: dict[str, float], same_set: str = "mixed_same", rand_set: str = "mixed_rand") -> float | None:
+def background_gap(
+    accuracies: dict[str, float], same_set: str = "mixed_same", rand_set: str = "mixed_rand"
+) -> float | None:
     """``accuracies[same_set] - accuracies[rand_set]``, or None when either set is missing."""
     if same_set not in accuracies or rand_set not in accuracies:
         return None
@@ -44,8 +46,9 @@ class BackgroundGap(pl.Callback):
         found = [cb for cb in trainer.callbacks if isinstance(cb, GroupMetrics)]
         if not found:
             raise RuntimeError(
-                "BackgroundGap reads the accuracies of the GroupMetrics callback, which is not attached; "
-                "use a robustrep method (they add it) or add robustrep.callbacks.GroupMetrics to trainer.callbacks"
+                "BackgroundGap reads the accuracies of the GroupMetrics callback, which is not "
+                "attached; use a robustrep method (they add it) or add "
+                "robustrep.callbacks.GroupMetrics to trainer.callbacks"
             )
         return found[0]
 
@@ -69,7 +72,13 @@ class BackgroundGap(pl.Callback):
         if gap is not None:
             values[f"{stage}/bg_gap"] = gap
         for key, value in values.items():
-            pl_module.log(key, value, add_dataloader_idx=False, sync_dist=False, prog_bar=key.endswith("bg_gap"))
+            pl_module.log(
+                key,
+                value,
+                add_dataloader_idx=False,
+                sync_dist=False,
+                prog_bar=key.endswith("bg_gap"),
+            )
         self.last.update(values)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

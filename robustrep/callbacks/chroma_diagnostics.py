@@ -1,20 +1,21 @@
 """Chroma-VAE diagnostics (METHODS.md §2; paper figs. 3, 4b, 4c): is the shortcut isolated in z1?
 
 At the end of every ``every_n_epochs``-th validation and of every test, for a model with
-``encode``, ``decode``, ``partial_reconstruction`` and ``dim_z1`` (:class:`~robustrep.methods.ChromaVAE`):
+``encode``, ``decode``, ``partial_reconstruction`` and ``dim_z1``
+(:class:`~robustrep.methods.ChromaVAE`):
 
 - **partial reconstructions** of a fixed set of validation images, one row per image:
   the image, ``num_samples`` draws of ``x~1 = D([mu_1, eps])`` and of ``x~2 = D([eps, mu_2])``
   (``<stage>/chroma/partial_reconstructions``). If the shortcut lives in z1, every x~1 keeps it and
   x~2 varies it.
-- **counterfactual latent shift**: ``mean_x |mu(x)_i - mu(x')_i|`` per latent dimension ``i`` over up to
-  ``max_examples`` training images and their counterfactual copies ``x'`` (``swap_channels``: the two
-  channels in ``swap`` exchanged - the colour flip of red/green Colored MNIST), as a bar plot
-  (``<stage>/chroma/counterfactual_shift``) and the scalars ``<stage>/chroma/cf_shift_z1`` /
+- **counterfactual latent shift**: ``mean_x |mu(x)_i - mu(x')_i|`` per latent dimension ``i`` over
+  up to ``max_examples`` training images and their counterfactual copies ``x'`` (``swap_channels``:
+  the two channels in ``swap`` exchanged - the colour flip of red/green Colored MNIST), as a bar
+  plot (``<stage>/chroma/counterfactual_shift``) and the scalars ``<stage>/chroma/cf_shift_z1`` /
   ``cf_shift_z2`` (mean over the dimensions of each part; the prior std is 1).
-- **attribute probe**: logistic regression predicting the binary attribute from ``mu_2`` (and ``mu_1``)
-  on the training images plus their counterfactual copies (attribute flipped), so the attribute is
-  independent of everything else; fitted on half of the pairs, scored on the other half
+- **attribute probe**: logistic regression predicting the binary attribute from ``mu_2`` (and
+  ``mu_1``) on the training images plus their counterfactual copies (attribute flipped), so the
+  attribute is independent of everything else; fitted on half of the pairs, scored on the other half
   (``<stage>/chroma/attr_probe_z2``, ``attr_probe_z1``; 0.5 = not decodable).
 - **stage-2 flip rate**: the fraction of those training images whose z2-classifier prediction
   changes when the counterfactual is applied (``<stage>/chroma/stage2_flip_rate``; 0 = the
@@ -44,7 +45,9 @@ from robustrep.callbacks.schedule import validation_due
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Displayable images: 2-channel (red/green) images get a zero blue channel; 1 and 3 channels unchanged."""
+    """Displayable images: 2-channel (red/green) images get a zero blue channel; 1 and 3 channels
+    unchanged.
+    """
     if images.shape[1] == 2:
         return torch.cat([images, torch.zeros_like(images[:, :1])], 1)
     return images
@@ -78,7 +81,9 @@ class ChromaDiagnostics(pl.Callback):
         active_threshold: float = 0.01,
     ) -> None:
         if counterfactual not in ("swap_channels", "none"):
-            raise ValueError(f"counterfactual must be swap_channels or none, got {counterfactual!r}")
+            raise ValueError(
+                f"counterfactual must be swap_channels or none, got {counterfactual!r}"
+            )
         self.num_images, self.num_samples = num_images, num_samples
         self.counterfactual, self.swap = counterfactual, tuple(swap)
         self.max_examples, self.every_n_epochs, self.seed = max_examples, every_n_epochs, seed
@@ -102,13 +107,18 @@ class ChromaDiagnostics(pl.Callback):
         gen = torch.Generator().manual_seed(self.seed)
         rows = [images[:, None]]
         for keep in (1, 2):
-            samples = [pl_module.partial_reconstruction(images, keep, generator=gen) for _ in range(self.num_samples)]
+            samples = [
+                pl_module.partial_reconstruction(images, keep, generator=gen)
+                for _ in range(self.num_samples)
+            ]
             rows.append(torch.stack(samples, 1))
         grid = torch.cat([r.float().cpu() for r in rows], 1)
         return to_rgb(grid.flatten(0, 1))
 
     @torch.no_grad()
-    def latent_pairs(self, pl_module, loader) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def latent_pairs(
+        self, pl_module, loader
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``mu(x)``, ``mu(x')`` (None without a counterfactual) and the attributes of up to
         ``max_examples`` training images."""
         mus, flipped, attrs = [], [], []
@@ -123,16 +133,26 @@ class ChromaDiagnostics(pl.Callback):
             seen += x.shape[0]
             if seen >= self.max_examples:
                 break
-        return torch.cat(mus), torch.cat(flipped) if flipped else None, torch.cat(attrs) if attrs else None
+        return (
+            torch.cat(mus),
+            torch.cat(flipped) if flipped else None,
+            torch.cat(attrs) if attrs else None,
+        )
 
     @staticmethod
     def active_units(mu: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
-        """Boolean mask of the latent dimensions whose mean varies over the examples (N x D -> D)."""
+        """Boolean mask of the latent dimensions whose mean varies over the examples (N x D ->
+        D).
+        """
         return mu.var(0) > threshold
 
     @staticmethod
-    def probe_accuracy(features: torch.Tensor, features_cf: torch.Tensor, attributes: torch.Tensor) -> float:
-        """Held-out accuracy of a logistic regression predicting the attribute from (x, x') pairs."""
+    def probe_accuracy(
+        features: torch.Tensor, features_cf: torch.Tensor, attributes: torch.Tensor
+    ) -> float:
+        """Held-out accuracy of a logistic regression predicting the attribute from (x, x')
+        pairs.
+        """
         from sklearn.linear_model import LogisticRegression
 
         n = features.shape[0]
@@ -154,9 +174,15 @@ class ChromaDiagnostics(pl.Callback):
         stage2 = getattr(pl_module, "stage2", None)
         if stage2 is None or not stage2.fitted or getattr(pl_module, "stage2_stale", False):
             return None
-        decode = getattr(pl_module, "_decode_x2", None)
-        feats, feats_cf = pl_module.stage2_features(mu).float(), pl_module.stage2_features(mu_cf).float()
-        pred, pred_cf = stage2.scores(feats, decode=decode).argmax(1), stage2.scores(feats_cf, decode=decode).argmax(1)
+        decode = getattr(pl_module, "decode_from_z2", None)  # the x2 stage 2 decodes its inputs
+        feats, feats_cf = (
+            pl_module.stage2_features(mu).float(),
+            pl_module.stage2_features(mu_cf).float(),
+        )
+        pred, pred_cf = (
+            stage2.scores(feats, decode=decode).argmax(1),
+            stage2.scores(feats_cf, decode=decode).argmax(1),
+        )
         return float((pred != pred_cf).float().mean())
 
     def shift_figure(self, shift: torch.Tensor, dim_z1: int):
@@ -175,7 +201,9 @@ class ChromaDiagnostics(pl.Callback):
         return fig
 
     # ------------------------------------------------------------------ running
-    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
+    def run(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> dict[str, float]:
         dm = trainer.datamodule
         was_training = pl_module.training
         pl_module.eval()
@@ -184,7 +212,12 @@ class ChromaDiagnostics(pl.Callback):
         val_set = loaders[0].dataset if loaders else dm.train_eval_dataset()
         n = min(self.num_images, len(val_set))
         images = torch.stack([val_set[i]["image"] for i in range(n)]).to(pl_module.device)
-        log_image_grid(trainer, f"{stage}/chroma/partial_reconstructions", self.reconstruction_grid(pl_module, images), nrow=1 + 2 * self.num_samples)
+        log_image_grid(
+            trainer,
+            f"{stage}/chroma/partial_reconstructions",
+            self.reconstruction_grid(pl_module, images),
+            nrow=1 + 2 * self.num_samples,
+        )
         mu, mu_cf, attrs = self.latent_pairs(pl_module, dm.train_eval_dataloader(shard=False))
         d1 = pl_module.dim_z1
         active = self.active_units(mu, self.active_threshold)
@@ -194,11 +227,19 @@ class ChromaDiagnostics(pl.Callback):
             shift = (mu - mu_cf).abs().mean(0)
             values[f"{stage}/chroma/cf_shift_z1"] = float(shift[:d1].mean())
             values[f"{stage}/chroma/cf_shift_z2"] = float(shift[d1:].mean())
-            log_figure(trainer, f"{stage}/chroma/counterfactual_shift", self.shift_figure(shift, d1))
+            log_figure(
+                trainer, f"{stage}/chroma/counterfactual_shift", self.shift_figure(shift, d1)
+            )
             if attrs is not None and int(attrs.max()) <= 1:
-                values[f"{stage}/chroma/attr_probe_z1"] = self.probe_accuracy(mu[:, :d1], mu_cf[:, :d1], attrs)
-                values[f"{stage}/chroma/attr_probe_z2"] = self.probe_accuracy(mu[:, d1:], mu_cf[:, d1:], attrs)
-            rate = self.stage2_flip_rate(pl_module, mu.to(pl_module.device), mu_cf.to(pl_module.device))
+                values[f"{stage}/chroma/attr_probe_z1"] = self.probe_accuracy(
+                    mu[:, :d1], mu_cf[:, :d1], attrs
+                )
+                values[f"{stage}/chroma/attr_probe_z2"] = self.probe_accuracy(
+                    mu[:, d1:], mu_cf[:, d1:], attrs
+                )
+            rate = self.stage2_flip_rate(
+                pl_module, mu.to(pl_module.device), mu_cf.to(pl_module.device)
+            )
             if rate is not None:
                 values[f"{stage}/chroma/stage2_flip_rate"] = rate
         pl_module.train(was_training)

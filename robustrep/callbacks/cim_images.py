@@ -27,7 +27,9 @@ class CIMImages(pl.Callback):
         key: the W&B key and PNG name prefix.
     """
 
-    def __init__(self, num_images: int = 8, every_n_epochs: int = 1, key: str = "cim/masks") -> None:
+    def __init__(
+        self, num_images: int = 8, every_n_epochs: int = 1, key: str = "cim/masks"
+    ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.num_images = num_images
@@ -68,7 +70,13 @@ class CIMImages(pl.Callback):
         images = self._images(trainer, stage)
         if images is None:
             return
-        self.last_path = log_image_grid(trainer, self.key, self.grid(pl_module, images), nrow=len(images), caption="input / mask / morphed")
+        self.last_path = log_image_grid(
+            trainer,
+            self.key,
+            self.grid(pl_module, images),
+            nrow=len(images),
+            caption="input / mask / morphed",
+        )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not validation_due(trainer, self.every_n_epochs):

@@ -26,7 +26,8 @@ class FrozenFeatureEvaluation(pl.Callback, ABC):
 
     Subclasses implement ``compute(trainer, pl_module, stage) -> {metric name: value}``; this base
     checks the model and datamodule in ``setup``, runs ``compute`` on the validation sets every
-    ``every_n_epochs`` epochs and at test time, logs the values and keeps the last ones in checkpoints.
+    ``every_n_epochs`` epochs and at test time, logs the values and keeps the last ones in
+    checkpoints.
     """
 
     every_n_epochs: int = 0
@@ -36,10 +37,15 @@ class FrozenFeatureEvaluation(pl.Callback, ABC):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not callable(getattr(pl_module, "embed", None)):
-            raise ConfigError(f"{type(self).__name__} needs a model with an `embed(images)` method; {type(pl_module).__name__} has none")
+            raise ConfigError(
+                f"{type(self).__name__} needs a model with an `embed(images)` method; "
+                f"{type(pl_module).__name__} has none"
+            )
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "train_eval_dataloader"):
-            raise ConfigError(f"{type(self).__name__} needs a robustrep datamodule (with train_eval_dataloader)")
+            raise ConfigError(
+                f"{type(self).__name__} needs a robustrep datamodule (with train_eval_dataloader)"
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not validation_due(trainer, self.every_n_epochs):
@@ -55,10 +61,12 @@ class FrozenFeatureEvaluation(pl.Callback, ABC):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _CACHES.pop(trainer, None)
 
-    def features(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, make_loader) -> dict[str, torch.Tensor]:
-        """``extract_features`` of the set ``name`` (``train``, ``test/original``, ...), shared by every
-        frozen-feature callback of this trainer at this point of training: the linear probe and the
-        coarse-to-fine probe embed the training set once, not twice."""
+    def features(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, make_loader
+    ) -> dict[str, torch.Tensor]:
+        """``extract_features`` of the set ``name`` (``train``, ``test/original``, ...), shared by
+        every frozen-feature callback of this trainer at this point of training: the linear probe
+        and the coarse-to-fine probe embed the training set once, not twice."""
         stamp = (trainer.state.stage, trainer.global_step, trainer.current_epoch)
         cache = _CACHES.setdefault(trainer, {})
         if cache.get("stamp") != stamp:
@@ -69,13 +77,17 @@ class FrozenFeatureEvaluation(pl.Callback, ABC):
         return cache[name]
 
     @abstractmethod
-    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
+    def compute(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> dict[str, float]:
         """The metrics of ``stage`` (``val`` or ``test``), ``{name: value}``."""
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         values = self.compute(trainer, pl_module, stage)
         for name, value in values.items():
-            pl_module.log(name, value, add_dataloader_idx=False, sync_dist=False, rank_zero_only=False)
+            pl_module.log(
+                name, value, add_dataloader_idx=False, sync_dist=False, rank_zero_only=False
+            )
         self.last.update(values)
 
     def state_dict(self) -> dict[str, Any]:

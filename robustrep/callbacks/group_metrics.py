@@ -33,7 +33,8 @@ class GroupMetrics(pl.Callback):
 
     def __init__(self) -> None:
         self.metrics: dict[str, list[GroupAccuracy]] = {}
-        self.head_metrics: dict[str, dict[str, list[GroupAccuracy]]] = {}  # stage -> head -> per loader
+        # stage -> head -> per loader
+        self.head_metrics: dict[str, dict[str, list[GroupAccuracy]]] = {}
         self.set_names: dict[str, list[str]] = {}
         self.last: dict[str, float] = {}
         self._build_args: dict[str, tuple] = {}
@@ -47,38 +48,59 @@ class GroupMetrics(pl.Callback):
         counts = None
         if dm is not None and hasattr(dm, "group_counts"):
             counts = dm.group_counts("train")
-        set_names = dm.eval_set_names(stage) if dm is not None and hasattr(dm, "eval_set_names") else []
+        set_names = (
+            dm.eval_set_names(stage) if dm is not None and hasattr(dm, "eval_set_names") else []
+        )
         loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
         n_loaders = len(loaders) if isinstance(loaders, list | tuple) else 1
         self.set_names[stage] = set_names or [stage]
-        self._build_args[stage] = (num_groups, names if names and len(names) == num_groups else None, counts, n_loaders)
+        self._build_args[stage] = (
+            num_groups,
+            names if names and len(names) == num_groups else None,
+            counts,
+            n_loaders,
+        )
         self.metrics[stage] = self._new_metrics(stage, pl_module)
 
     def _new_metrics(self, stage: str, pl_module: pl.LightningModule) -> list[GroupAccuracy]:
         num_groups, names, counts, n_loaders = self._build_args[stage]
-        return [GroupAccuracy(num_groups, names, counts).to(pl_module.device) for _ in range(n_loaders)]
+        return [
+            GroupAccuracy(num_groups, names, counts).to(pl_module.device) for _ in range(n_loaders)
+        ]
 
     def _on_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage not in self.metrics:
             self._build(trainer, pl_module, stage)
-        for m in [*self.metrics[stage], *(m for ms in self.head_metrics.get(stage, {}).values() for m in ms)]:
+        for m in [
+            *self.metrics[stage],
+            *(m for ms in self.head_metrics.get(stage, {}).values() for m in ms),
+        ]:
             m.to(pl_module.device)
             m.reset()
 
-    def _on_batch_end(self, pl_module: pl.LightningModule, stage: str, outputs: Any, dataloader_idx: int) -> None:
+    def _on_batch_end(
+        self, pl_module: pl.LightningModule, stage: str, outputs: Any, dataloader_idx: int
+    ) -> None:
         if not isinstance(outputs, dict):
             return
         if "logits" in outputs:
-            self.metrics[stage][dataloader_idx].update(outputs["logits"].detach(), outputs["label"], outputs["group"])
+            self.metrics[stage][dataloader_idx].update(
+                outputs["logits"].detach(), outputs["label"], outputs["group"]
+            )
         for head, logits in (outputs.get("heads") or {}).items():
             per_loader = self.head_metrics.setdefault(stage, {})
             if head not in per_loader:
                 per_loader[head] = self._new_metrics(stage, pl_module)
-            per_loader[head][dataloader_idx].update(logits.detach(), outputs["label"], outputs["group"])
+            per_loader[head][dataloader_idx].update(
+                logits.detach(), outputs["label"], outputs["group"]
+            )
 
     def _on_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         values: dict[str, float] = {}
-        scored = [("", self.metrics[stage]), *((f"/{h}", ms) for h, ms in self.head_metrics.get(stage, {}).items())]
+        scored = [
+            ("", self.metrics[stage]),
+            *((f"/{h}", ms) for h, ms in self.head_metrics.get(stage, {}).items()),
+        ]
         for head, metrics in scored:
             for idx, metric in enumerate(metrics):
                 if metric.all_total.item() == 0 and not trainer.world_size > 1:
@@ -87,7 +109,13 @@ class GroupMetrics(pl.Callback):
                 for key, value in metric.compute().items():
                     values[f"{prefix}/{key}"] = float(value)
         for name, value in values.items():
-            pl_module.log(name, value, add_dataloader_idx=False, sync_dist=False, prog_bar=name in (f"{stage}/acc", f"{stage}/worst_group_acc"))
+            pl_module.log(
+                name,
+                value,
+                add_dataloader_idx=False,
+                sync_dist=False,
+                prog_bar=name in (f"{stage}/acc", f"{stage}/worst_group_acc"),
+            )
         self.last.update(values)
 
     # ------------------------------------------------------------------ hooks
@@ -97,7 +125,9 @@ class GroupMetrics(pl.Callback):
     def on_test_epoch_start(self, trainer, pl_module):
         self._on_start(trainer, pl_module, "test")
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
         self._on_batch_end(pl_module, "val", outputs, dataloader_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):

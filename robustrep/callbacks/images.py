@@ -15,7 +15,9 @@ from torchvision.utils import make_grid, save_image
 
 
 def image_dir(trainer: pl.Trainer) -> Path:
-    """``<run dir>/images`` (the Trainer's ``default_root_dir`` is the run directory under the CLI)."""
+    """``<run dir>/images`` (the Trainer's ``default_root_dir`` is the run directory under the
+    CLI).
+    """
     path = Path(trainer.default_root_dir) / "images"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -25,7 +27,9 @@ def _file_name(key: str, trainer: pl.Trainer) -> str:
     return f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png"
 
 
-def log_image_grid(trainer: pl.Trainer, key: str, images: torch.Tensor, nrow: int = 8, caption: str | None = None) -> Path | None:
+def log_image_grid(
+    trainer: pl.Trainer, key: str, images: torch.Tensor, nrow: int = 8, caption: str | None = None
+) -> Path | None:
     """Write a grid of images (N x C x H x W in [0, 1]) as PNG and log it to W&B. Rank 0 only."""
     if not trainer.is_global_zero:
         return None

@@ -24,7 +24,9 @@ class ChromaModel(Protocol):
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
     def stage2_features(self, mu: torch.Tensor) -> torch.Tensor: ...
-    def partial_reconstruction(self, images: torch.Tensor, keep: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def partial_reconstruction(
+        self, images: torch.Tensor, keep: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -45,8 +47,12 @@ class CropPolicyModel(Protocol):
     learned_policy: bool
 
     def crop_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
-    def crop_weights(self, images: torch.Tensor, probs: torch.Tensor, weighting: str) -> torch.Tensor: ...
-    def embed_variants(self, images: torch.Tensor, variants: Any) -> dict[tuple[str, str], torch.Tensor]: ...
+    def crop_weights(
+        self, images: torch.Tensor, probs: torch.Tensor, weighting: str
+    ) -> torch.Tensor: ...
+    def embed_variants(
+        self, images: torch.Tensor, variants: Any
+    ) -> dict[tuple[str, str], torch.Tensor]: ...
 
 
 def _members(protocol: type) -> list[str]:
@@ -56,7 +62,9 @@ def _members(protocol: type) -> list[str]:
 
 
 def require(protocol: type, module: Any, callback: str) -> None:
-    """Raise a :class:`ConfigError` naming what ``module`` lacks if it does not follow ``protocol``."""
+    """Raise a :class:`ConfigError` naming what ``module`` lacks if it does not follow
+    ``protocol``.
+    """
     if isinstance(module, protocol):
         return
     missing = [name for name in _members(protocol) if not hasattr(module, name)]

@@ -8,4 +8,8 @@ import lightning.pytorch as pl
 def validation_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     """True at the end of every ``every_n_epochs``-th training epoch's validation; never during the
     sanity check, never when ``every_n_epochs <= 0`` (test time only)."""
-    return not trainer.sanity_checking and every_n_epochs > 0 and (trainer.current_epoch + 1) % every_n_epochs == 0
+    return (
+        not trainer.sanity_checking
+        and every_n_epochs > 0
+        and (trainer.current_epoch + 1) % every_n_epochs == 0
+    )

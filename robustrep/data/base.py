@@ -8,20 +8,21 @@ which returns the training set and the **named** validation and test sets.
 Every dataset item is a dict: ``image`` (float C x H x W in [0, 1]), ``label``, ``group``
 (``label * num_attributes + attribute`` or -1), ``index`` and, where they exist, ``attribute``,
 ``fine_label``, ``domain``; with ``num_views > 1`` also ``views`` (a list of augmented images).
+In-memory benchmarks hold their examples in a :class:`~robustrep.data.datasets.TensorImageDataset`.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.data.sampling import ResumableLoader
 from robustrep.data.transforms import build_transform
 from robustrep.errors import ConfigError
@@ -31,77 +32,12 @@ from robustrep.randomness import run_seed
 OPTIONAL_KEYS = ("attribute", "fine_label", "domain")
 
 
-class TensorImageDataset(Dataset):
-    """Images held in memory as a uint8 tensor N x C x H x W, plus per-example integer metadata.
-
-    Args:
-        images: uint8 tensor N x C x H x W (kept as uint8; converted to float in ``__getitem__``).
-        labels: int tensor N.
-        groups: int tensor N, or None (then every group is -1).
-        transform: applied to the float image (C x H x W in [0, 1]); None = identity.
-        num_views: number of independently transformed views to return under ``views``; 1 = none.
-        **metadata: optional int tensors of length N, e.g. ``attribute``, ``fine_label``, ``domain``.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        groups: torch.Tensor | None = None,
-        transform: Callable | None = None,
-        num_views: int = 1,
-        **metadata: torch.Tensor,
-    ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be a uint8 N x C x H x W tensor, got {images.dtype} {tuple(images.shape)}")
-        n = images.shape[0]
-        self.images = images
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.groups = torch.full((n,), -1, dtype=torch.long) if groups is None else torch.as_tensor(groups, dtype=torch.long)
-        self.metadata = {k: torch.as_tensor(v, dtype=torch.long) for k, v in metadata.items() if v is not None}
-        for name, t in [("labels", self.labels), ("groups", self.groups), *self.metadata.items()]:
-            if t.shape[0] != n:
-                raise ValueError(f"{name} has {t.shape[0]} entries but there are {n} images")
-        self.transform = transform
-        self.num_views = num_views
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def select(self, indices: torch.Tensor | Sequence[int]) -> TensorImageDataset:
-        """Only these examples (shared transform), re-indexed from 0."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        meta = {k: v[idx] for k, v in self.metadata.items()}
-        return TensorImageDataset(self.images[idx], self.labels[idx], self.groups[idx], self.transform, self.num_views, **meta)
-
-    def with_transform(self, transform: Callable | None, num_views: int = 1) -> TensorImageDataset:
-        """The same examples (shared memory) with another transform, e.g. an eval view of train."""
-        return TensorImageDataset(self.images, self.labels, self.groups, transform, num_views, **self.metadata)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self.images[index].float().div_(255.0)
-        item: dict[str, Any] = {
-            "label": int(self.labels[index]),
-            "group": int(self.groups[index]),
-            "index": int(index),
-        }
-        for key, values in self.metadata.items():
-            item[key] = int(values[index])
-        if self.num_views > 1:
-            t = self.transform or (lambda x: x)
-            item["views"] = [t(image) for _ in range(self.num_views)]
-            item["image"] = item["views"][0]
-        else:
-            item["image"] = self.transform(image) if self.transform is not None else image
-        return item
-
-
 @dataclass
 class Splits:
     """What :meth:`RobustDataModule.build_splits` returns.
 
-    ``val`` and ``test`` map an evaluation-set name to its dataset; the first entry is the primary set
-    (logged as ``val/acc``), the others are logged with their name (``test/mixed_rand/acc``).
+    ``val`` and ``test`` map an evaluation-set name to its dataset; the first entry is the primary
+    set (logged as ``val/acc``), the others are logged with their name (``test/mixed_rand/acc``).
     Datasets hold untransformed examples; the datamodule applies the transform preset per stage.
     """
 
@@ -177,7 +113,9 @@ class RobustDataModule(pl.LightningDataModule, ABC):
     # ----------------------------------------------------------------------------- metadata
     @property
     def num_groups(self) -> int:
-        """Number of (label, attribute) groups; equals ``num_classes`` when there is no attribute."""
+        """Number of (label, attribute) groups; equals ``num_classes`` when there is no
+        attribute.
+        """
         return self.num_classes * self.num_attributes
 
     @property
@@ -219,7 +157,11 @@ class RobustDataModule(pl.LightningDataModule, ABC):
 
     def eval_set_names(self, stage: str) -> list[str]:
         """Names of the evaluation sets of ``stage`` (``val``, ``test``), primary first."""
-        return self.val_set_names if stage in ("val", "validate", "validation") else self.test_set_names
+        return (
+            self.val_set_names
+            if stage in ("val", "validate", "validation")
+            else self.test_set_names
+        )
 
     def train_transform(self) -> Callable | None:
         return build_transform(self.augment, self.image_shape, self.image_size)
@@ -231,19 +173,33 @@ class RobustDataModule(pl.LightningDataModule, ABC):
         return _with_transform(self.splits.train, self.train_transform(), self.num_views)
 
     def train_eval_dataset(self) -> Dataset:
-        """The training examples with the evaluation transform (JTT error sets, probes, kNN banks)."""
+        """The training examples with the evaluation transform (JTT error sets, probes, kNN
+        banks).
+        """
         return _with_transform(self.splits.train, self.eval_transform(), 1)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches in an order and with augmentations that depend only on the run seed, the
         epoch and the position (:mod:`robustrep.data.sampling`), so resuming and validating cannot
         change them; the loader's position is saved in checkpoints."""
-        return ResumableLoader(self.train_dataset(), self.batch_size, seed=run_seed(), shuffle=self.shuffle_train, num_workers=self.num_workers)
+        return ResumableLoader(
+            self.train_dataset(),
+            self.batch_size,
+            seed=run_seed(),
+            shuffle=self.shuffle_train,
+            num_workers=self.num_workers,
+        )
 
     def train_eval_dataloader(self, shard: bool = True) -> DataLoader:
         """Training examples in order with the eval transform. ``shard=False`` gives every rank the
         whole set (e.g. JTT's error set must be identical everywhere)."""
-        return self._loader(self.train_eval_dataset(), self.eval_batch_size, shuffle=False, shard=shard, persistent=shard)
+        return self._loader(
+            self.train_eval_dataset(),
+            self.eval_batch_size,
+            shuffle=False,
+            shard=shard,
+            persistent=shard,
+        )
 
     def train_views_loader(self) -> DataLoader:
         """The training examples with the training augmentation (``num_views`` views), in order,
@@ -255,10 +211,18 @@ class RobustDataModule(pl.LightningDataModule, ABC):
             from torch.utils.data.distributed import DistributedSampler
 
             sampler = DistributedSampler(dataset, shuffle=False)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, sampler=sampler, num_workers=self.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+        )
 
     def eval_dataset(self, dataset: Dataset) -> Dataset:
-        """``dataset`` (an untransformed split, e.g. ``splits.test["original"]``) with the evaluation transform."""
+        """``dataset`` (an untransformed split, e.g. ``splits.test["original"]``) with the
+        evaluation transform.
+        """
         return _with_transform(dataset, self.eval_transform(), 1)
 
     def eval_loader(self, dataset: Dataset, shard: bool = False) -> DataLoader:
@@ -270,10 +234,18 @@ class RobustDataModule(pl.LightningDataModule, ABC):
                 evaluation loops); False (default) = every rank reads the whole set (callbacks and
                 analyses that compute on the full set in each process).
         """
-        return self._loader(self.eval_dataset(dataset), self.eval_batch_size, shuffle=False, shard=shard, persistent=shard)
+        return self._loader(
+            self.eval_dataset(dataset),
+            self.eval_batch_size,
+            shuffle=False,
+            shard=shard,
+            persistent=shard,
+        )
 
     def eval_loaders(self, stage: str, shard: bool = False) -> dict[str, DataLoader]:
-        r"""The named evaluation sets of ``stage`` (``val`` or ``test``) as :meth:`eval_loader`\ s, primary first."""
+        r"""The named evaluation sets of ``stage`` (``val`` or ``test``) as :meth:`eval_loader`\ s,
+        primary first.
+        """
         sets = self.splits.val if stage in ("val", "validate", "validation") else self.splits.test
         return {name: self.eval_loader(ds, shard) for name, ds in sets.items()}
 
@@ -287,7 +259,9 @@ class RobustDataModule(pl.LightningDataModule, ABC):
         return self.test_dataloader()
 
     def group_counts(self, split: str = "train") -> torch.Tensor:
-        """Examples per group in a split (``train`` or an eval-set name); weights ``weighted_acc``."""
+        """Examples per group in a split (``train`` or an eval-set name); weights
+        ``weighted_acc``.
+        """
         if split == "train":
             ds = self.splits.train
         else:
@@ -296,7 +270,15 @@ class RobustDataModule(pl.LightningDataModule, ABC):
         return torch.bincount(groups[groups >= 0], minlength=self.num_groups)
 
     # ----------------------------------------------------------------------------- helpers
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False, shard: bool = True, persistent: bool = True) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        shard: bool = True,
+        persistent: bool = True,
+    ) -> DataLoader:
         sampler = None
         if shard and not shuffle and _distributed_world() > 1:
             # Lightning would pad evaluation shards with repeated examples, which biases the
@@ -311,13 +293,18 @@ class RobustDataModule(pl.LightningDataModule, ABC):
             sampler=sampler,
             num_workers=self.num_workers,
             drop_last=drop_last,
-            persistent_workers=persistent and self.num_workers > 0,  # one-off loaders do not keep workers
+            # one-off loaders do not keep workers
+            persistent_workers=persistent and self.num_workers > 0,
             pin_memory=False,
         )
 
 
 def _distributed_world() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+    return (
+        torch.distributed.get_world_size()
+        if torch.distributed.is_available() and torch.distributed.is_initialized()
+        else 1
+    )
 
 
 def _groups_of(dataset: Dataset) -> torch.Tensor:
@@ -334,7 +321,9 @@ def _with_transform(dataset: Dataset, transform: Callable | None, num_views: int
     if hasattr(dataset, "with_transform"):
         return dataset.with_transform(transform, num_views)
     if isinstance(dataset, torch.utils.data.Subset):
-        return torch.utils.data.Subset(_with_transform(dataset.dataset, transform, num_views), dataset.indices)
+        return torch.utils.data.Subset(
+            _with_transform(dataset.dataset, transform, num_views), dataset.indices
+        )
     raise TypeError(f"{type(dataset).__name__} needs a with_transform(transform, num_views) method")
 
 
@@ -347,8 +336,3 @@ def _subset(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     if not hasattr(dataset, "select"):
         raise TypeError(f"train_fraction < 1 needs {type(dataset).__name__}.select(indices)")
     return dataset.select(perm)
-
-
-def stack_uint8(images: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack C x H x W uint8 tensors into one N x C x H x W tensor (helper for loaders)."""
-    return torch.stack(list(images)).to(torch.uint8)

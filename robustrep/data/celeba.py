@@ -1,4 +1,6 @@
-"""CelebA with any target / spurious attribute pair, read from the official txt files or the Kaggle CSVs."""
+"""CelebA with any target / spurious attribute pair, read from the official txt files or the Kaggle
+CSVs.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +15,14 @@ from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError, CorruptDataError
 
 CELEBA_SOURCE = (
-    "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (official: Align&Cropped images + Anno/list_attr_celeba.txt + "
-    "Eval/list_eval_partition.txt), or the Kaggle copy jessicali9530/celeba-dataset (CSV files)"
+    "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (official: Align&Cropped images + "
+    "Anno/list_attr_celeba.txt + Eval/list_eval_partition.txt), or the Kaggle copy "
+    "jessicali9530/celeba-dataset (CSV files)"
 )
-CELEBA_LAYOUT = """<root>/celeba/                     (or <root>/ itself, <root>/celebA/data/, <root>/celebA_v1.0/)
-    list_attr_celeba.txt              line 1: count; line 2: the 40 attribute names; then '000001.jpg -1  1 ...'
+CELEBA_LAYOUT = """<root>/celeba/                     (or <root>/ itself, <root>/celebA/data/, \
+<root>/celebA_v1.0/)
+    list_attr_celeba.txt              line 1: count; line 2: the 40 attribute names; then \
+'000001.jpg -1  1 ...'
     list_eval_partition.txt           '000001.jpg 0' (0 train, 1 val, 2 test)
     img_align_celeba/000001.jpg ...   (a nested img_align_celeba/img_align_celeba/ is accepted)
   or the Kaggle CSV variant:
@@ -29,10 +34,12 @@ FOLDERS = ("celeba", "celebA/data", "celebA_v1.0", ".", "celeba-dataset")
 
 
 class _Patch:
-    """Paint a filled ``size`` px square of ``colour`` into the bottom-right corner of the images whose
-    mask is set (where Chroma-VAE's figures show it)."""
+    """Paint a filled ``size`` px square of ``colour`` into the bottom-right corner of the images
+    whose mask is set (where Chroma-VAE's figures show it)."""
 
-    def __init__(self, mask: torch.Tensor, size: int, colour: tuple[int, int, int] = (0, 0, 255)) -> None:
+    def __init__(
+        self, mask: torch.Tensor, size: int, colour: tuple[int, int, int] = (0, 0, 255)
+    ) -> None:
         self.mask = mask
         self.size = size
         self.colour = torch.tensor(colour, dtype=torch.uint8)[:, None, None]
@@ -66,27 +73,37 @@ def read_celeba_annotations(folder: Path, fmt: str) -> pd.DataFrame:
         raise missing(part_file, CELEBA_LAYOUT, CELEBA_SOURCE)
     try:
         if fmt == "txt":
-            # The header line has the 40 names but no file-name column, so pandas uses column 1 as the index.
+            # The header line has the 40 names but no file-name column, so pandas uses column 1 as
+            # the index.
             attrs = pd.read_csv(attr_file, sep=r"\s+", skiprows=1)
-            parts = pd.read_csv(part_file, sep=r"\s+", header=None, names=["image_id", "partition"], index_col=0)
+            parts = pd.read_csv(
+                part_file, sep=r"\s+", header=None, names=["image_id", "partition"], index_col=0
+            )
         else:
             attrs = pd.read_csv(attr_file, index_col="image_id")
             parts = pd.read_csv(part_file, index_col="image_id")
     except (ValueError, KeyError, pd.errors.ParserError) as err:
-        raise CorruptDataError(f"cannot parse CelebA annotations {attr_file} / {part_file}: {err}") from err
+        raise CorruptDataError(
+            f"cannot parse CelebA annotations {attr_file} / {part_file}: {err}"
+        ) from err
     if attrs.shape[1] != 40:
-        raise CorruptDataError(f"{attr_file} should have 40 attribute columns, found {attrs.shape[1]}")
+        raise CorruptDataError(
+            f"{attr_file} should have 40 attribute columns, found {attrs.shape[1]}"
+        )
     table = ((attrs.astype(int) + 1) // 2).join(parts["partition"], how="inner")
     if len(table) != len(attrs):
-        raise CorruptDataError(f"{part_file} does not list every image of {attr_file} ({len(table)} of {len(attrs)} matched)")
+        raise CorruptDataError(
+            f"{part_file} does not list every image of {attr_file} "
+            f"({len(table)} of {len(attrs)} matched)"
+        )
     return table
 
 
 class CelebA(RecipeMixin, RobustDataModule):
     """CelebA faces: predict one attribute while another is a spurious shortcut.
 
-    Input: aligned faces, 3 x ``resolution`` x ``resolution`` (centre square crop, then resize; 64 px
-    by default as in Chroma-VAE) or the full 3 x 218 x 178 image with ``resolution: null``.
+    Input: aligned faces, 3 x ``resolution`` x ``resolution`` (centre square crop, then resize; 64
+    px by default as in Chroma-VAE) or the full 3 x 218 x 178 image with ``resolution: null``.
     Decoded lazily from ``img_align_celeba/``.
     Label: the ``target`` attribute (0/1). Attribute: the ``spurious`` attribute (0/1), or, with
     ``patch_probability > 0``, whether the synthetic patch was painted. Groups: ``2 * label +
@@ -139,7 +156,9 @@ class CelebA(RecipeMixin, RobustDataModule):
         super().__init__(**kwargs)
         if preset is not None:
             if preset not in PRESETS:
-                raise ConfigError(f"unknown CelebA preset {preset!r}; choose one of {', '.join(PRESETS)}")
+                raise ConfigError(
+                    f"unknown CelebA preset {preset!r}; choose one of {', '.join(PRESETS)}"
+                )
             target, spurious = PRESETS[preset]
         if target == spurious:
             raise ConfigError(f"target and spurious attribute are both {target!r}")
@@ -156,22 +175,37 @@ class CelebA(RecipeMixin, RobustDataModule):
         self.num_classes = 2
         self.num_attributes = 2
         self.class_names = [f"not_{target}", target]
-        self.attribute_names = ["no_patch", "patch"] if patch_probability > 0 else [f"not_{spurious}", spurious]
+        self.attribute_names = (
+            ["no_patch", "patch"] if patch_probability > 0 else [f"not_{spurious}", spurious]
+        )
         self.image_shape = (3, resolution, resolution) if resolution else (3, 218, 178)
         self.kept_groups: list[int] | None = None
 
     def published_counts(self) -> dict[str, list[int]] | None:
-        """Group counts of the real data (reference/benchmarks.md) for Blond_Hair / Male, else None."""
-        if (self.target, self.spurious) != ("Blond_Hair", "Male") or self.complete_correlation or self.patch_probability > 0:
+        """Group counts of the real data (reference/benchmarks.md) for Blond_Hair / Male, else
+        None.
+        """
+        if (
+            (self.target, self.spurious) != ("Blond_Hair", "Male")
+            or self.complete_correlation
+            or self.patch_probability > 0
+        ):
             return None
-        return {"train": [71629, 66874, 22880, 1387], "val": [8535, 8276, 2874, 182], "test": [9767, 7535, 2480, 180]}
+        return {
+            "train": [71629, 66874, 22880, 1387],
+            "val": [8535, 8276, 2874, 182],
+            "test": [9767, 7535, 2480, 180],
+        }
 
     def build_splits(self) -> Splits:
         folder, fmt = find_celeba(self.root)
         table = read_celeba_annotations(folder, fmt)
         for name in (self.target, self.spurious):
             if name not in table.columns:
-                raise ConfigError(f"CelebA has no attribute {name!r}; available: {', '.join(c for c in table.columns if c != 'partition')}")
+                raise ConfigError(
+                    f"CelebA has no attribute {name!r}; available: "
+                    f"{', '.join(c for c in table.columns if c != 'partition')}"
+                )
         images = folder / "img_align_celeba"
         if (images / "img_align_celeba").is_dir():
             images = images / "img_align_celeba"
@@ -185,7 +219,11 @@ class CelebA(RecipeMixin, RobustDataModule):
         patched = torch.zeros(len(paths), dtype=torch.bool)
         if self.patch_probability > 0:
             u = torch.rand(len(paths), generator=gen)
-            patched = torch.where(part == 2, u < self.patch_test_probability, (labels == 1) & (u < self.patch_probability))
+            patched = torch.where(
+                part == 2,
+                u < self.patch_test_probability,
+                (labels == 1) & (u < self.patch_probability),
+            )
             attrs = patched.long()
         groups = labels * 2 + attrs
         keep = torch.ones(len(paths), dtype=torch.bool)

@@ -16,13 +16,17 @@ from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError, CorruptDataError
 
 XRAY_SOURCE = (
-    "NIH ChestX-ray14: https://nihcc.app.box.com/v/ChestXray-NIHCC (Data_Entry_2017.csv + images_001..012); "
-    "CheXpert: https://stanfordmlgroup.github.io/competitions/chexpert/ (CheXpert-v1.0 or CheXpert-v1.0-small)"
+    "NIH ChestX-ray14: https://nihcc.app.box.com/v/ChestXray-NIHCC (Data_Entry_2017.csv + "
+    "images_001..012); CheXpert: https://stanfordmlgroup.github.io/competitions/chexpert/ "
+    "(CheXpert-v1.0 or CheXpert-v1.0-small)"
 )
 XRAY_LAYOUT = """<root>/
-    <nih_dir>/Data_Entry_2017.csv  (or Data_Entry_2017_v2020.csv)   Image Index, Finding Labels, Patient ID, ...
-    <nih_dir>/images/00000001_000.png ...     (or the extracted images_001/images/ ... images_012/images/)
-    CheXpert-v1.0-small/train.csv             (or CheXpert-v1.0/) Path, Sex, Age, Frontal/Lateral, ..., Pneumonia, ...
+    <nih_dir>/Data_Entry_2017.csv  (or Data_Entry_2017_v2020.csv)   Image Index, Finding Labels, \
+Patient ID, ...
+    <nih_dir>/images/00000001_000.png ...     (or the extracted images_001/images/ ... \
+images_012/images/)
+    CheXpert-v1.0-small/train.csv             (or CheXpert-v1.0/) Path, Sex, Age, Frontal/Lateral, \
+..., Pneumonia, ...
     CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg ..."""
 
 
@@ -38,18 +42,28 @@ def max_size(labels: torch.Tensor, majority: int, share: float) -> int:
     return int(min(limits))
 
 
-def balanced_take(labels: torch.Tensor, majority: int, share: float, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Indices of ``n`` random examples of which a share ``share`` (rounded) has the ``majority`` label."""
+def balanced_take(
+    labels: torch.Tensor, majority: int, share: float, n: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Indices of ``n`` random examples of which a share ``share`` (rounded) has the ``majority``
+    label.
+    """
     maj = (labels == majority).nonzero().squeeze(1)
     mino = (labels != majority).nonzero().squeeze(1)
     n_maj = min(maj.numel(), int(round(share * n)))
     n_min = min(mino.numel(), n - n_maj)
-    pick = torch.cat([maj[torch.randperm(maj.numel(), generator=gen)[:n_maj]], mino[torch.randperm(mino.numel(), generator=gen)[:n_min]]])
+    pick = torch.cat(
+        [
+            maj[torch.randperm(maj.numel(), generator=gen)[:n_maj]],
+            mino[torch.randperm(mino.numel(), generator=gen)[:n_min]],
+        ]
+    )
     return pick.sort().values
 
 
 class ChestXray(RecipeMixin, RobustDataModule):
-    """Pneumonia detection where the hospital is a shortcut: NIH mostly negative, CheXpert mostly positive.
+    """Pneumonia detection where the hospital is a shortcut: NIH mostly negative, CheXpert mostly
+    positive.
 
     Input: 3 x ``resolution`` x ``resolution`` grey X-rays replicated to 3 channels (``channels: 1``
     keeps one), resized, decoded lazily. Label: pneumonia (NIH: ``Pneumonia`` among the
@@ -61,20 +75,21 @@ class ChestXray(RecipeMixin, RobustDataModule):
     subsampled so that a fraction ``correlation`` (default 0.9) is negative and CheXpert examples
     so that the same fraction is positive, keeping as many examples as that allows (at most
     ``max_per_hospital``; with ``equal_hospitals`` both hospitals contribute the same number, as in
-    Chroma-VAE's 20K training set with "roughly equal numbers" from each). The test set uses ``eval_correlation`` (0.5: label independent of the
-    hospital). CheXpert uses frontal views only unless ``frontal_only: false``.
-    Augmentation: ``augment: standard`` is the ``xray`` recipe of :mod:`robustrep.data.presets`.
-    Citation: Wang et al., 2017 (ChestX-ray14); Irvin et al., 2019 (CheXpert); Yang et al., 2022 (Chroma-VAE).
+    Chroma-VAE's 20K training set with "roughly equal numbers" from each). The test set uses
+    ``eval_correlation`` (0.5: label independent of the hospital). CheXpert uses frontal views only
+    unless ``frontal_only: false``. Augmentation: ``augment: standard`` is the ``xray`` recipe of
+    :mod:`robustrep.data.presets`. Citation: Wang et al., 2017 (ChestX-ray14); Irvin et al., 2019
+    (CheXpert); Yang et al., 2022 (Chroma-VAE).
 
     Args:
         nih_dir: folder under root with NIH's ``Data_Entry_2017*.csv`` and images.
-        chexpert_dir: folder under root with CheXpert's ``train.csv``; None = ``CheXpert-v1.0-small``
-            or ``CheXpert-v1.0``, whichever exists.
+        chexpert_dir: folder under root with CheXpert's ``train.csv``; None =
+            ``CheXpert-v1.0-small`` or ``CheXpert-v1.0``, whichever exists.
         correlation: share of negatives at NIH and of positives at CheXpert in train/val.
         eval_correlation: the same share in the test set.
         split_fractions: train / val / test shares of each hospital's patients.
-        max_per_hospital: cap on the examples per hospital and split; None = all the correlation allows
-            (Chroma-VAE trains on 20K images: 10,000 per hospital).
+        max_per_hospital: cap on the examples per hospital and split; None = all the correlation
+            allows (Chroma-VAE trains on 20K images: 10,000 per hospital).
         equal_hospitals: take the same number of examples from both hospitals in every split.
         uncertain: CheXpert's -1 labels: ``exclude``, ``negative`` or ``positive``.
         frontal_only: drop CheXpert's lateral views.
@@ -107,7 +122,9 @@ class ChestXray(RecipeMixin, RobustDataModule):
         if not (0.0 <= correlation <= 1.0 and 0.0 <= eval_correlation <= 1.0):
             raise ConfigError("correlation and eval_correlation must be in [0, 1]")
         if len(split_fractions) != 3 or abs(sum(split_fractions) - 1.0) > 1e-6:
-            raise ConfigError(f"split_fractions must be three shares summing to 1, got {split_fractions}")
+            raise ConfigError(
+                f"split_fractions must be three shares summing to 1, got {split_fractions}"
+            )
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {channels}")
         self.nih_dir = nih_dir
@@ -138,8 +155,13 @@ class ChestXray(RecipeMixin, RobustDataModule):
         try:
             table = pd.read_csv(path, usecols=["Image Index", "Finding Labels", "Patient ID"])
         except (ValueError, pd.errors.ParserError) as err:
-            raise CorruptDataError(f"cannot read {path} (needs Image Index, Finding Labels, Patient ID): {err}") from err
-        labels = torch.tensor(table["Finding Labels"].str.split("|").apply(lambda f: "Pneumonia" in f).to_numpy(), dtype=torch.long)
+            raise CorruptDataError(
+                f"cannot read {path} (needs Image Index, Finding Labels, Patient ID): {err}"
+            ) from err
+        labels = torch.tensor(
+            table["Finding Labels"].str.split("|").apply(lambda f: "Pneumonia" in f).to_numpy(),
+            dtype=torch.long,
+        )
         index = self._nih_images(folder)
         paths = [index.get(name, str(folder / "images" / name)) for name in table["Image Index"]]
         return paths, labels, [f"nih{p}" for p in table["Patient ID"]]
@@ -148,7 +170,11 @@ class ChestXray(RecipeMixin, RobustDataModule):
     def _nih_images(folder: Path) -> dict[str, str]:
         """File name -> path for ``images/`` and the extracted ``images_0XX/images/`` folders."""
         index: dict[str, str] = {}
-        dirs = [folder / "images", *sorted(folder.glob("images_*/images")), *sorted(folder.glob("images_*"))]
+        dirs = [
+            folder / "images",
+            *sorted(folder.glob("images_*/images")),
+            *sorted(folder.glob("images_*")),
+        ]
         for d in dirs:
             if d.is_dir():
                 with os.scandir(d) as it:
@@ -160,7 +186,9 @@ class ChestXray(RecipeMixin, RobustDataModule):
     def read_chexpert(self) -> tuple[list[str], torch.Tensor, list[str]]:
         """(image paths, pneumonia labels, patient ids) of CheXpert's train.csv."""
         root = Path(self.root)
-        candidates = [self.chexpert_dir] if self.chexpert_dir else ["CheXpert-v1.0-small", "CheXpert-v1.0"]
+        candidates = (
+            [self.chexpert_dir] if self.chexpert_dir else ["CheXpert-v1.0-small", "CheXpert-v1.0"]
+        )
         folder = next((root / c for c in candidates if (root / c / "train.csv").exists()), None)
         if folder is None:
             raise missing(root / candidates[0] / "train.csv", XRAY_LAYOUT, XRAY_SOURCE)
@@ -169,7 +197,9 @@ class ChestXray(RecipeMixin, RobustDataModule):
             table = pd.read_csv(path)
             table = table[["Path", "Frontal/Lateral", "Pneumonia"]]
         except (ValueError, KeyError, pd.errors.ParserError) as err:
-            raise CorruptDataError(f"cannot read {path} (needs Path, Frontal/Lateral, Pneumonia): {err}") from err
+            raise CorruptDataError(
+                f"cannot read {path} (needs Path, Frontal/Lateral, Pneumonia): {err}"
+            ) from err
         if self.frontal_only:
             table = table[table["Frontal/Lateral"] == "Frontal"]
         value = table["Pneumonia"].fillna(0.0)
@@ -187,19 +217,27 @@ class ChestXray(RecipeMixin, RobustDataModule):
     def build_splits(self) -> Splits:
         r = self.resolution
         hospitals = []
-        for hospital, (paths, labels, patients) in enumerate([self.read_nih(), self.read_chexpert()]):
+        for hospital, (paths, labels, patients) in enumerate(
+            [self.read_nih(), self.read_chexpert()]
+        ):
             gen = torch.Generator().manual_seed(self.seed * 1000 + 600 + hospital)
             unique = sorted(set(patients))
             order = torch.randperm(len(unique), generator=gen).tolist()
             cut1 = int(round(self.split_fractions[0] * len(unique)))
             cut2 = cut1 + int(round(self.split_fractions[1] * len(unique)))
-            split_of = {unique[i]: (0 if rank < cut1 else 1 if rank < cut2 else 2) for rank, i in enumerate(order)}
+            split_of = {
+                unique[i]: (0 if rank < cut1 else 1 if rank < cut2 else 2)
+                for rank, i in enumerate(order)
+            }
             split = torch.tensor([split_of[p] for p in patients], dtype=torch.long)
             hospitals.append((paths, labels, split, gen))
         parts: dict[int, list[ImageFileDataset]] = {0: [], 1: [], 2: []}
         for code in (0, 1, 2):
             share = self.eval_correlation if code == 2 else self.correlation
-            sizes = [max_size(labels[split == code], h, share) for h, (_, labels, split, _) in enumerate(hospitals)]
+            sizes = [
+                max_size(labels[split == code], h, share)
+                for h, (_, labels, split, _) in enumerate(hospitals)
+            ]
             if self.equal_hospitals:
                 sizes = [min(sizes)] * 2
             if self.max_per_hospital is not None:
@@ -207,9 +245,23 @@ class ChestXray(RecipeMixin, RobustDataModule):
             for hospital, (paths, labels, split, gen) in enumerate(hospitals):
                 members = (split == code).nonzero().squeeze(1)
                 # majority label: negative at NIH (0), positive at CheXpert (1)
-                chosen = members[balanced_take(labels[members], hospital, share, sizes[hospital], gen)]
+                chosen = members[
+                    balanced_take(labels[members], hospital, share, sizes[hospital], gen)
+                ]
                 y = labels[chosen]
                 h = torch.full_like(y, hospital)
-                ds = ImageFileDataset([paths[i] for i in chosen.tolist()], y, y * 2 + h, size=(r, r), channels=self.channels, attribute=h, domain=h.clone())
+                ds = ImageFileDataset(
+                    [paths[i] for i in chosen.tolist()],
+                    y,
+                    y * 2 + h,
+                    size=(r, r),
+                    channels=self.channels,
+                    attribute=h,
+                    domain=h.clone(),
+                )
                 parts[code].append(ds)
-        return Splits(train=concat_images(parts[0]), val={"val": concat_images(parts[1])}, test={"test": concat_images(parts[2])})
+        return Splits(
+            train=concat_images(parts[0]),
+            val={"val": concat_images(parts[1])},
+            test={"test": concat_images(parts[2])},
+        )

@@ -1,10 +1,9 @@
-"""CIFAR-10, CIFAR-10-Coarse, CIFAR-100, CIFAR-100-Coarse, CIFAR-100-Coarse-U and STL-10.
+"""CIFAR-10, CIFAR-10-Coarse, CIFAR-100, CIFAR-100-Coarse and CIFAR-100-Coarse-U.
 
-The files are read directly (python pickles for CIFAR, raw binaries for STL-10), not through
-torchvision's dataset classes, because those MD5-check every file (STL-10 hashes the 2.6 GB
-``unlabeled_X.bin`` on every construction even for the test split). ``download: true`` still uses
-torchvision to fetch and verify the archives once. Everything except STL-10's unlabeled split
-(memory-mapped) is held in memory as uint8 tensors.
+The python pickles are read directly, not through torchvision's dataset classes, because those
+MD5-check every file on every construction. ``download: true`` still uses torchvision to fetch and
+verify the archives once. The images are held in memory as uint8 tensors. STL-10 is in
+:mod:`robustrep.data.stl10`.
 """
 
 from __future__ import annotations
@@ -15,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
+from robustrep.data.base import RobustDataModule, Splits
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.data.files import require, seeded_split
 from robustrep.errors import ConfigError, CorruptDataError
 
-CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html (torchvision downloads it with download: true)"
+CIFAR_SOURCE = (
+    "https://www.cs.toronto.edu/~kriz/cifar.html (torchvision downloads it with download: true)"
+)
 CIFAR10_LAYOUT = """<root>/cifar-10-batches-py/
     data_batch_1 ... data_batch_5   (python pickles: data 10000 x 3072 uint8, labels)
     test_batch
@@ -28,10 +30,22 @@ CIFAR100_LAYOUT = """<root>/cifar-100-python/
     train   (python pickle: data 50000 x 3072 uint8, fine_labels, coarse_labels)
     test
     meta    (fine_label_names, coarse_label_names)"""
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 #: CIFAR-10-Coarse: 1 = vehicle (airplane, automobile, ship, truck), 0 = animal.
 CIFAR10_VEHICLES = (0, 1, 8, 9)
-#: CIFAR-100-Coarse-U: images kept per fine class, by rank of the fine class index inside its superclass.
+#: CIFAR-100-Coarse-U: images kept per fine class, by rank of the fine class index inside its
+#: superclass.
 COARSE_U_COUNTS = (500, 250, 100, 50, 50)
 
 
@@ -44,10 +58,14 @@ def read_pickle(path: Path) -> dict:
 
 
 def _cifar_images(data: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)))
+    return torch.from_numpy(
+        np.ascontiguousarray(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+    )
 
 
-def load_cifar10(root: str, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_cifar10(
+    root: str, train: bool, download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 pickles -> (uint8 N x 3 x 32 x 32, labels)."""
     folder = Path(root) / "cifar-10-batches-py"
     if download and not folder.exists():
@@ -55,23 +73,39 @@ def load_cifar10(root: str, train: bool, download: bool = False) -> tuple[torch.
 
         TVCIFAR10(root, train=train, download=True)
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    hint = "Set download: true to fetch it with torchvision, or point root at the folder that contains cifar-10-batches-py/."
+    hint = (
+        "Set download: true to fetch it with torchvision, or point root at the folder that "
+        "contains cifar-10-batches-py/."
+    )
     batches = [read_pickle(require(folder / n, CIFAR10_LAYOUT, CIFAR_SOURCE, hint)) for n in names]
     images = torch.cat([_cifar_images(b["data"]) for b in batches])
     labels = torch.tensor([y for b in batches for y in b["labels"]], dtype=torch.long)
     return images, labels
 
 
-def load_cifar100(root: str, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CIFAR-100 pickle -> (uint8 N x 3 x 32 x 32, fine labels, coarse labels from the same pickle)."""
+def load_cifar100(
+    root: str, train: bool, download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CIFAR-100 pickle -> (uint8 N x 3 x 32 x 32, fine labels, coarse labels from the same
+    pickle).
+    """
     folder = Path(root) / "cifar-100-python"
     if download and not folder.exists():
         from torchvision.datasets import CIFAR100 as TVCIFAR100
 
         TVCIFAR100(root, train=train, download=True)
-    hint = "Set download: true to fetch it with torchvision, or point root at the folder that contains cifar-100-python/."
-    entry = read_pickle(require(folder / ("train" if train else "test"), CIFAR100_LAYOUT, CIFAR_SOURCE, hint))
-    return _cifar_images(entry["data"]), torch.tensor(entry["fine_labels"]), torch.tensor(entry["coarse_labels"])
+    hint = (
+        "Set download: true to fetch it with torchvision, or point root at the folder "
+        "that contains cifar-100-python/."
+    )
+    entry = read_pickle(
+        require(folder / ("train" if train else "test"), CIFAR100_LAYOUT, CIFAR_SOURCE, hint)
+    )
+    return (
+        _cifar_images(entry["data"]),
+        torch.tensor(entry["fine_labels"]),
+        torch.tensor(entry["coarse_labels"]),
+    )
 
 
 def rank_within(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
@@ -100,12 +134,16 @@ class _CIFARModule(RobustDataModule):
         self.val_fraction = val_fraction
         self.image_shape = (3, 32, 32)
 
-    def select_train(self, fine: torch.Tensor, coarse: torch.Tensor, train_idx: torch.Tensor) -> torch.Tensor:
+    def select_train(
+        self, fine: torch.Tensor, coarse: torch.Tensor, train_idx: torch.Tensor
+    ) -> torch.Tensor:
         return train_idx
 
     def build_splits(self) -> Splits:
         x, f, c = self.read(True)
-        val_idx, train_idx = seeded_split(f.shape[0], [self.val_fraction, 1 - self.val_fraction], self.seed)
+        val_idx, train_idx = seeded_split(
+            f.shape[0], [self.val_fraction, 1 - self.val_fraction], self.seed
+        )
         train_idx = self.select_train(f, c, train_idx)
         tx, tf, tc = self.read(False)
         return Splits(
@@ -144,7 +182,8 @@ class CIFAR10(_CIFARModule):
 
 
 class CIFAR10Coarse(CIFAR10):
-    """CIFAR-10 with two coarse classes: 0 = animal, 1 = vehicle (airplane, automobile, ship, truck).
+    """CIFAR-10 with two coarse classes: 0 = animal, 1 = vehicle (airplane, automobile, ship,
+    truck).
 
     ``fine_label``: the CIFAR-10 class. Groups with ``group_by: fine`` (default): the attribute is
     the rank of the fine class inside its coarse class (animals bird..horse -> 0-5, vehicles
@@ -180,7 +219,9 @@ class CIFAR10Coarse(CIFAR10):
     def make(self, images, fine, coarse):
         if self.group_by == "fine":
             rank = torch.tensor([0, 1, 0, 1, 2, 3, 4, 5, 2, 3])[fine]
-            return TensorImageDataset(images, coarse, coarse * 6 + rank, attribute=rank, fine_label=fine)
+            return TensorImageDataset(
+                images, coarse, coarse * 6 + rank, attribute=rank, fine_label=fine
+            )
         return TensorImageDataset(images, coarse, coarse.clone(), fine_label=fine)
 
 
@@ -189,7 +230,8 @@ class CIFAR100(_CIFARModule):
 
     Input: 3 x 32 x 32. Label: the fine class. Groups: one per class. Splits: 50,000 training images
     minus a seeded ``val_fraction`` for validation; 10,000 test images.
-    Files: ``<root>/cifar-100-python/{train,test,meta}`` (``download: true``). Citation: Krizhevsky, 2009.
+    Files: ``<root>/cifar-100-python/{train,test,meta}`` (``download: true``). Citation: Krizhevsky,
+    2009.
 
     Args:
         val_fraction: share of the training images held out for validation.
@@ -238,13 +280,16 @@ class CIFAR100Coarse(CIFAR100):
     def make(self, images, fine, coarse):
         if self.group_by == "fine":
             rank = rank_within(fine, coarse)
-            return TensorImageDataset(images, coarse, coarse * 5 + rank, attribute=rank, fine_label=fine)
+            return TensorImageDataset(
+                images, coarse, coarse * 5 + rank, attribute=rank, fine_label=fine
+            )
         return TensorImageDataset(images, coarse, coarse.clone(), fine_label=fine)
 
 
 class CIFAR100CoarseU(CIFAR100Coarse):
-    """CIFAR-100-Coarse with *unbalanced* strata (Chen et al., 2022): inside each superclass the five
-    fine classes, ordered by class index, keep ``counts`` = 500, 250, 100, 50, 50 training images.
+    """CIFAR-100-Coarse with *unbalanced* strata (Chen et al., 2022): inside each superclass the
+    five fine classes, ordered by class index, keep ``counts`` = 500, 250, 100, 50, 50 training
+    images.
 
     Construction: the validation set is carved first (seeded ``val_fraction`` of the training file),
     then from the remaining images of each fine class the first ``counts[rank]`` of a seeded
@@ -259,13 +304,23 @@ class CIFAR100CoarseU(CIFAR100Coarse):
 
     benchmark_name = "cifar100_coarse_u"
 
-    def __init__(self, counts: list[int] | tuple[int, ...] = COARSE_U_COUNTS, group_by: str = "fine", val_fraction: float = 0.1, **kwargs) -> None:
+    def __init__(
+        self,
+        counts: list[int] | tuple[int, ...] = COARSE_U_COUNTS,
+        group_by: str = "fine",
+        val_fraction: float = 0.1,
+        **kwargs,
+    ) -> None:
         super().__init__(group_by, val_fraction, **kwargs)
         if len(counts) != 5 or min(counts) < 0:
-            raise ConfigError(f"counts needs 5 non-negative entries (one per stratum rank), got {counts}")
+            raise ConfigError(
+                f"counts needs 5 non-negative entries (one per stratum rank), got {counts}"
+            )
         self.counts = tuple(int(c) for c in counts)
 
-    def select_train(self, fine: torch.Tensor, coarse: torch.Tensor, train_idx: torch.Tensor) -> torch.Tensor:
+    def select_train(
+        self, fine: torch.Tensor, coarse: torch.Tensor, train_idx: torch.Tensor
+    ) -> torch.Tensor:
         rank = rank_within(fine, coarse)
         gen = torch.Generator().manual_seed(self.seed + 17)
         keep = []
@@ -274,117 +329,3 @@ class CIFAR100CoarseU(CIFAR100Coarse):
             members = members[torch.randperm(members.numel(), generator=gen)]
             keep.append(members[: self.counts[int(rank[members[0]])]])
         return torch.cat(keep).sort().values
-
-
-# ------------------------------------------------------------------------------------------ STL-10
-STL_SOURCE = "https://cs.stanford.edu/~acoates/stl10/ (torchvision downloads it with download: true)"
-STL_LAYOUT = """<root>/stl10_binary/
-    train_X.bin, train_y.bin      (5,000 labelled 96 x 96 images, labels 1-10)
-    test_X.bin, test_y.bin        (8,000)
-    unlabeled_X.bin               (100,000; only with include_unlabeled: true)
-    class_names.txt, fold_indices.txt (optional)"""
-STL_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-
-
-def read_stl_images(path: Path, memmap: bool = False) -> torch.Tensor:
-    """STL-10 ``*_X.bin`` (N x 3 x 96 x 96 stored column-major) -> uint8 N x 3 x H x W (a view)."""
-    try:
-        if memmap:
-            array = np.memmap(path, dtype=np.uint8, mode="c")
-        else:
-            array = np.fromfile(path, dtype=np.uint8)
-        if array.size % (3 * 96 * 96):
-            raise ValueError(f"{array.size} bytes is not a multiple of one 3 x 96 x 96 image")
-    except (OSError, ValueError) as err:
-        raise CorruptDataError(f"cannot read STL-10 images {path}: {err}") from err
-    return torch.from_numpy(array.reshape(-1, 3, 96, 96)).transpose(2, 3)
-
-
-class STL10(RobustDataModule):
-    """STL-10: 96 x 96 colour images of 10 classes plus 100,000 unlabelled images.
-
-    Input: 3 x 96 x 96. Label: the class (files store 1-10; we subtract 1). Groups: one per class.
-    Splits: the 5,000 training images minus a seeded ``val_fraction`` (or only the 1,000 images of
-    ``fold`` 0-9 from ``fold_indices.txt``); the 8,000 test images. With ``include_unlabeled: true``
-    the unlabelled images (memory-mapped, never copied) are appended to the training set with
-    label and group -1, for self-supervised methods (IP-IRM) that never read labels.
-    Files are read directly (no MD5 pass over the 2.6 GB unlabelled file).
-    Citation: Coates et al., 2011.
-
-    Args:
-        val_fraction: share of the labelled training images held out for validation.
-        fold: use only this predefined 1,000-image training fold (0-9); None = all.
-        include_unlabeled: append ``unlabeled_X.bin`` to the training set (labels -1).
-        **kwargs: the shared datamodule arguments.
-    """
-
-    benchmark_name = "stl10"
-
-    def __init__(self, val_fraction: float = 0.1, fold: int | None = None, include_unlabeled: bool = False, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if fold is not None and not 0 <= fold <= 9:
-            raise ConfigError(f"fold must be 0-9 or None, got {fold}")
-        self.val_fraction = val_fraction
-        self.fold = fold
-        self.include_unlabeled = include_unlabeled
-        self.num_classes = 10
-        self.class_names = list(STL_CLASSES)
-        self.image_shape = (3, 96, 96)
-
-    def _read(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        folder = Path(self.root) / "stl10_binary"
-        if self.download and not folder.exists():
-            from torchvision.datasets import STL10 as TVSTL10
-
-            TVSTL10(self.root, split="train", download=True)
-        hint = "Set download: true to fetch it with torchvision, or point root at the folder that contains stl10_binary/."
-        images = read_stl_images(require(folder / f"{split}_X.bin", STL_LAYOUT, STL_SOURCE, hint))
-        labels = torch.from_numpy(np.fromfile(require(folder / f"{split}_y.bin", STL_LAYOUT, STL_SOURCE, hint), dtype=np.uint8).astype(np.int64)) - 1
-        if labels.shape[0] != images.shape[0]:
-            raise CorruptDataError(f"{folder / f'{split}_y.bin'} has {labels.shape[0]} labels for {images.shape[0]} images")
-        return images.contiguous(), labels
-
-    def build_splits(self) -> Splits:
-        x, y = self._read("train")
-        folder = Path(self.root) / "stl10_binary"
-        if self.fold is not None:
-            lines = require(folder / "fold_indices.txt", STL_LAYOUT, STL_SOURCE).read_text().splitlines()
-            pool = torch.tensor([int(v) for v in lines[self.fold].split()], dtype=torch.long)
-        else:
-            pool = torch.arange(y.shape[0])
-        val_part, train_part = seeded_split(pool.numel(), [self.val_fraction, 1 - self.val_fraction], self.seed)
-        tr, va = pool[train_part], pool[val_part]
-        train = TensorImageDataset(x[tr], y[tr], y[tr])
-        if self.include_unlabeled:
-            unlabeled = read_stl_images(require(folder / "unlabeled_X.bin", STL_LAYOUT, STL_SOURCE), memmap=True)
-            train = _Concat(train, unlabeled)
-        tx, ty = self._read("test")
-        return Splits(train=train, val={"val": TensorImageDataset(x[va], y[va], y[va])}, test={"test": TensorImageDataset(tx, ty, ty)})
-
-
-class _Concat(torch.utils.data.Dataset):
-    """Labelled in-memory STL-10 images followed by the memory-mapped unlabelled ones (label -1)."""
-
-    def __init__(self, labelled: TensorImageDataset, unlabeled: torch.Tensor) -> None:
-        self.labelled = labelled
-        self.unlabeled = unlabeled
-        n_u = unlabeled.shape[0]
-        self.groups = torch.cat([labelled.groups, torch.full((n_u,), -1, dtype=torch.long)])
-        self.labels = torch.cat([labelled.labels, torch.full((n_u,), -1, dtype=torch.long)])
-
-    def __len__(self) -> int:
-        return len(self.labelled) + self.unlabeled.shape[0]
-
-    def with_transform(self, transform, num_views: int = 1) -> _Concat:
-        return _Concat(self.labelled.with_transform(transform, num_views), self.unlabeled)
-
-    def __getitem__(self, index: int) -> dict:
-        n = len(self.labelled)
-        if index < n:
-            return self.labelled[index]
-        u = TensorImageDataset(
-            self.unlabeled[index - n : index - n + 1].contiguous(), torch.tensor([-1]), None, self.labelled.transform, self.labelled.num_views
-        )
-        item = u[0]
-        item["index"] = index
-        return item

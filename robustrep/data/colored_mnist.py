@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from robustrep.data.base import Splits, TensorImageDataset
+from robustrep.data.base import Splits
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.data.mnist import DigitsModule
 from robustrep.errors import ConfigError
 
@@ -53,8 +54,8 @@ class ColoredMNISTCIM(DigitsModule):
 
     Construction (paper section 4.1, read literally): call yellow the *test colour* of 0-4 and blue
     the test colour of 5-9. In training exactly ``alpha`` percent of each class get their test
-    colour and the other ``100 - alpha`` percent the opposite one (alpha in {0.5, 1, 2} in the paper),
-    so training colour is an almost perfect but *reversed* shortcut. At test time a fraction
+    colour and the other ``100 - alpha`` percent the opposite one (alpha in {0.5, 1, 2} in the
+    paper), so training colour is an almost perfect but *reversed* shortcut. At test time a fraction
     ``test_aligned`` of each class gets its test colour (1.0 = the text: every 0-4 yellow, every 5-9
     blue). Validation is carved from the training digits and coloured like training.
 
@@ -73,7 +74,8 @@ class ColoredMNISTCIM(DigitsModule):
     no label information (``test_balanced``, or ``test_aligned: 0.5``) with a little shape learned,
     not the reversed test of the text; we keep the text as the default and report both.
 
-    Splits: train digits minus ``val_fraction`` (seeded) -> train / val; official test digits -> test.
+    Splits: train digits minus ``val_fraction`` (seeded) -> train / val; official test digits ->
+    test.
 
     Args:
         alpha: percent (0-100) of training digits per class coloured with their test colour.
@@ -99,7 +101,9 @@ class ColoredMNISTCIM(DigitsModule):
         if not 0.0 <= test_aligned <= 1.0:
             raise ConfigError(f"test_aligned must be in [0, 1], got {test_aligned}")
         if colour_region not in ("background", "digit", "both"):
-            raise ConfigError(f"colour_region must be background, digit or both; got {colour_region!r}")
+            raise ConfigError(
+                f"colour_region must be background, digit or both; got {colour_region!r}"
+            )
         self.alpha = alpha
         self.test_aligned = test_aligned
         self.colour_region = colour_region
@@ -120,8 +124,12 @@ class ColoredMNISTCIM(DigitsModule):
             return images.max(1, keepdim=True).values > 0.5
         return images.max(1, keepdim=True).values > 0.75  # both: c * (0.5 + 0.5 * ink)
 
-    def make(self, images: torch.Tensor, digits: torch.Tensor, aligned_fraction: float, stream: int) -> TensorImageDataset:
-        """Colour one split: per class exactly ``round(aligned_fraction * n_class)`` get the test colour."""
+    def make(
+        self, images: torch.Tensor, digits: torch.Tensor, aligned_fraction: float, stream: int
+    ) -> TensorImageDataset:
+        """Colour one split: per class exactly ``round(aligned_fraction * n_class)`` get the test
+        colour.
+        """
         gen = torch.Generator().manual_seed(self.seed * 1000 + 100 + stream)
         labels = (digits >= 5).long()
         colours = 1 - labels  # start from the opposite of the test colour
@@ -130,7 +138,9 @@ class ColoredMNISTCIM(DigitsModule):
             take = exact_mask(idx.numel(), aligned_fraction, gen)
             colours[idx[take]] = y
         rgb = colour_digits(images, CIM_COLOURS[colours], self.colour_region)
-        return TensorImageDataset(rgb, labels, labels * 2 + colours, attribute=colours, fine_label=digits)
+        return TensorImageDataset(
+            rgb, labels, labels * 2 + colours, attribute=colours, fine_label=digits
+        )
 
     def build_splits(self) -> Splits:
         (tx, ty), (vx, vy) = self.train_val_digits()
@@ -139,15 +149,18 @@ class ColoredMNISTCIM(DigitsModule):
         return Splits(
             train=self.make(tx, ty, a, 0),
             val={"val": self.make(vx, vy, a, 1)},
-            test={"test": self.make(test_x, test_y, self.test_aligned, 2), "test_balanced": self.make(test_x, test_y, 0.5, 3)},
+            test={
+                "test": self.make(test_x, test_y, self.test_aligned, 2),
+                "test_balanced": self.make(test_x, test_y, 0.5, 3),
+            },
         )
 
 
 class ColoredMNISTIRM(DigitsModule):
     """Colored MNIST of Arjovsky et al. (2019), as used by Chroma-VAE: red/green digits.
 
-    Input: the digit drawn in one colour channel: 2 x H x W (``channels: 2``, the IRM code: channel 0
-    = red, 1 = green, the other channel zero) or 3 x H x W (``channels: 3``: R, G, blue zero);
+    Input: the digit drawn in one colour channel: 2 x H x W (``channels: 2``, the IRM code: channel
+    0 = red, 1 = green, the other channel zero) or 3 x H x W (``channels: 3``: R, G, blue zero);
     H = W = 28 by default or 14 (``size: 14``, IRM's 2x subsampling).
     Label: ``y^ = digit >= 5``, flipped with probability ``label_noise`` (0.25), so shape alone
     predicts the label at most 75% of the time. Attribute: the colour, ``y`` flipped with
@@ -189,7 +202,11 @@ class ColoredMNISTIRM(DigitsModule):
             raise ConfigError(f"size must be 28 or 14, got {size}")
         if channels not in (2, 3):
             raise ConfigError(f"channels must be 2 or 3, got {channels}")
-        flips = [float(train_colour_flip)] if isinstance(train_colour_flip, int | float) else [float(p) for p in train_colour_flip]
+        flips = (
+            [float(train_colour_flip)]
+            if isinstance(train_colour_flip, int | float)
+            else [float(p) for p in train_colour_flip]
+        )
         for p in [label_noise, test_colour_flip, *flips]:
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"probabilities must be in [0, 1], got {p}")
@@ -205,7 +222,9 @@ class ColoredMNISTIRM(DigitsModule):
         self.attribute_names = ["red", "green"]
         self.image_shape = (channels, size, size)
 
-    def make(self, images: torch.Tensor, digits: torch.Tensor, flips: list[float], stream: int) -> TensorImageDataset:
+    def make(
+        self, images: torch.Tensor, digits: torch.Tensor, flips: list[float], stream: int
+    ) -> TensorImageDataset:
         gen = torch.Generator().manual_seed(self.seed * 1000 + 200 + stream)
         n = digits.shape[0]
         env = torch.arange(n) * len(flips) // max(n, 1)  # equal contiguous environments
@@ -217,7 +236,9 @@ class ColoredMNISTIRM(DigitsModule):
             images = images[:, :, ::2, ::2]
         out = torch.zeros(n, self.channels, self.size, self.size, dtype=torch.uint8)
         out[torch.arange(n), colours] = images[:, 0]
-        return TensorImageDataset(out, labels, labels * 2 + colours, attribute=colours, fine_label=digits, domain=env)
+        return TensorImageDataset(
+            out, labels, labels * 2 + colours, attribute=colours, fine_label=digits, domain=env
+        )
 
     def build_splits(self) -> Splits:
         (tx, ty), (vx, vy) = self.train_val_digits()
@@ -226,5 +247,8 @@ class ColoredMNISTIRM(DigitsModule):
         return Splits(
             train=self.make(tx, ty, self.train_colour_flip, 0),
             val={"val": self.make(vx, vy, first, 1)},
-            test={"test": self.make(test_x, test_y, [self.test_colour_flip], 2), "test_iid": self.make(test_x, test_y, first, 3)},
+            test={
+                "test": self.make(test_x, test_y, [self.test_colour_flip], 2),
+                "test_iid": self.make(test_x, test_y, first, 3),
+            },
         )

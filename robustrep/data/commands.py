@@ -1,4 +1,5 @@
-"""``robustrep data list`` and ``robustrep data check --data NAME --root PATH [--set KEY=VALUE ...] [--decode]``.
+"""``robustrep data list`` and
+``robustrep data check --data NAME --root PATH [--set KEY=VALUE ...] [--decode]``.
 
 ``list`` prints every benchmark with the files it expects and its groups. ``check`` loads a user's
 copy (metadata only: images are decoded lazily, so this is quick even for CelebA), prints the
@@ -31,7 +32,9 @@ def group_count_table(dm) -> pd.DataFrame:
 
 
 def compare_published(dm, table: pd.DataFrame) -> list[str]:
-    """Lines saying whether each split matches ``dm.published_counts()`` (empty if none published)."""
+    """Lines saying whether each split matches ``dm.published_counts()`` (empty if none
+    published).
+    """
     published = dm.published_counts() if hasattr(dm, "published_counts") else None
     if not published:
         return []
@@ -40,7 +43,9 @@ def compare_published(dm, table: pd.DataFrame) -> list[str]:
         if split not in table.columns:
             continue
         found = table[split].iloc[:-1].tolist()
-        status = "matches" if found == list(counts) else f"DIFFERS from the published {list(counts)}"
+        status = (
+            "matches" if found == list(counts) else f"DIFFERS from the published {list(counts)}"
+        )
         lines.append(f"  {split:<6} {found} {status}")
     return ["published group counts:", *lines] if lines else []
 
@@ -81,9 +86,16 @@ def list_benchmarks() -> str:
     out = []
     for name, (cls, files, groups) in BENCHMARKS.items():
         out.append(f"{name}  ({cls.__module__}.{cls.__name__})")
-        out.append(textwrap.fill(files, width=110, initial_indent="    files:  ", subsequent_indent=" " * 12))
+        out.append(
+            textwrap.fill(
+                files, width=110, initial_indent="    files:  ", subsequent_indent=" " * 12
+            )
+        )
         out.append(f"    groups: {groups}")
-    out.append("\nCheck a copy on disk: robustrep data check --data NAME --root PATH [--set key=value ...] [--decode]")
+    out.append(
+        "\nCheck a copy on disk: robustrep data check --data NAME --root PATH "
+        "[--set key=value ...] [--decode]"
+    )
     return "\n".join(out)
 
 
@@ -91,29 +103,45 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``robustrep data`` (also used to check documented command lines)."""
     from robustrep.data import BENCHMARKS
 
-    parser = argparse.ArgumentParser(prog="robustrep data", description="List the benchmarks or check a copy on disk.")
+    parser = argparse.ArgumentParser(
+        prog="robustrep data", description="List the benchmarks or check a copy on disk."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="every benchmark with its expected files and groups")
     check = sub.add_parser(
         "check",
         help="load a benchmark from ROOT and print its group counts per split",
-        description="Load a benchmark from ROOT and print its group counts per split. Reads the metadata only unless --decode is given.",
+        description=(
+            "Load a benchmark from ROOT and print its group counts per split. Reads the metadata "
+            "only unless --decode is given."
+        ),
     )
-    check.add_argument("--data", required=True, choices=sorted(BENCHMARKS), help="benchmark name (see `robustrep data list`)")
+    check.add_argument(
+        "--data",
+        required=True,
+        choices=sorted(BENCHMARKS),
+        help="benchmark name (see `robustrep data list`)",
+    )
     check.add_argument("--root", default="data", help="folder that holds the benchmark's files")
     check.add_argument(
         "--set",
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="extra datamodule arguments in YAML syntax, e.g. target=Attractive digits_source=sklearn eval_variants=[original,mixed_rand]",
+        help=(
+            "extra datamodule arguments in YAML syntax, e.g. target=Attractive "
+            "digits_source=sklearn eval_variants=[original,mixed_rand]"
+        ),
     )
     check.add_argument(
         "--decode",
         action="store_true",
-        help="also open every image file the train, val and test splits name (each once) with the loader's own decoder; list each "
-        "missing or unreadable file and exit with status 1 if there is any. Slow for large benchmarks. Benchmarks held in "
-        "memory have no image files: their raw files are read while loading, so there is nothing more to check",
+        help=(
+            "also open every image file the train, val and test splits name (each once) with the "
+            "loader's own decoder; list each missing or unreadable file and exit with status 1 if "
+            "there is any. Slow for large benchmarks. Benchmarks held in memory have no image "
+            "files: their raw files are read while loading, so there is nothing more to check"
+        ),
     )
     return parser
 
@@ -136,7 +164,10 @@ def data_command(argv: list[str]) -> int:
     dm = cls(root=args.root, **extra)
     table = group_count_table(dm)
     shape = "x".join(str(s) for s in dm.image_shape)
-    print(f"{args.data} at {args.root}: {dm.num_classes} classes, {dm.num_groups} groups, images {shape}")
+    print(
+        f"{args.data} at {args.root}: {dm.num_classes} classes, "
+        f"{dm.num_groups} groups, images {shape}"
+    )
     print(table.to_string())
     for line in compare_published(dm, table):
         print(line)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from robustrep.data.base import Splits, TensorImageDataset
+from robustrep.data.base import Splits
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.data.mnist import DigitsModule, load_fashion_mnist, split_indices
 from robustrep.errors import ConfigError
 
@@ -43,7 +44,9 @@ class GridMNIST(DigitsModule):
     cell_size = 28
     grid = 3
 
-    def __init__(self, digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs) -> None:
+    def __init__(
+        self, digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs
+    ) -> None:
         super().__init__(digits_source, val_fraction, **kwargs)
         self.num_classes = 10
         self.num_attributes = 9
@@ -65,25 +68,35 @@ class GridMNIST(DigitsModule):
     def digit_boxes(self, split: str = "train") -> torch.Tensor:
         """``N x 4`` pixel boxes (top, left, bottom, right) of the digit in each example of a split
         (``train`` or an eval-set name), in dataset order."""
-        ds = self.splits.train if split == "train" else {**self.splits.val, **self.splits.test}[split]
+        ds = (
+            self.splits.train
+            if split == "train"
+            else {**self.splits.val, **self.splits.test}[split]
+        )
         return cell_box(ds.metadata["attribute"], self.cell_size)
 
     def build_splits(self) -> Splits:
         (tx, ty), (vx, vy) = self.train_val_digits()
         test_x, test_y = self.digits(train=False)
-        return Splits(train=self.make(tx, ty, 0), val={"val": self.make(vx, vy, 1)}, test={"test": self.make(test_x, test_y, 2)})
+        return Splits(
+            train=self.make(tx, ty, 0),
+            val={"val": self.make(vx, vy, 1)},
+            test={"test": self.make(test_x, test_y, 2)},
+        )
 
 
 class MFDominoes(DigitsModule):
-    """MF-Dominoes (Pagliardini et al., 2023; Chroma-VAE): an MNIST digit on top of a FashionMNIST item.
+    """MF-Dominoes (Pagliardini et al., 2023; Chroma-VAE): an MNIST digit on top of a FashionMNIST
+    item.
 
     Input: 1 x 56 x 28, digit (0 or 1) in the top half, coat or dress in the bottom half.
     Label: the item, 0 = coat (FashionMNIST class 4), 1 = dress (class 3). Attribute: the digit
     (0/1). Groups: ``2 * label + digit``.
     Construction: every coat/dress image of a split is paired with a digit drawn (seeded, with
     replacement) from that split's 0s and 1s (validation digits are carved per digit from the
-    training 0s and 1s, ``val_fraction`` of each, at least one). Training and ``val`` are *completely correlated*
-    (digit == label: the minority groups are empty). Test sets, built from the official test images:
+    training 0s and 1s, ``val_fraction`` of each, at least one). Training and ``val`` are
+    *completely correlated* (digit == label: the minority groups are empty). Test sets, built from
+    the official test images:
 
     - ``mnist_randomized`` (primary): the digit is drawn independently of the label (about a
       quarter of the examples per group) - accuracy here measures use of the item;
@@ -103,7 +116,9 @@ class MFDominoes(DigitsModule):
     #: FashionMNIST classes of label 0 and label 1.
     ITEMS = (4, 3)
 
-    def __init__(self, digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs) -> None:
+    def __init__(
+        self, digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs
+    ) -> None:
         super().__init__(digits_source, val_fraction, **kwargs)
         self.num_classes = 2
         self.num_attributes = 2
@@ -112,18 +127,23 @@ class MFDominoes(DigitsModule):
         self.image_shape = (1, 56, 28)
 
     @staticmethod
-    def _binary(images: torch.Tensor, labels: torch.Tensor, classes: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _binary(
+        images: torch.Tensor, labels: torch.Tensor, classes: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         keep = (labels == classes[0]) | (labels == classes[1])
         return images[keep], (labels[keep] == classes[1]).long()
 
     def make(self, digit_x, digit_y, item_x, item_y, mode: str, stream: int) -> TensorImageDataset:
-        """Pair items with digits. ``mode``: ``correlated``, ``mnist_randomized`` or ``fmnist_randomized``."""
+        """Pair items with digits. ``mode``: ``correlated``, ``mnist_randomized`` or
+        ``fmnist_randomized``.
+        """
         gen = torch.Generator().manual_seed(self.seed * 1000 + 400 + stream)
         n = item_y.shape[0]
         pools = [(digit_y == d).nonzero().squeeze(1) for d in (0, 1)]
         if min(p.numel() for p in pools) == 0:
             raise ConfigError("MF-Dominoes needs digits 0 and 1 in every split")
-        if mode == "fmnist_randomized":  # digits follow a fresh label, items shuffled -> label = digit
+        # digits follow a fresh label, items shuffled -> label = digit
+        if mode == "fmnist_randomized":
             labels = torch.randint(2, (n,), generator=gen)
             wanted = labels
             items = item_x[torch.randperm(n, generator=gen)]
@@ -157,7 +177,10 @@ class MFDominoes(DigitsModule):
         ftx, fty = self._binary(*load_fashion_mnist(self.root, False, self.download), self.ITEMS)
         return Splits(
             train=self.make(dx, dy, fx[tr], fy[tr], "correlated", 0),
-            val={"val": self.make(dvx, dvy, fx[va], fy[va], "correlated", 1), "val_randomized": self.make(dvx, dvy, fx[va], fy[va], "mnist_randomized", 2)},
+            val={
+                "val": self.make(dvx, dvy, fx[va], fy[va], "correlated", 1),
+                "val_randomized": self.make(dvx, dvy, fx[va], fy[va], "mnist_randomized", 2),
+            },
             test={
                 "mnist_randomized": self.make(dtx, dty, ftx, fty, "mnist_randomized", 3),
                 "fmnist_randomized": self.make(dtx, dty, ftx, fty, "fmnist_randomized", 4),

@@ -2,8 +2,8 @@
 
 ``digits_source: sklearn`` uses the 1,797 handwritten 8 x 8 digits that ship with scikit-learn
 (UCI optdigits test set), upsampled bilinearly to 28 x 28 (or into a smaller centred box, see
-``box``), so demos and tests run with real handwriting and no download. ``digits_source: mnist`` reads torchvision's raw MNIST files under
-``<root>/MNIST/raw`` (``download=True`` fetches them).
+``box``), so demos and tests run with real handwriting and no download. ``digits_source: mnist``
+reads torchvision's raw MNIST files under ``<root>/MNIST/raw`` (``download=True`` fetches them).
 """
 
 from __future__ import annotations
@@ -32,14 +32,25 @@ def sklearn_digits(size: int = 28, box: int | None = None) -> tuple[torch.Tensor
         raise ConfigError(f"box must be in [1, {size}], got {box}")
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # values 0..16
-    images = torch.nn.functional.interpolate(images, size=(box, box), mode="bilinear", align_corners=False)
+    images = torch.nn.functional.interpolate(
+        images, size=(box, box), mode="bilinear", align_corners=False
+    )
     before = (size - box) // 2
-    images = torch.nn.functional.pad(images, (before, size - box - before, before, size - box - before))
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8), torch.as_tensor(bunch.target, dtype=torch.long)
+    images = torch.nn.functional.pad(
+        images, (before, size - box - before, before, size - box - before)
+    )
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), torch.as_tensor(
+        bunch.target, dtype=torch.long
+    )
 
 
 def load_digits(
-    source: str = "sklearn", root: str = "data", train: bool = True, download: bool = False, seed: int = 0, sklearn_box: int = 28
+    source: str = "sklearn",
+    root: str = "data",
+    train: bool = True,
+    download: bool = False,
+    seed: int = 0,
+    sklearn_box: int = 28,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Digits of one split as (uint8 N x 1 x 28 x 28, labels).
 
@@ -60,9 +71,10 @@ def load_digits(
         except RuntimeError as err:
             raise DataNotFoundError(
                 f"MNIST files not found under {root}/MNIST/raw (expected train-images-idx3-ubyte, "
-                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, optionally .gz). "
-                "Set download: true to fetch them from the public MNIST mirrors, point root at the folder "
-                "that contains MNIST/, or use digits_source: sklearn for the embedded digits."
+                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
+                "optionally .gz). Set download: true to fetch them from the public MNIST "
+                "mirrors, point root at the folder that contains MNIST/, or use digits_source: "
+                "sklearn for the embedded digits."
             ) from err
         return ds.data[:, None].contiguous(), ds.targets.long()
     raise ConfigError(f"digits_source must be one of {DIGIT_SOURCES}, got {source!r}")

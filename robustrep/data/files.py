@@ -1,4 +1,5 @@
-"""Reading benchmarks from the files users already have: path checks, idx/pickle readers, lazy images.
+"""Reading benchmarks from the files users already have: path checks, idx/pickle readers, lazy
+images.
 
 Everything here raises the user-facing errors of :mod:`robustrep.errors`:
 :class:`~robustrep.errors.DataNotFoundError` names the missing file, the layout the loader expects
@@ -23,7 +24,10 @@ from robustrep.errors import CorruptDataError, DataNotFoundError
 
 def missing(path: str | Path, layout: str, source: str, hint: str = "") -> DataNotFoundError:
     """The error for a missing file: what, the expected layout and where to get the dataset."""
-    text = f"{path} not found.\nExpected layout:\n{layout.rstrip()}\nThe dataset is published at: {source}"
+    text = (
+        f"{path} not found.\nExpected layout:\n{layout.rstrip()}\nThe "
+        f"dataset is published at: {source}"
+    )
     if hint:
         text += f"\n{hint}"
     return DataNotFoundError(text)
@@ -37,7 +41,9 @@ def require(path: str | Path, layout: str, source: str, hint: str = "") -> Path:
     return path
 
 
-def first_existing(candidates: Sequence[str | Path], layout: str, source: str, hint: str = "") -> Path:
+def first_existing(
+    candidates: Sequence[str | Path], layout: str, source: str, hint: str = ""
+) -> Path:
     """The first of ``candidates`` that exists; the error names the first (preferred) one."""
     for c in candidates:
         if Path(c).exists():
@@ -71,8 +77,11 @@ def find_idx(folder: Path, name: str, layout: str, source: str, hint: str = "") 
 
 
 # --------------------------------------------------------------------------------------- images
-def decode_image(path: str | Path, channels: int = 3, draft: tuple[int, int] | None = None) -> torch.Tensor:
-    """Decode one image file to uint8 C x H x W (RGB or grey); unreadable files raise CorruptDataError.
+def decode_image(
+    path: str | Path, channels: int = 3, draft: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Decode one image file to uint8 C x H x W (RGB or grey); unreadable files raise
+    CorruptDataError.
 
     ``draft`` = (width, height): let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while both sides
     stay at least this large (much faster when the image is resized down afterwards anyway).
@@ -88,7 +97,9 @@ def decode_image(path: str | Path, channels: int = 3, draft: tuple[int, int] | N
     except FileNotFoundError as err:
         raise DataNotFoundError(f"image file {path} listed in the metadata does not exist") from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise CorruptDataError(f"cannot decode image {path}: {err}. Re-extract or re-download this file.") from err
+        raise CorruptDataError(
+            f"cannot decode image {path}: {err}. Re-extract or re-download this file."
+        ) from err
     tensor = torch.from_numpy(array.copy())
     return tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
 
@@ -107,11 +118,16 @@ def resize_uint8(
         side = min(image.shape[-2:])
         image = F.center_crop(image, [side, side])
     elif center_crop is not None:
-        image = F.center_crop(image, list(center_crop) if isinstance(center_crop, tuple) else [center_crop, center_crop])
+        image = F.center_crop(
+            image,
+            list(center_crop) if isinstance(center_crop, tuple) else [center_crop, center_crop],
+        )
     if size is not None and tuple(image.shape[-2:]) != tuple(size):
         image = F.resize(image, list(size), antialias=True)
     if final_crop is not None:
-        image = F.center_crop(image, list(final_crop) if isinstance(final_crop, tuple) else [final_crop, final_crop])
+        image = F.center_crop(
+            image, list(final_crop) if isinstance(final_crop, tuple) else [final_crop, final_crop]
+        )
     return image
 
 
@@ -156,8 +172,14 @@ class ImageFileDataset(Dataset):
         self.paths = [str(p) for p in paths]
         n = len(self.paths)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.groups = torch.full((n,), -1, dtype=torch.long) if groups is None else torch.as_tensor(groups, dtype=torch.long)
-        self.metadata = {k: torch.as_tensor(v, dtype=torch.long) for k, v in metadata.items() if v is not None}
+        self.groups = (
+            torch.full((n,), -1, dtype=torch.long)
+            if groups is None
+            else torch.as_tensor(groups, dtype=torch.long)
+        )
+        self.metadata = {
+            k: torch.as_tensor(v, dtype=torch.long) for k, v in metadata.items() if v is not None
+        }
         for name, t in [("labels", self.labels), ("groups", self.groups), *self.metadata.items()]:
             if t.shape[0] != n:
                 raise ValueError(f"{name} has {t.shape[0]} entries but there are {n} image paths")
@@ -181,7 +203,9 @@ class ImageFileDataset(Dataset):
         return clone
 
     def select(self, indices: torch.Tensor | Sequence[int]) -> ImageFileDataset:
-        """A new dataset with only these examples (re-indexed from 0, so ``index`` stays the position)."""
+        """A new dataset with only these examples (re-indexed from 0, so ``index`` stays the
+        position).
+        """
         idx = torch.as_tensor(indices, dtype=torch.long)
         clone = self.with_transform(self.transform, self.num_views)
         clone.paths = [self.paths[i] for i in idx.tolist()]
@@ -193,27 +217,36 @@ class ImageFileDataset(Dataset):
         return clone
 
     def image_paths(self) -> list[str]:
-        """The image file of every example, in order (``robustrep data check --decode`` opens each)."""
+        """The image file of every example, in order (``robustrep data check --decode`` opens
+        each).
+        """
         return list(self.paths)
 
     def decode(self, path: str | Path) -> torch.Tensor:
-        """Decode one file exactly as :meth:`load` does (before cropping and resizing): uint8 C x H x W;
-        a missing file raises DataNotFoundError, an unreadable one CorruptDataError."""
+        """Decode one file exactly as :meth:`load` does (before cropping and resizing): uint8 C x H
+        x W; a missing file raises DataNotFoundError, an unreadable one CorruptDataError."""
         draft = None
         if self.size is not None and self.center_crop in (None, "square"):
-            draft = (max(self.size), max(self.size))  # any aspect ratio keeps both sides >= the target
+            # any aspect ratio keeps both sides >= the target
+            draft = (max(self.size), max(self.size))
         return decode_image(path, self.channels, draft)
 
     def load(self, index: int) -> torch.Tensor:
         """The uint8 image of example ``index`` after decoding, cropping, resizing and ``edit``."""
-        image = resize_uint8(self.decode(self.paths[index]), self.size, self.center_crop, self.final_crop)
+        image = resize_uint8(
+            self.decode(self.paths[index]), self.size, self.center_crop, self.final_crop
+        )
         if self.edit is not None:
             image = self.edit(image, index)
         return image
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.load(index).float().div_(255.0)
-        item: dict[str, Any] = {"label": int(self.labels[index]), "group": int(self.groups[index]), "index": int(index)}
+        item: dict[str, Any] = {
+            "label": int(self.labels[index]),
+            "group": int(self.groups[index]),
+            "index": int(index),
+        }
         for key, values in self.metadata.items():
             item[key] = int(values[index])
         if self.num_views > 1:
@@ -236,7 +269,9 @@ def concat_images(parts: Sequence[ImageFileDataset]) -> ImageFileDataset:
     return out
 
 
-def list_image_folder(folder: Path, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")) -> tuple[list[Path], list[int], list[str]]:
+def list_image_folder(
+    folder: Path, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+) -> tuple[list[Path], list[int], list[str]]:
     """ImageFolder-style listing: sorted class folders -> (files, labels, class folder names)."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     files: list[Path] = []

@@ -12,17 +12,40 @@ from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError, CorruptDataError
 
 BG_SOURCE = (
-    "https://github.com/MadryLab/backgrounds_challenge (release asset backgrounds_challenge_data.tar.gz for the test variants; "
-    "the README links the IN-9 training tarballs original.tar.gz, in9l.tar.gz, ...)"
+    "https://github.com/MadryLab/backgrounds_challenge (release asset "
+    "backgrounds_challenge_data.tar.gz for the test variants; the README links the IN-9 training "
+    "tarballs original.tar.gz, in9l.tar.gz, ...)"
 )
 BG_LAYOUT = """<root>/
-    bg_challenge/<variant>/val/<class>/*.JPEG    test variants: original, mixed_same, mixed_rand, mixed_next,
+    bg_challenge/<variant>/val/<class>/*.JPEG    test variants: original, mixed_same, mixed_rand, \
+mixed_next,
                                                  only_fg, no_fg, only_bg_b, only_bg_t
-    <train_variant>/train/<class>/*.JPEG         IN-9 training data, e.g. original/ (original.tar.gz) or in9l/ (in9l.tar.gz)
+    <train_variant>/train/<class>/*.JPEG         IN-9 training data, e.g. original/ \
+(original.tar.gz) or in9l/ (in9l.tar.gz)
     <train_variant>/val/<class>/*.JPEG           optional; otherwise validation is carved from train
-  classes: 00_dog 01_bird '02_wheeled vehicle' 03_reptile 04_carnivore 05_insect '06_musical instrument' 07_primate 08_fish"""
-IN9_CLASSES = ["dog", "bird", "wheeled vehicle", "reptile", "carnivore", "insect", "musical instrument", "primate", "fish"]
-VARIANTS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "no_fg", "only_bg_b", "only_bg_t")
+  classes: 00_dog 01_bird '02_wheeled vehicle' 03_reptile 04_carnivore 05_insect '06_musical \
+instrument' 07_primate 08_fish"""
+IN9_CLASSES = [
+    "dog",
+    "bird",
+    "wheeled vehicle",
+    "reptile",
+    "carnivore",
+    "insect",
+    "musical instrument",
+    "primate",
+    "fish",
+]
+VARIANTS = (
+    "original",
+    "mixed_same",
+    "mixed_rand",
+    "mixed_next",
+    "only_fg",
+    "no_fg",
+    "only_bg_b",
+    "only_bg_t",
+)
 
 
 def _folder_dataset(folder: Path, resolution: int, variant: str) -> ImageFileDataset:
@@ -30,10 +53,19 @@ def _folder_dataset(folder: Path, resolution: int, variant: str) -> ImageFileDat
         raise missing(folder, BG_LAYOUT, BG_SOURCE)
     files, labels, classes = list_image_folder(folder)
     if len(classes) != 9:
-        raise CorruptDataError(f"{folder} should hold the 9 IN-9 class folders (00_dog ... 08_fish), found {len(classes)}: {classes}")
+        raise CorruptDataError(
+            f"{folder} should hold the 9 IN-9 class folders (00_dog ... 08_fish), "
+            f"found {len(classes)}: {classes}"
+        )
     domain = VARIANTS.index(variant) if variant in VARIANTS else -1
     labels_t = torch.tensor(labels, dtype=torch.long)
-    return ImageFileDataset(files, labels_t, labels_t.clone(), size=(resolution, resolution), domain=torch.full((len(files),), domain))
+    return ImageFileDataset(
+        files,
+        labels_t,
+        labels_t.clone(),
+        size=(resolution, resolution),
+        domain=torch.full((len(files),), domain),
+    )
 
 
 class BackgroundChallenge(RecipeMixin, RobustDataModule):
@@ -51,7 +83,8 @@ class BackgroundChallenge(RecipeMixin, RobustDataModule):
     Citation: Xiao et al., 2020.
 
     Args:
-        train_variant: folder of the IN-9 training data under root (``original``, ``in9l``, ``mixed_rand`` ...).
+        train_variant: folder of the IN-9 training data under root (``original``, ``in9l``,
+            ``mixed_rand`` ...).
         eval_variants: test variants to evaluate, each a named test set.
         resolution: output side in pixels.
         val_fraction: share of train used for validation when there is no ``val`` folder.
@@ -64,7 +97,13 @@ class BackgroundChallenge(RecipeMixin, RobustDataModule):
     def __init__(
         self,
         train_variant: str = "original",
-        eval_variants: list[str] | tuple[str, ...] = ("original", "mixed_same", "mixed_rand", "only_fg", "no_fg"),
+        eval_variants: list[str] | tuple[str, ...] = (
+            "original",
+            "mixed_same",
+            "mixed_rand",
+            "only_fg",
+            "no_fg",
+        ),
         resolution: int = 224,
         val_fraction: float = 0.1,
         **kwargs,
@@ -88,5 +127,8 @@ class BackgroundChallenge(RecipeMixin, RobustDataModule):
         else:
             va, tr = seeded_split(len(train), [self.val_fraction, 1 - self.val_fraction], self.seed)
             val, train = train.select(va), train.select(tr)
-        tests = {v: _folder_dataset(root / "bg_challenge" / v / "val", self.resolution, v) for v in self.eval_variants}
+        tests = {
+            v: _folder_dataset(root / "bg_challenge" / v / "val", self.resolution, v)
+            for v in self.eval_variants
+        }
         return Splits(train=train, val={"val": val}, test=tests)

@@ -13,11 +13,13 @@ from robustrep.data.presets import RecipeMixin
 from robustrep.errors import CorruptDataError
 
 ISIC_SOURCE = (
-    "the ISIC archive (https://www.isic-archive.com) with GEORGE's labels.csv (https://github.com/HazyResearch/hidden-stratification, "
-    "data/isic; patch = 1 for images of the SONIC dataset)"
+    "the ISIC archive (https://www.isic-archive.com) with GEORGE's labels.csv "
+    "(https://github.com/HazyResearch/hidden-stratification, data/isic; patch = 1 for "
+    "images of the SONIC dataset)"
 )
 ISIC_LAYOUT = """<root>/isic/            (or <root>/ itself)
-    labels.csv          columns: Image Index, benign_malignant (benign|malignant), patch (0/1), fold (train|val|test), ...
+    labels.csv          columns: Image Index, benign_malignant (benign|malignant), patch (0/1), \
+fold (train|val|test), ...
     images/<Image Index>"""
 COLUMNS = ("Image Index", "benign_malignant", "patch", "fold")
 FOLDS = {"train": 0, "val": 1, "test": 2}
@@ -57,7 +59,11 @@ class ISIC(RecipeMixin, RobustDataModule):
 
     def build_splits(self) -> Splits:
         root = Path(self.root)
-        folder = root / "isic" if (root / "isic" / "labels.csv").exists() or not (root / "labels.csv").exists() else root
+        folder = (
+            root / "isic"
+            if (root / "isic" / "labels.csv").exists() or not (root / "labels.csv").exists()
+            else root
+        )
         path = folder / "labels.csv"
         if not path.exists():
             raise missing(path, ISIC_LAYOUT, ISIC_SOURCE)
@@ -67,18 +73,33 @@ class ISIC(RecipeMixin, RobustDataModule):
             raise CorruptDataError(f"cannot parse {path}: {err}") from err
         absent = [c for c in COLUMNS if c not in table.columns]
         if absent:
-            raise CorruptDataError(f"{path} lacks the columns {absent}; expected layout:\n{ISIC_LAYOUT}")
-        table = table[table["benign_malignant"].isin(["benign", "malignant"]) & table["fold"].isin(list(FOLDS))]
+            raise CorruptDataError(
+                f"{path} lacks the columns {absent}; expected layout:\n{ISIC_LAYOUT}"
+            )
+        table = table[
+            table["benign_malignant"].isin(["benign", "malignant"])
+            & table["fold"].isin(list(FOLDS))
+        ]
         y = torch.tensor((table["benign_malignant"] == "malignant").to_numpy(), dtype=torch.long)
         patch = torch.tensor(table["patch"].astype(int).to_numpy(), dtype=torch.long)
         fold = torch.tensor(table["fold"].map(FOLDS).to_numpy(), dtype=torch.long)
-        names = [n if Path(n).suffix else n + self.image_extension for n in table["Image Index"].astype(str)]
+        names = [
+            n if Path(n).suffix else n + self.image_extension
+            for n in table["Image Index"].astype(str)
+        ]
         paths = [str(folder / "images" / n) for n in names]
         fine = torch.where(y == 1, 2, patch)
         r = self.resolution
 
         def subset(code: int) -> ImageFileDataset:
             idx = (fold == code).nonzero().squeeze(1)
-            return ImageFileDataset([paths[i] for i in idx.tolist()], y[idx], y[idx] * 2 + patch[idx], size=(r, r), attribute=patch[idx], fine_label=fine[idx])
+            return ImageFileDataset(
+                [paths[i] for i in idx.tolist()],
+                y[idx],
+                y[idx] * 2 + patch[idx],
+                size=(r, r),
+                attribute=patch[idx],
+                fine_label=fine[idx],
+            )
 
         return Splits(train=subset(0), val={"val": subset(1)}, test={"test": subset(2)})

@@ -15,15 +15,33 @@ from pathlib import Path
 
 import torch
 
-from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
+from robustrep.data.base import RobustDataModule, Splits
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.data.digits import DIGIT_SOURCES, load_digits
 from robustrep.data.files import find_idx, read_idx, seeded_split
 from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError
 
-MNIST_SOURCE = "http://yann.lecun.com/exdb/mnist/ (torchvision.datasets.MNIST downloads it with download: true)"
-FASHION_SOURCE = "https://github.com/zalandoresearch/fashion-mnist (torchvision.datasets.FashionMNIST downloads it with download: true)"
-FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+MNIST_SOURCE = (
+    "http://yann.lecun.com/exdb/mnist/ (torchvision.datasets.MNIST "
+    "downloads it with download: true)"
+)
+FASHION_SOURCE = (
+    "https://github.com/zalandoresearch/fashion-mnist (torchvision.datasets.FashionMNIST "
+    "downloads it with download: true)"
+)
+FASHION_CLASSES = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+]
 FASHION_LAYOUT = """<root>/FashionMNIST/raw/
     train-images-idx3-ubyte   (or .gz)
     train-labels-idx1-ubyte
@@ -31,17 +49,30 @@ FASHION_LAYOUT = """<root>/FashionMNIST/raw/
     t10k-labels-idx1-ubyte"""
 
 
-def load_fashion_mnist(root: str, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(
+    root: str, train: bool, download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FashionMNIST from torchvision's raw idx files as (uint8 N x 1 x 28 x 28, int64 labels)."""
     raw = Path(root) / "FashionMNIST" / "raw"
     prefix = "train" if train else "t10k"
-    if download and not (raw / f"{prefix}-images-idx3-ubyte").exists() and not (raw / f"{prefix}-images-idx3-ubyte.gz").exists():
+    if (
+        download
+        and not (raw / f"{prefix}-images-idx3-ubyte").exists()
+        and not (raw / f"{prefix}-images-idx3-ubyte.gz").exists()
+    ):
         from torchvision.datasets import FashionMNIST as TVFashion
 
         TVFashion(root, train=train, download=True)
-    hint = "Set download: true to fetch it with torchvision, or point root at the folder that contains FashionMNIST/."
-    images = read_idx(find_idx(raw, f"{prefix}-images-idx3-ubyte", FASHION_LAYOUT, FASHION_SOURCE, hint))
-    labels = read_idx(find_idx(raw, f"{prefix}-labels-idx1-ubyte", FASHION_LAYOUT, FASHION_SOURCE, hint)).long()
+    hint = (
+        "Set download: true to fetch it with torchvision, or point root at the folder "
+        "that contains FashionMNIST/."
+    )
+    images = read_idx(
+        find_idx(raw, f"{prefix}-images-idx3-ubyte", FASHION_LAYOUT, FASHION_SOURCE, hint)
+    )
+    labels = read_idx(
+        find_idx(raw, f"{prefix}-labels-idx1-ubyte", FASHION_LAYOUT, FASHION_SOURCE, hint)
+    ).long()
     return images[:, None].contiguous(), labels
 
 
@@ -67,13 +98,21 @@ class DigitsModule(RecipeMixin, RobustDataModule):
 
     augment_recipe = "digits"
 
-    def __init__(self, digits_source: str = "mnist", val_fraction: float = 1 / 12, sklearn_box: int = 28, **kwargs) -> None:
+    def __init__(
+        self,
+        digits_source: str = "mnist",
+        val_fraction: float = 1 / 12,
+        sklearn_box: int = 28,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not 1 <= sklearn_box <= 28:
             raise ConfigError(f"sklearn_box must be in [1, 28], got {sklearn_box}")
         self.sklearn_box = sklearn_box
         if digits_source not in DIGIT_SOURCES:
-            raise ConfigError(f"digits_source must be one of {DIGIT_SOURCES}, got {digits_source!r}")
+            raise ConfigError(
+                f"digits_source must be one of {DIGIT_SOURCES}, got {digits_source!r}"
+            )
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.digits_source = digits_source
@@ -91,13 +130,26 @@ class DigitsModule(RecipeMixin, RobustDataModule):
             raw = Path(self.root) / "MNIST" / "raw"
             prefix = "train" if train else "t10k"
             names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-            found = [next((raw / c for c in (n, n + ".gz") if (raw / c).exists()), None) for n in names]
+            found = [
+                next((raw / c for c in (n, n + ".gz") if (raw / c).exists()), None) for n in names
+            ]
             if all(found):
                 return read_idx(found[0])[:, None].contiguous(), read_idx(found[1]).long()
-        return load_digits(self.digits_source, self.root, train=train, download=self.download, seed=self.seed, sklearn_box=self.sklearn_box)
+        return load_digits(
+            self.digits_source,
+            self.root,
+            train=train,
+            download=self.download,
+            seed=self.seed,
+            sklearn_box=self.sklearn_box,
+        )
 
-    def train_val_digits(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """(train images, labels), (val images, labels): val carved from the training digits, seeded."""
+    def train_val_digits(
+        self,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """(train images, labels), (val images, labels): val carved from the training digits,
+        seeded.
+        """
         images, labels = self.digits(train=True)
         tr, va = split_indices(images.shape[0], self.val_fraction, self.seed)
         return (images[tr], labels[tr]), (images[va], labels[va])
@@ -120,7 +172,9 @@ class MNIST(DigitsModule):
 
     benchmark_name = "mnist"
 
-    def __init__(self, digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs) -> None:
+    def __init__(
+        self, digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs
+    ) -> None:
         super().__init__(digits_source, val_fraction, **kwargs)
         self.num_classes = 10
         self.class_names = [str(d) for d in range(10)]
@@ -131,7 +185,11 @@ class MNIST(DigitsModule):
     def build_splits(self) -> Splits:
         (tx, ty), (vx, vy) = self.train_val_digits()
         test_x, test_y = self.digits(train=False)
-        return Splits(train=self.make(tx, ty), val={"val": self.make(vx, vy)}, test={"test": self.make(test_x, test_y)})
+        return Splits(
+            train=self.make(tx, ty),
+            val={"val": self.make(vx, vy)},
+            test={"test": self.make(test_x, test_y)},
+        )
 
 
 class MNISTCoarse(MNIST):
@@ -150,7 +208,13 @@ class MNISTCoarse(MNIST):
 
     benchmark_name = "mnist_coarse"
 
-    def __init__(self, group_by: str = "fine", digits_source: str = "mnist", val_fraction: float = 1 / 12, **kwargs) -> None:
+    def __init__(
+        self,
+        group_by: str = "fine",
+        digits_source: str = "mnist",
+        val_fraction: float = 1 / 12,
+        **kwargs,
+    ) -> None:
         super().__init__(digits_source, val_fraction, **kwargs)
         if group_by not in ("fine", "label"):
             raise ConfigError(f"group_by must be 'fine' or 'label', got {group_by!r}")
@@ -165,16 +229,18 @@ class MNISTCoarse(MNIST):
     def make(self, images: torch.Tensor, digits: torch.Tensor) -> TensorImageDataset:
         labels = (digits >= 5).long()
         if self.group_by == "fine":
-            return TensorImageDataset(images, labels, digits.clone(), attribute=digits % 5, fine_label=digits)
+            return TensorImageDataset(
+                images, labels, digits.clone(), attribute=digits % 5, fine_label=digits
+            )
         return TensorImageDataset(images, labels, labels.clone(), fine_label=digits)
 
 
 class FashionMNIST(RobustDataModule):
     """Zalando's FashionMNIST, 10 clothing classes.
 
-    Input: 1 x 28 x 28 grey images. Label: the class (0 t-shirt ... 3 dress, 4 coat ... 9 ankle boot).
-    Groups: one per class. Splits: official train minus a seeded ``val_fraction``; official test.
-    Files: ``<root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
+    Input: 1 x 28 x 28 grey images. Label: the class (0 t-shirt ... 3 dress, 4 coat ... 9 ankle
+    boot). Groups: one per class. Splits: official train minus a seeded ``val_fraction``; official
+    test. Files: ``<root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
     Citation: Xiao et al., 2017.
 
     Args:

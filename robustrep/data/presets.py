@@ -5,22 +5,25 @@ need their papers' own training augmentation instead; a datamodule names its rec
 ``standard_recipe`` and :func:`train_transform_for` builds it. Images arrive as float C x H x W in
 [0, 1] at the benchmark's ``image_shape``; every recipe keeps that shape.
 
-=============== ==================================================================================
+=============== ===================================================================
 recipe          ``standard`` training augmentation
-=============== ==================================================================================
-``digits``      random translation by up to 2 px (pad 2 + crop), **no flip** (flipping changes digits)
+=============== ===================================================================
+``digits``      random translation by up to 2 px (pad 2 + crop), **no flip** (flipping
+                changes digits)
 ``waterbirds``  RandomResizedCrop(scale 0.7-1, ratio 3/4-4/3) + horizontal flip (group DRO)
 ``celeba``      RandomResizedCrop(scale 0.7-1, ratio 1-4/3) + horizontal flip (group DRO)
 ``domainbed``   RandomResizedCrop(scale 0.7-1) + flip + ColorJitter(0.3, 0.3, 0.3, 0.3) +
                 grayscale p = 0.1 (DomainBed's VLCS augmentation)
 ``imagenet``    RandomResizedCrop(scale 0.08-1) + horizontal flip (IN-9, VIPriors)
 ``isic``        horizontal + vertical flips (GEORGE)
-``xray``        RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1), no flip (anatomy is not symmetric) [ours]
-=============== ==================================================================================
+``xray``        RandomResizedCrop(scale 0.8-1, ratio 0.9-1.1), no flip (anatomy is not
+                symmetric) [ours]
+=============== ===================================================================
 
 ``contrastive`` keeps the generic SimCLR recipe but crops to the benchmark's (possibly non-square)
-shape; ``digits`` and ``xray`` drop the flip, 2-channel images get no colour jitter. When ``image_size`` resizes the images the generic
-presets of :mod:`robustrep.data.transforms` apply unchanged.
+shape; ``digits`` and ``xray`` drop the flip, 2-channel images get no colour jitter. When
+``image_size`` resizes the images the generic presets of :mod:`robustrep.data.transforms` apply
+unchanged.
 """
 
 from __future__ import annotations
@@ -41,11 +44,24 @@ def standard_recipe(recipe: str, image_shape: tuple[int, int, int]) -> Callable:
     if recipe == "digits":
         return v2.RandomCrop(size, padding=2)
     if recipe == "waterbirds":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.75, 4 / 3), antialias=True), v2.RandomHorizontalFlip()])
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.75, 4 / 3), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
     if recipe == "celeba":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(1.0, 4 / 3), antialias=True), v2.RandomHorizontalFlip()])
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(1.0, 4 / 3), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
     if recipe == "domainbed":
-        ops: list = [v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        ops: list = [
+            v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
         if channels == 3:
             ops += [v2.ColorJitter(0.3, 0.3, 0.3, 0.3), v2.RandomGrayscale(p=0.1)]
         return v2.Compose(ops)
@@ -59,13 +75,18 @@ def standard_recipe(recipe: str, image_shape: tuple[int, int, int]) -> Callable:
 
 
 def contrastive_recipe(recipe: str, image_shape: tuple[int, int, int]) -> Callable:
-    """SimCLR-style views (resized crop scale 0.2-1, flip, colour jitter, grayscale) at ``image_shape``."""
+    """SimCLR-style views (resized crop scale 0.2-1, flip, colour jitter, grayscale) at
+    ``image_shape``.
+    """
     channels, h, w = image_shape
     ops: list = [v2.RandomResizedCrop((h, w), scale=(0.2, 1.0), antialias=True)]
     if recipe not in ("digits", "xray"):
         ops.append(v2.RandomHorizontalFlip())
     if channels == 3:
-        ops += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+        ops += [
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+        ]
     elif channels == 1:
         ops.append(v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8))
     return v2.Compose(ops)  # 2-channel images (IRM Colored MNIST) get no colour jitter
@@ -83,8 +104,9 @@ def train_transform_for(dm, recipe: str) -> Callable | None:
 
 
 class RecipeMixin:
-    """Mixin for a :class:`~robustrep.data.base.RobustDataModule`: ``standard``/``contrastive`` follow
-    the class attribute ``augment_recipe`` (see the table in :mod:`robustrep.data.presets`)."""
+    """Mixin for a :class:`~robustrep.data.base.RobustDataModule`: ``standard``/``contrastive``
+    follow the class attribute ``augment_recipe`` (see the table in
+    :mod:`robustrep.data.presets`)."""
 
     augment_recipe: str = "imagenet"
 

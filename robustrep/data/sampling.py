@@ -36,12 +36,21 @@ class EpochSampler(DistributedSampler):
 
     Args:
         num_examples: size of the dataset.
-        seed: the run seed; the permutation of epoch ``e`` is seeded by ``derive_seed(seed, "order", e)``.
+        seed: the run seed; the permutation of epoch ``e`` is seeded by
+            ``derive_seed(seed, "order", e)``.
         shuffle: False = dataset order (every epoch the same).
-        num_replicas, rank: the DDP world (None = read from the initialised process group, else 1 / 0).
+        num_replicas, rank: the DDP world (None = read from the initialised process group, else 1 /
+            0).
     """
 
-    def __init__(self, num_examples: int, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None, rank: int | None = None) -> None:
+    def __init__(
+        self,
+        num_examples: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         # no DistributedSampler.__init__: it needs a process group, and we read the world ourselves
         self.num_examples = num_examples
         self.seed = seed
@@ -53,13 +62,16 @@ class EpochSampler(DistributedSampler):
         self.drop_last = False
         self.num_samples = math.ceil(num_examples / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
-        self._skip: tuple[int, int] | None = None  # (epoch, examples of this rank already trained on)
+        # (epoch, examples of this rank already trained on)
+        self._skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def skip(self, epoch: int, examples: int) -> None:
-        """In ``epoch`` (if it is the next one iterated), start after the first ``examples`` of this rank."""
+        """In ``epoch`` (if it is the next one iterated), start after the first ``examples`` of this
+        rank.
+        """
         self._skip = (epoch, examples)
 
     def order(self, epoch: int) -> torch.Tensor:
@@ -69,9 +81,12 @@ class EpochSampler(DistributedSampler):
             perm = torch.randperm(self.num_examples, generator=gen)
         else:
             perm = torch.arange(self.num_examples)
-        if self.total_size > self.num_examples:  # pad so every rank has num_samples (DistributedSampler's rule)
+        # pad so every rank has num_samples (DistributedSampler's rule)
+        if self.total_size > self.num_examples:
             extra = self.total_size - self.num_examples
-            perm = torch.cat([perm, perm.repeat(math.ceil(self.total_size / self.num_examples))[:extra]])
+            perm = torch.cat(
+                [perm, perm.repeat(math.ceil(self.total_size / self.num_examples))[:extra]]
+            )
         return perm[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -89,8 +104,8 @@ class EpochSampler(DistributedSampler):
 
 
 class SeededExamples(Dataset):
-    """A dataset read with ``(index, seed)`` keys: the item's random transform draws from torch's CPU
-    generator seeded by ``seed`` (the generator's previous state is restored afterwards)."""
+    """A dataset read with ``(index, seed)`` keys: the item's random transform draws from torch's
+    CPU generator seeded by ``seed`` (the generator's previous state is restored afterwards)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -137,7 +152,14 @@ class ResumableLoader(DataLoader):
             dataset = SeededExamples(dataset)
         kwargs.setdefault("worker_init_fn", ignore_sigint if num_workers > 0 else None)
         kwargs.setdefault("persistent_workers", num_workers > 0)
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last, **kwargs)
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            **kwargs,
+        )
         self.seed = seed
         self.shuffle_examples = shuffle
         self._batches = 0  # batches handed out by the current iterator

@@ -28,7 +28,8 @@ import math
 
 import torch
 
-from robustrep.data.base import RobustDataModule, Splits, TensorImageDataset
+from robustrep.data.base import RobustDataModule, Splits
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.errors import ConfigError
 
 #: Background colours of the attributes (RGB in [0, 1]); cycled when there are more attributes.
@@ -62,14 +63,19 @@ def shape_templates(num_shapes: int, size: int) -> torch.Tensor:
         ((u + v).abs() <= w * 1.4) & inside,  # anti-diagonal
         ((r - 0.45).abs() <= w),  # ring
         ((u.abs() <= w) | (v.abs() <= w)) & inside,  # plus
-        (((u.abs() - 0.5).abs() <= w) & (v.abs() <= 0.5 + w)) | (((v.abs() - 0.5).abs() <= w) & (u.abs() <= 0.5 + w)),  # square
+        # square
+        (((u.abs() - 0.5).abs() <= w) & (v.abs() <= 0.5 + w))
+        | (((v.abs() - 0.5).abs() <= w) & (u.abs() <= 0.5 + w)),
         (((u - v).abs() <= w * 1.4) | ((u + v).abs() <= w * 1.4)) & inside,  # X
     ]
     masks = [s.float() for s in strokes[:num_shapes]]
-    gen = torch.Generator().manual_seed(1234)  # fixed: shapes are part of the benchmark, not the seed
+    # fixed: shapes are part of the benchmark, not the seed
+    gen = torch.Generator().manual_seed(1234)
     while len(masks) < num_shapes:
         grid = (torch.rand(4, 4, generator=gen) < 0.45).float()
-        blob = torch.nn.functional.interpolate(grid[None, None], size=(math.ceil(size * 0.6),) * 2, mode="nearest")[0, 0]
+        blob = torch.nn.functional.interpolate(
+            grid[None, None], size=(math.ceil(size * 0.6),) * 2, mode="nearest"
+        )[0, 0]
         mask = torch.zeros(size, size)
         off = (size - blob.shape[0]) // 2
         mask[off : off + blob.shape[0], off : off + blob.shape[1]] = blob
@@ -77,7 +83,9 @@ def shape_templates(num_shapes: int, size: int) -> torch.Tensor:
     return torch.stack(masks)
 
 
-def sample_attributes(labels: torch.Tensor, num_attributes: int, correlation: float | str, gen: torch.Generator) -> torch.Tensor:
+def sample_attributes(
+    labels: torch.Tensor, num_attributes: int, correlation: float | str, gen: torch.Generator
+) -> torch.Tensor:
     """Spurious attributes for ``labels``: aligned (``label % num_attributes``) with probability
     ``correlation``, otherwise uniform over the other attributes. ``balanced`` draws them
     independently of the label; ``reversed`` never picks the aligned one."""
@@ -92,7 +100,9 @@ def sample_attributes(labels: torch.Tensor, num_attributes: int, correlation: fl
     else:
         p = float(correlation)
         if not 0.0 <= p <= 1.0:
-            raise ConfigError(f"correlation must be in [0, 1], 'balanced' or 'reversed'; got {correlation!r}")
+            raise ConfigError(
+                f"correlation must be in [0, 1], 'balanced' or 'reversed'; got {correlation!r}"
+            )
     keep = torch.rand(n, generator=gen) < p
     shift = torch.randint(1, num_attributes, (n,), generator=gen)  # any other attribute, uniformly
     return torch.where(keep, aligned, (aligned + shift) % num_attributes)
@@ -106,7 +116,9 @@ def render(
     noise: float,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """Draw the images (uint8 N x C x S x S): jittered shape over an attribute-coloured background."""
+    """Draw the images (uint8 N x C x S x S): jittered shape over an attribute-coloured
+    background.
+    """
     n, size = fine_labels.shape[0], templates.shape[-1]
     shapes = templates[fine_labels]  # N x S x S
     jitter = max(1, size // 8)

@@ -22,8 +22,12 @@ from robustrep.errors import ConfigError
 PRESETS = ("none", "standard", "contrastive")
 
 
-def build_transform(preset: str, image_shape: tuple[int, int, int], image_size: int | None = None) -> Callable | None:
-    """Return the transform of a preset for images of ``image_shape`` (C, H, W), or None for identity."""
+def build_transform(
+    preset: str, image_shape: tuple[int, int, int], image_size: int | None = None
+) -> Callable | None:
+    """Return the transform of a preset for images of ``image_shape`` (C, H, W), or None for
+    identity.
+    """
     if preset not in PRESETS:
         raise ConfigError(f"unknown augment preset {preset!r}; choose one of {', '.join(PRESETS)}")
     channels, height, width = image_shape
@@ -33,10 +37,22 @@ def build_transform(preset: str, image_shape: tuple[int, int, int], image_size: 
         return v2.Compose(resize) if resize else None
     if preset == "standard":
         pad = max(1, min(size) // 8)
-        return v2.Compose([*resize, v2.RandomCrop(size, padding=pad, padding_mode="reflect"), v2.RandomHorizontalFlip()])
-    ops: list = [v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        return v2.Compose(
+            [
+                *resize,
+                v2.RandomCrop(size, padding=pad, padding_mode="reflect"),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+    ops: list = [
+        v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
     if channels == 3:
-        ops += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+        ops += [
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+        ]
     else:
         ops += [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
     return v2.Compose(ops)

@@ -1,5 +1,6 @@
-"""Triplets from a training set: for every anchor one positive (same class) and one negative (another
-class), drawn by index arithmetic on the device; only the drawn images are read (CIM's ``x+``/``x-``)."""
+"""Triplets from a training set: for every anchor one positive (same class) and one negative
+(another class), drawn by index arithmetic on the device; only the drawn images are read (CIM's
+``x+``/``x-``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from robustrep.data.base import TensorImageDataset
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.errors import ConfigError
 
 
@@ -17,8 +18,8 @@ class TripletSource:
     """A label-indexed view of a training set that draws one positive and one negative per anchor.
 
     Labels come from the dataset's metadata (``TensorImageDataset.labels``, a ``labels`` or
-    ``targets`` attribute, through ``Subset`` wrappers); only when none exists are the items read once.
-    Images are read only for the drawn indices: sliced from the uint8 tensor of an in-memory
+    ``targets`` attribute, through ``Subset`` wrappers); only when none exists are the items read
+    once. Images are read only for the drawn indices: sliced from the uint8 tensor of an in-memory
     dataset (then its transform, if any, applied per image), otherwise ``dataset[i]["image"]``.
 
     Args:
@@ -28,7 +29,9 @@ class TripletSource:
             loop's thread); image decoders release the GIL, so 4-8 threads hide most of the cost.
     """
 
-    def __init__(self, dataset: Dataset, device: torch.device | str = "cpu", workers: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset, device: torch.device | str = "cpu", workers: int = 0
+    ) -> None:
         self.dataset = dataset
         self.workers = workers
         self._pool = None
@@ -66,7 +69,8 @@ class TripletSource:
             self.generator.manual_seed(0)
         return self
 
-    def __getstate__(self) -> dict[str, Any]:  # generators do not pickle (ddp_spawn pickles the module)
+    # generators do not pickle (ddp_spawn pickles the module)
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["generator"] = None
         state["_pool"] = None
@@ -81,30 +85,44 @@ class TripletSource:
         """Restart the draw from ``seed`` (the module uses ``(triplet_seed, rank, epoch)``)."""
         self.generator.manual_seed(int(seed))
 
-    def sample(self, labels: torch.Tensor, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, labels: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dataset positions of one positive and one negative per anchor (vectorised).
 
         Args:
             labels: anchor labels (N).
-            keys: the anchors' ``index`` values; the positive is never the anchor itself (unless it is
-                alone in its class). None = no exclusion.
+            keys: the anchors' ``index`` values; the positive is never the anchor itself (unless it
+                is alone in its class). None = no exclusion.
         """
         labels = labels.to(self.device)
         if int(labels.max()) >= self.counts.shape[0] or bool((self.counts[labels] == 0).any()):
-            raise ConfigError("an anchor's label does not occur in the training set the triplets are drawn from")
+            raise ConfigError(
+                "an anchor's label does not occur in the training set the triplets are drawn from"
+            )
         count, offset = self.counts[labels], self.offsets[labels]
         if keys is None:
             anchor_rank = torch.full_like(labels, -1)
         else:
             keys = keys.to(self.device)
             inside = (keys >= 0) & (keys < self.key_to_rank.shape[0])
-            anchor_rank = torch.where(inside, self.key_to_rank[keys.clamp(0, self.key_to_rank.shape[0] - 1)], -1)
+            anchor_rank = torch.where(
+                inside, self.key_to_rank[keys.clamp(0, self.key_to_rank.shape[0] - 1)], -1
+            )
         exclude = (anchor_rank >= 0) & (count > 1)
         n_pos = torch.where(exclude, count - 1, count)
-        u = (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_pos).long().clamp_max(n_pos - 1)
+        u = (
+            (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_pos)
+            .long()
+            .clamp_max(n_pos - 1)
+        )
         u = torch.where(exclude & (u >= anchor_rank), u + 1, u)
         n_neg = self.size - count
-        v = (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_neg).long().clamp_max(n_neg - 1)
+        v = (
+            (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_neg)
+            .long()
+            .clamp_max(n_neg - 1)
+        )
         v = torch.where(v >= offset, v + count, v)
         return self.sorted_positions[offset + u], self.sorted_positions[v]
 
@@ -134,7 +152,9 @@ class TripletSource:
 
 
 def _labels_and_keys(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels of every position and the ``index`` value each item reports, without decoding images."""
+    """Labels of every position and the ``index`` value each item reports, without decoding
+    images.
+    """
     if isinstance(dataset, TensorImageDataset):
         return dataset.labels.long(), torch.arange(len(dataset))
     if isinstance(dataset, Subset):
@@ -146,7 +166,11 @@ def _labels_and_keys(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
             labels = torch.as_tensor(getattr(dataset, attr), dtype=torch.long)
             if labels.dim() == 1 and labels.shape[0] == len(dataset):  # type: ignore[arg-type]
                 return labels, torch.arange(labels.shape[0])
-    warnings.warn(f"{type(dataset).__name__} exposes no `labels` tensor; reading every item once to index the training set for CIM's triplets", stacklevel=3)
+    warnings.warn(
+        f"{type(dataset).__name__} exposes no `labels` tensor; reading every item once to index "
+        "the training set for CIM's triplets",
+        stacklevel=3,
+    )
     items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
     return torch.tensor([it["label"] for it in items]), torch.tensor([it["index"] for it in items])
 
@@ -156,5 +180,9 @@ def _in_memory_images(dataset: Dataset) -> tuple[torch.Tensor | None, torch.Tens
     if isinstance(dataset, TensorImageDataset):
         return dataset.images, None, dataset.transform
     if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorImageDataset):
-        return dataset.dataset.images, torch.as_tensor(list(dataset.indices), dtype=torch.long), dataset.dataset.transform
+        return (
+            dataset.dataset.images,
+            torch.as_tensor(list(dataset.indices), dtype=torch.long),
+            dataset.dataset.transform,
+        )
     return None, None, None

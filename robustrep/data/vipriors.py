@@ -13,8 +13,8 @@ from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError
 
 VIPRIORS_SOURCE = (
-    "the VIPriors challenge toolkit (https://github.com/VIPriors/vipriors-challenges-toolkit, image-classification/"
-    "generate_images.py builds imagenet_50/ from your ImageNet-2012 copy)"
+    "the VIPriors challenge toolkit (https://github.com/VIPriors/vipriors-challenges-toolkit, "
+    "image-classification/generate_images.py builds imagenet_50/ from your ImageNet-2012 copy)"
 )
 VIPRIORS_LAYOUT = """<root>/imagenet_50/
     train/<wnid>/*.JPEG     50 images per class (from ImageNet-2012 train)
@@ -46,13 +46,21 @@ class VIPriors(RecipeMixin, RobustDataModule):
     benchmark_name = "vipriors"
     augment_recipe = "imagenet"
 
-    def __init__(self, num_classes: int | None = None, resolution: int = 224, val_fraction: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        resolution: int = 224,
+        val_fraction: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
         train_dir = self.folder / "train"
         if num_classes is None:
-            num_classes = sum(1 for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else 1000
+            num_classes = (
+                sum(1 for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else 1000
+            )
         self.num_classes = num_classes
         self.resolution = resolution
         self.val_fraction = val_fraction
@@ -63,13 +71,17 @@ class VIPriors(RecipeMixin, RobustDataModule):
         root = Path(self.root)
         return root if root.name == "imagenet_50" else root / "imagenet_50"
 
-    def _read(self, split: str, classes: list[str] | None = None) -> tuple[ImageFileDataset, list[str]]:
+    def _read(
+        self, split: str, classes: list[str] | None = None
+    ) -> tuple[ImageFileDataset, list[str]]:
         folder = self.folder / split
         if not folder.is_dir():
             raise missing(folder, VIPRIORS_LAYOUT, VIPRIORS_SOURCE)
         files, labels, found = list_image_folder(folder, (".jpeg", ".jpg", ".png"))
         if classes is not None and found != classes:
-            raise ConfigError(f"{folder} has different class folders from train ({len(found)} vs {len(classes)})")
+            raise ConfigError(
+                f"{folder} has different class folders from train ({len(found)} vs {len(classes)})"
+            )
         y = torch.tensor(labels, dtype=torch.long)
         r = self.resolution
         return ImageFileDataset(files, y, y.clone(), size=(r, r), center_crop="square"), found
@@ -77,7 +89,10 @@ class VIPriors(RecipeMixin, RobustDataModule):
     def build_splits(self) -> Splits:
         train, classes = self._read("train")
         if len(classes) != self.num_classes:
-            raise ConfigError(f"num_classes is {self.num_classes} but {self.folder / 'train'} has {len(classes)} class folders")
+            raise ConfigError(
+                f"num_classes is {self.num_classes} but {self.folder / 'train'} has "
+                f"{len(classes)} class folders"
+            )
         self.class_names = classes
         held, _ = self._read("val", classes)
         if self.val_fraction > 0:

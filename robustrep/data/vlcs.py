@@ -7,11 +7,20 @@ from pathlib import Path
 import torch
 
 from robustrep.data.base import RobustDataModule, Splits
-from robustrep.data.files import ImageFileDataset, concat_images, list_image_folder, missing, seeded_split
+from robustrep.data.files import (
+    ImageFileDataset,
+    concat_images,
+    list_image_folder,
+    missing,
+    seeded_split,
+)
 from robustrep.data.presets import RecipeMixin
 from robustrep.errors import ConfigError, CorruptDataError
 
-VLCS_SOURCE = "DomainBed (https://github.com/facebookresearch/DomainBed, `python -m domainbed.scripts.download`), which fetches VLCS.tar.gz"
+VLCS_SOURCE = (
+    "DomainBed (https://github.com/facebookresearch/DomainBed, `python -m "
+    "domainbed.scripts.download`), which fetches VLCS.tar.gz"
+)
 VLCS_LAYOUT = """<root>/VLCS/
     Caltech101/{bird,car,chair,dog,person}/*.jpg
     LabelMe/...
@@ -32,8 +41,9 @@ class VLCS(RecipeMixin, RobustDataModule):
     training domains; val = their *out* parts ("training-domain validation", the usual model
     selection). Test sets, each named after its domain: the held-out ``test_domain`` (all of it,
     primary) followed by the *out* part of each training domain.
-    Augmentation: ``augment: standard`` is the ``domainbed`` recipe of :mod:`robustrep.data.presets`.
-    Citation: Fang et al., 2013; Gulrajani & Lopez-Paz, 2021 (DomainBed).
+    Augmentation: ``augment: standard`` is the ``domainbed`` recipe of
+    :mod:`robustrep.data.presets`. Citation: Fang et al., 2013; Gulrajani & Lopez-Paz, 2021
+    (DomainBed).
 
     Args:
         test_domain: the held-out domain (name or index 0-3).
@@ -45,7 +55,13 @@ class VLCS(RecipeMixin, RobustDataModule):
     benchmark_name = "vlcs"
     augment_recipe = "domainbed"
 
-    def __init__(self, test_domain: str | int = "VOC2007", holdout_fraction: float = 0.2, resolution: int = 224, **kwargs) -> None:
+    def __init__(
+        self,
+        test_domain: str | int = "VOC2007",
+        holdout_fraction: float = 0.2,
+        resolution: int = 224,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if isinstance(test_domain, int):
             if not 0 <= test_domain < 4:
@@ -70,7 +86,9 @@ class VLCS(RecipeMixin, RobustDataModule):
             raise missing(folder, VLCS_LAYOUT, VLCS_SOURCE)
         files, labels, classes = list_image_folder(folder)
         if classes != VLCS_CLASSES:
-            raise CorruptDataError(f"{folder} should hold the class folders {VLCS_CLASSES}, found {classes}")
+            raise CorruptDataError(
+                f"{folder} should hold the class folders {VLCS_CLASSES}, found {classes}"
+            )
         y = torch.tensor(labels, dtype=torch.long)
         d = torch.full_like(y, index)
         r = self.resolution
@@ -83,7 +101,13 @@ class VLCS(RecipeMixin, RobustDataModule):
             if index == held_out:
                 continue
             ds = self.domain_dataset(index)
-            out_idx, in_idx = seeded_split(len(ds), [self.holdout_fraction, 1 - self.holdout_fraction], self.seed * 10 + index)
+            out_idx, in_idx = seeded_split(
+                len(ds), [self.holdout_fraction, 1 - self.holdout_fraction], self.seed * 10 + index
+            )
             ins.append(ds.select(in_idx))
             outs[name] = ds.select(out_idx)
-        return Splits(train=concat_images(ins), val={"val": concat_images(list(outs.values()))}, test={self.test_domain: self.domain_dataset(held_out), **outs})
+        return Splits(
+            train=concat_images(ins),
+            val={"val": concat_images(list(outs.values()))},
+            test={self.test_domain: self.domain_dataset(held_out), **outs},
+        )

@@ -13,13 +13,18 @@ from robustrep.data.presets import RecipeMixin
 from robustrep.errors import CorruptDataError
 
 WATERBIRDS_SOURCE = (
-    "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz (group DRO), or WILDS' waterbirds_v1.0 (https://wilds.stanford.edu)"
+    "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz (group DRO), or "
+    "WILDS' waterbirds_v1.0 (https://wilds.stanford.edu)"
 )
-WATERBIRDS_LAYOUT = """<root>/waterbird_complete95_forest2water2/   (or <root>/ itself, <root>/cub/data/waterbird_complete95_forest2water2/,
-                                           <root>/waterbirds_v1.0/, <root>/waterbirds/waterbird_complete95_forest2water2/)
-    metadata.csv            img_id,img_filename,y,split,place,place_filename  (y: 1 = waterbird; place: 1 = water;
+WATERBIRDS_LAYOUT = """<root>/waterbird_complete95_forest2water2/   (or <root>/ itself, \
+<root>/cub/data/waterbird_complete95_forest2water2/,
+                                           <root>/waterbirds_v1.0/, \
+<root>/waterbirds/waterbird_complete95_forest2water2/)
+    metadata.csv            img_id,img_filename,y,split,place,place_filename  (y: 1 = waterbird; \
+place: 1 = water;
                             split: 0 train, 1 val, 2 test)
-    001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg ...   (img_filename is relative to this folder)"""
+    001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg ...   (img_filename is relative \
+to this folder)"""
 FOLDERS = (
     "waterbird_complete95_forest2water2",
     ".",
@@ -48,8 +53,8 @@ class Waterbirds(RecipeMixin, RobustDataModule):
     ``split`` column (0 train, 1 val, 2 test). The Waterbirds convention for the average is the
     train-weighted ``weighted_acc`` metric. Known label noise (group DRO README): some Eastern
     Towhees, Western Meadowlarks and Western Wood Pewees are labelled waterbirds.
-    Augmentation: ``augment: standard`` is the ``waterbirds`` recipe of :mod:`robustrep.data.presets`.
-    Citation: Sagawa et al., 2020.
+    Augmentation: ``augment: standard`` is the ``waterbirds`` recipe of
+    :mod:`robustrep.data.presets`. Citation: Sagawa et al., 2020.
 
     Args:
         resolution: output side in pixels.
@@ -70,7 +75,11 @@ class Waterbirds(RecipeMixin, RobustDataModule):
 
     def published_counts(self) -> dict[str, list[int]]:
         """Group counts of the released metadata.csv (group DRO), for ``robustrep data check``."""
-        return {"train": [3498, 184, 56, 1057], "val": [467, 466, 133, 133], "test": [2255, 2255, 642, 642]}
+        return {
+            "train": [3498, 184, 56, 1057],
+            "val": [467, 466, 133, 133],
+            "test": [2255, 2255, 642, 642],
+        }
 
     def build_splits(self) -> Splits:
         folder = find_waterbirds(self.root)
@@ -81,7 +90,9 @@ class Waterbirds(RecipeMixin, RobustDataModule):
             raise CorruptDataError(f"cannot parse {path}: {err}") from err
         absent = [c for c in COLUMNS if c not in meta.columns]
         if absent:
-            raise CorruptDataError(f"{path} lacks the columns {absent}; expected layout:\n{WATERBIRDS_LAYOUT}")
+            raise CorruptDataError(
+                f"{path} lacks the columns {absent}; expected layout:\n{WATERBIRDS_LAYOUT}"
+            )
         y = torch.tensor(meta["y"].to_numpy(), dtype=torch.long)
         place = torch.tensor(meta["place"].to_numpy(), dtype=torch.long)
         split = torch.tensor(meta["split"].to_numpy(), dtype=torch.long)

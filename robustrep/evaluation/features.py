@@ -1,14 +1,22 @@
-"""Frozen features and the linear probe fitted on them (used by callbacks and analyses alike)."""
+"""Frozen features and the linear probe fitted on them (used by callbacks, analyses and methods)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
 
+from robustrep.distributed import first_occurrences, gather_no_grad
+
 
 @torch.no_grad()
-def extract_features(module: pl.LightningModule | torch.nn.Module, loader, keys: tuple[str, ...] = ("label", "group")) -> dict[str, torch.Tensor]:
-    """``embed`` every batch of ``loader`` in eval mode; returns ``{"features": N x D (fp32, CPU), key: N}``."""
+def extract_features(
+    module: pl.LightningModule | torch.nn.Module, loader, keys: tuple[str, ...] = ("label", "group")
+) -> dict[str, torch.Tensor]:
+    """``embed`` every batch of ``loader`` in eval mode; returns
+    ``{"features": N x D (fp32, CPU), key: N}``.
+    """
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
@@ -17,11 +25,54 @@ def extract_features(module: pl.LightningModule | torch.nn.Module, loader, keys:
     for batch in loader:
         feats.append(module.embed(batch["image"].to(device)).float().flatten(1).cpu())
         for k in keys:
-            extra[k].append(torch.as_tensor(batch[k]) if k in batch else torch.full((len(batch["image"]),), -1, dtype=torch.long))
+            extra[k].append(
+                torch.as_tensor(batch[k])
+                if k in batch
+                else torch.full((len(batch["image"]),), -1, dtype=torch.long)
+            )
     module.train(was_training)
     out = {"features": torch.cat(feats)}
     out.update({k: torch.cat(v) for k, v in extra.items()})
     return out
+
+
+@torch.no_grad()
+def encode_all(
+    module: torch.nn.Module, loader, encode: Callable[[torch.Tensor], torch.Tensor], device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encode(images)`` (fp32) and the ``label`` of every batch of ``loader``, on ``device``, with
+    ``module`` in eval mode (its mode is restored)."""
+    was_training = module.training
+    module.eval()
+    outputs, labels = [], []
+    for batch in loader:
+        outputs.append(encode(batch["image"].to(device)).float())
+        labels.append(batch["label"].to(device))
+    module.train(was_training)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+@torch.no_grad()
+def gathered_view_features(
+    module: torch.nn.Module, loader, project: Callable[[torch.Tensor], torch.Tensor], device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(index, f1, f2)``: the dataset indices and ``project`` of the first two ``views`` of every
+    batch of ``loader`` (``module`` in eval mode), gathered from every DDP rank; the repeats of
+    padded shards are dropped (the first occurrence of each index is kept)."""
+    was_training = module.training
+    module.eval()
+    idx, f1, f2 = [], [], []
+    for batch in loader:
+        views = batch["views"]
+        b = views[0].shape[0]
+        z = project(torch.cat([views[0], views[1]]).to(device))
+        idx.append(gather_no_grad(batch["index"].to(device)))
+        f1.append(gather_no_grad(z[:b].contiguous()))
+        f2.append(gather_no_grad(z[b:].contiguous()))
+    module.train(was_training)
+    index, f1_all, f2_all = torch.cat(idx), torch.cat(f1), torch.cat(f2)
+    keep = first_occurrences(index)
+    return index[keep], f1_all[keep], f2_all[keep]
 
 
 def fit_linear_probe(
@@ -34,7 +85,8 @@ def fit_linear_probe(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ):
-    """Fit multinomial logistic regression on standardised features; returns ``predict(x) -> labels``.
+    """Fit multinomial logistic regression on standardised features; returns
+    ``predict(x) -> labels``.
 
     Args:
         train_x: N x D features; train_y: N labels (examples with label < 0 are dropped).
@@ -57,7 +109,9 @@ def fit_linear_probe(
         classes = torch.as_tensor(clf.classes_)
 
         def predict(z: torch.Tensor) -> torch.Tensor:
-            return classes[torch.as_tensor(clf.predict_proba(((z.double() - mean) / std).numpy()).argmax(1))]
+            return classes[
+                torch.as_tensor(clf.predict_proba(((z.double() - mean) / std).numpy()).argmax(1))
+            ]
 
         return predict
 
@@ -65,7 +119,13 @@ def fit_linear_probe(
     yd = y.to(device)
     torch.manual_seed(seed)
     linear = torch.nn.Linear(xs.shape[1], k).to(device)
-    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        linear.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
     l2 = 1.0 / (2.0 * C * xs.shape[0])
 
     def closure():

@@ -4,7 +4,8 @@
   fractions scikit-learn's ``KNeighborsClassifier(algorithm="brute").predict_proba`` returns);
   Chroma-VAE's stage 2 and ``analyze chroma-latents``. :func:`knn_indices` is its neighbour search.
 - :func:`cosine_knn_scores`: cosine similarity on normalised features, votes weighted by
-  ``exp(similarity / temperature)`` (the InstDisc / IP-IRM monitor, :class:`~robustrep.callbacks.KNNMonitor`).
+  ``exp(similarity / temperature)`` (the InstDisc / IP-IRM monitor,
+  :class:`~robustrep.callbacks.KNNMonitor`).
 
 Both run on the bank's device in blocks whose size bounds the memory.
 """
@@ -16,12 +17,16 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def knn_indices(bank: torch.Tensor, queries: torch.Tensor, k: int, max_elements: int = 2**25) -> torch.Tensor:
-    """Indices (M x min(k, N)) of the ``k`` nearest bank rows (Euclidean, brute force) of each query.
+def knn_indices(
+    bank: torch.Tensor, queries: torch.Tensor, k: int, max_elements: int = 2**25
+) -> torch.Tensor:
+    """Indices (M x min(k, N)) of the ``k`` nearest bank rows (Euclidean, brute force) of each
+    query.
 
     Distances are computed for as many queries at a time as fit in ``max_elements`` floats
     (default 128 MB) against the whole bank; if one query row alone is larger, the bank is also
-    chunked and the running top-k merged. So 160k-example banks fit anywhere. Runs on ``bank``'s device.
+    chunked and the running top-k merged. So 160k-example banks fit anywhere. Runs on ``bank``'s
+    device.
     """
     bank = bank.float()
     queries = queries.to(bank.device).float()
@@ -36,7 +41,12 @@ def knn_indices(bank: torch.Tensor, queries: torch.Tensor, k: int, max_elements:
         best_d = torch.empty((q.shape[0], 0), device=bank.device)
         best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=bank.device)
         for start in range(0, n, bank_chunk):
-            d = torch.addmm(bank_sq[start : start + bank_chunk], q, bank[start : start + bank_chunk].T, alpha=-2.0)
+            d = torch.addmm(
+                bank_sq[start : start + bank_chunk],
+                q,
+                bank[start : start + bank_chunk].T,
+                alpha=-2.0,
+            )
             if start == 0 and bank_chunk >= n:
                 best_i = d.topk(k, dim=1, largest=False).indices
                 break
@@ -62,9 +72,9 @@ def euclidean_knn_votes(
     num_classes: int,
     max_elements: int = 2**25,
 ) -> torch.Tensor:
-    """Euclidean kNN with uniform votes (Chroma-VAE's stage 2), brute force on the device of ``bank``, in chunks
-    (:func:`knn_indices`). Matches scikit-learn's ``KNeighborsClassifier(algorithm="brute")`` (ties
-    between classes go to the lower class index).
+    """Euclidean kNN with uniform votes (Chroma-VAE's stage 2), brute force on the device of
+    ``bank``, in chunks (:func:`knn_indices`). Matches scikit-learn's
+    ``KNeighborsClassifier(algorithm="brute")`` (ties between classes go to the lower class index).
 
     Args:
         bank: N x D training features; bank_labels: N ints.
@@ -108,7 +118,10 @@ def cosine_knn_scores(
         M x C summed vote weights (argmax = the prediction).
     """
     keep = bank_labels >= 0
-    bank, bank_labels = F.normalize(bank[keep].float(), dim=1), bank_labels[keep].long().to(bank.device)
+    bank, bank_labels = (
+        F.normalize(bank[keep].float(), dim=1),
+        bank_labels[keep].long().to(bank.device),
+    )
     c = num_classes or int(bank_labels.max()) + 1
     k = min(k, bank.shape[0])
     chunk = max(1, max_block_elements // max(bank.shape[0], 1))

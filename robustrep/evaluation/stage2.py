@@ -34,11 +34,18 @@ class Stage2:
         mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
         self.state = {"mean": mean, "std": std}
         self.net = self._build(features.shape[1]).to(features.device)
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=opts.get("lr", 1e-2 if self.kind != "x2" else 1e-3))
-        steps, batch = opts.get("steps", 500), opts.get("batch_size", 1024 if self.kind != "x2" else 128)
+        optimizer = torch.optim.Adam(
+            self.net.parameters(), lr=opts.get("lr", 1e-2 if self.kind != "x2" else 1e-3)
+        )
+        steps, batch = (
+            opts.get("steps", 500),
+            opts.get("batch_size", 1024 if self.kind != "x2" else 128),
+        )
         self.net.train()
         for _ in range(steps):
-            idx = torch.randint(features.shape[0], (min(batch, features.shape[0]),), generator=gen).to(features.device)
+            idx = torch.randint(
+                features.shape[0], (min(batch, features.shape[0]),), generator=gen
+            ).to(features.device)
             inputs = self._inputs(features[idx], decode, gen)
             loss = F.cross_entropy(self.net(inputs).float(), labels[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -57,7 +64,13 @@ class Stage2:
         if self.kind == "logistic":
             return nn.Linear(dim, self.num_classes)
         if self.kind == "mlp":
-            return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, self.num_classes))
+            return nn.Sequential(
+                nn.Linear(dim, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, self.num_classes),
+            )
         if self.kind == "x2":
             image_shape = self.options["image_shape"]
             trunk = build_backbone("cnn", image_shape, width=16, blocks=3)
@@ -79,7 +92,9 @@ class Stage2:
         """Class scores (kNN: vote fractions; otherwise softmax probabilities), N x C."""
         if self.kind == "knn":
             s = self.state
-            return euclidean_knn_votes(s["bank"].to(features.device), s["labels"], features, s["k"], self.num_classes)
+            return euclidean_knn_votes(
+                s["bank"].to(features.device), s["labels"], features, s["k"], self.num_classes
+            )
         if self.net is None:
             self.net = self._build(features.shape[1])
             self.net.load_state_dict(self.state["net"])

@@ -1,6 +1,15 @@
 """Pure, vectorised loss functions, one module per family."""
 
-from robustrep.losses.contrastive import attract, contrastive_loss, masked_info_nce, nt_xent, repel, simclr, spread, supcon
+from robustrep.losses.contrastive import (
+    attract,
+    contrastive_loss,
+    masked_info_nce,
+    nt_xent,
+    repel,
+    simclr,
+    spread,
+    supcon,
+)
 from robustrep.losses.msssim import ms_ssim
 from robustrep.losses.triplet import feature_triplet, gram_triplet, msssim_triplet
 from robustrep.losses.vae import gaussian_kl, reparameterize

@@ -1,4 +1,5 @@
-"""Contrastive losses as vectorised masked tensor ops: L_spread, L_attract, L_repel, SupCon, NT-Xent.
+"""Contrastive losses as vectorised masked tensor ops: L_spread, L_attract, L_repel, SupCon,
+NT-Xent.
 
 Every loss works on a set of ``N`` embedding rows (usually the ``2B`` rows of two augmented views),
 each with a class ``label`` and an ``instance`` id (rows of the same image share it). For an anchor
@@ -10,17 +11,19 @@ row ``i`` (every row is an anchor, so both views are anchors):
 
 With ``s_ij = <z_i, z_j> / tau`` on L2-normalised rows (METHODS.md section 4):
 
-- ``attract``: ``-(1/|P|) sum_{p in P} log[e^s_ip / (e^s_ip + sum_{n in N} e^s_in)]`` - each positive
-  is contrasted with the negatives only;
-- ``repel`` (class-conditional InfoNCE): ``-(1/|A|) sum_{a in A} log[e^s_ia / sum_{p in P} e^s_ip]``;
+- ``attract``: ``-(1/|P|) sum_{p in P} log[e^s_ip / (e^s_ip + sum_{n in N} e^s_in)]`` - each
+  positive is contrasted with the negatives only;
+- ``repel`` (class-conditional InfoNCE):
+  ``-(1/|A|) sum_{a in A} log[e^s_ia / sum_{p in P} e^s_ip]``;
 - ``spread``: ``alpha * attract + (1 - alpha) * repel``;
 - ``supcon`` (Khosla et al., L_out): ``-(1/|P|) sum_{p in P} log[e^s_ip / sum_{j != i} e^s_ij]``;
-- ``simclr`` / NT-Xent: ``-(1/|A|) sum_{a in A} log[e^s_ia / sum_{j != i} e^s_ij]`` (labels ignored).
+- ``simclr`` / NT-Xent: ``-(1/|A|) sum_{a in A} log[e^s_ia / sum_{j != i} e^s_ij]`` (labels
+  ignored).
 
 Anchors for which a term is undefined (no positive, e.g. a singleton class with one view) contribute
 nothing to that term, and the term is averaged over the anchors for which it is defined; with two
-views every anchor has ``aug(i)``, so every term is the plain mean over all ``2B`` anchors. An anchor
-without negatives (a batch of one class) gets ``attract = 0``.
+views every anchor has ``aug(i)``, so every term is the plain mean over all ``2B`` anchors. An
+anchor without negatives (a batch of one class) gets ``attract = 0``.
 
 All arithmetic runs in fp32 with autocast off. Under DDP pass ``gather=True``: embeddings are
 gathered from every rank with gradients (:func:`robustrep.distributed.gather_with_grad`), labels
@@ -54,7 +57,9 @@ def masked_logsumexp(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torc
     return torch.logsumexp(x.masked_fill(~mask, _MASKED), dim=dim)
 
 
-def pair_masks(labels: torch.Tensor, instance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_masks(
+    labels: torch.Tensor, instance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Boolean N x N masks ``(others, positives, negatives, same_instance)`` for rows with these
     ``labels`` and ``instance`` ids; ``others`` excludes the diagonal, so do ``positives`` and
     ``same_instance``."""
@@ -65,7 +70,9 @@ def pair_masks(labels: torch.Tensor, instance: torch.Tensor) -> tuple[torch.Tens
     return others, same_label & others, ~same_label, same_instance
 
 
-def masked_info_nce(sim: torch.Tensor, pos_mask: torch.Tensor, denom_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_info_nce(
+    sim: torch.Tensor, pos_mask: torch.Tensor, denom_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The general InfoNCE family over a similarity matrix.
 
     ``loss_i = -(1/|pos_i|) sum_{p in pos_i} [sim_ip - log sum_{j in denom_i} exp(sim_ij)]``.
@@ -89,14 +96,17 @@ def masked_info_nce(sim: torch.Tensor, pos_mask: torch.Tensor, denom_mask: torch
     return loss, valid
 
 
-def attract_terms(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def attract_terms(
+    sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor L_attract: ``(1/|P|) sum_p [log(e^s_ip + sum_n e^s_in) - s_ip]``; returns
     ``(loss, valid)`` like :func:`masked_info_nce`."""
     n_pos = pos_mask.sum(1)
     log_neg = masked_logsumexp(sim, neg_mask, dim=1)  # N
     rows, cols = pos_mask.nonzero(as_tuple=True)  # only the positive pairs need the per-pair term
     s_pos = sim[rows, cols]
-    per_pair = torch.logaddexp(s_pos, log_neg[rows]) - s_pos  # -log of each positive's softmax against the negatives
+    # -log of each positive's softmax against the negatives
+    per_pair = torch.logaddexp(s_pos, log_neg[rows]) - s_pos
     valid = n_pos > 0
     loss = torch.zeros_like(log_neg).index_add(0, rows, per_pair) / n_pos.clamp(min=1)
     return loss, valid
@@ -129,9 +139,9 @@ def contrastive_loss(
         alpha: weight of ``attract`` in ``spread`` (1 = ``attract``, 0 = ``repel``); paper values
             per dataset are in METHODS.md (0.16-0.67).
         normalize: L2-normalise the rows first (turn off only for already-normalised input).
-        gather: under DDP, gather ``z`` (with gradients), ``labels`` and ``instance`` from every rank
-            before computing the loss. Instance ids must be unique per rank (they are offset by the
-            rank so that they stay distinct globally). No effect in a single process.
+        gather: under DDP, gather ``z`` (with gradients), ``labels`` and ``instance`` from every
+            rank before computing the loss. Instance ids must be unique per rank (they are offset by
+            the rank so that they stay distinct globally). No effect in a single process.
 
     Returns:
         A scalar fp32 tensor.
@@ -172,7 +182,9 @@ def contrastive_loss(
         return total
 
 
-def stack_views(views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def stack_views(
+    views: Sequence[torch.Tensor], labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Rows, labels and instance ids for ``V`` views of ``B`` examples (each B x d): ``V*B`` rows in
     view-major order (all of view 0, then view 1, ...), row ``v*B + i`` has instance ``i``."""
     b = views[0].shape[0]
@@ -181,33 +193,53 @@ def stack_views(views: Sequence[torch.Tensor], labels: torch.Tensor | None = Non
     return z, None if labels is None else labels.repeat(len(views)), instance
 
 
-def spread(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, tau: float = 0.5, alpha: float = 0.5, gather: bool = False) -> torch.Tensor:
-    """L_spread on two views (B x d each) with class ``labels`` (B); see :func:`contrastive_loss`."""
+def spread(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    labels: torch.Tensor,
+    tau: float = 0.5,
+    alpha: float = 0.5,
+    gather: bool = False,
+) -> torch.Tensor:
+    """L_spread on two views (B x d each) with class ``labels`` (B); see
+    :func:`contrastive_loss`.
+    """
     z, y, inst = stack_views([z1, z2], labels)
     return contrastive_loss(z, y, inst, "spread", tau, alpha, gather=gather)
 
 
-def attract(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, tau: float = 0.5, gather: bool = False) -> torch.Tensor:
+def attract(
+    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, tau: float = 0.5, gather: bool = False
+) -> torch.Tensor:
     """L_attract on two views (``spread`` with ``alpha = 1``)."""
     z, y, inst = stack_views([z1, z2], labels)
     return contrastive_loss(z, y, inst, "attract", tau, gather=gather)
 
 
-def repel(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, tau: float = 0.5, gather: bool = False) -> torch.Tensor:
+def repel(
+    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, tau: float = 0.5, gather: bool = False
+) -> torch.Tensor:
     """L_repel, the class-conditional InfoNCE, on two views (``spread`` with ``alpha = 0``)."""
     z, y, inst = stack_views([z1, z2], labels)
     return contrastive_loss(z, y, inst, "repel", tau, gather=gather)
 
 
-def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, tau: float = 0.1, gather: bool = False) -> torch.Tensor:
-    """SupCon (Khosla et al., L_out, without the tau/tau_base scaling of the reference code) on two views."""
+def supcon(
+    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, tau: float = 0.1, gather: bool = False
+) -> torch.Tensor:
+    """SupCon (Khosla et al., L_out, without the tau/tau_base scaling of the reference code) on two
+    views.
+    """
     z, y, inst = stack_views([z1, z2], labels)
     return contrastive_loss(z, y, inst, "supcon", tau, gather=gather)
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, gather: bool = False) -> torch.Tensor:
-    """SimCLR's NT-Xent on two views (B x d each): row ``i`` of ``z1`` and of ``z2`` are the positive
-    pair, the other ``2B - 2`` rows the negatives; both views are anchors; mean over ``2B`` anchors.
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, gather: bool = False
+) -> torch.Tensor:
+    """SimCLR's NT-Xent on two views (B x d each): row ``i`` of ``z1`` and of ``z2`` are the
+    positive pair, the other ``2B - 2`` rows the negatives; both views are anchors; mean over ``2B``
+    anchors.
 
     This is the reusable self-supervised loss (IP-IRM, CRL-TAC). For a weighted or partitioned
     variant build the masks yourself and call :func:`masked_info_nce` on ``z @ z.T / tau``.
@@ -235,7 +267,9 @@ __all__ = [
 ]
 
 
-def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+def simsiam_loss(
+    p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor
+) -> torch.Tensor:
     """SimSiam: ``-(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2``, mean over the batch, in fp32."""
     with torch.autocast(device_type=p1.device.type, enabled=False):
         a = F.cosine_similarity(p1.float(), z2.detach().float(), dim=1).mean()

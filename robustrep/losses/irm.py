@@ -1,26 +1,29 @@
-"""IP-IRM losses: the closed-form IRMv1 penalty and subset-restricted InfoNCE from one similarity matrix.
+"""IP-IRM losses: the closed-form IRMv1 penalty and subset-restricted InfoNCE from one similarity
+matrix.
 
-**IRM penalty with a scalar dummy scale.** For ``L(w) = CE(w * logits, y)`` the derivative at ``w = 1``
-is, per row, ``dL/dw = sum_j softmax_j(logits) * logits_j - logits_y``, so the IRMv1 penalty
-``(dL/dw at w=1)^2`` of the batch-mean loss is ``(mean over rows of that)^2`` - no double backward
-(:func:`irm_penalty`). IP-IRM uses the scalar scale of the paper (eq. 2, ``theta = 1.0``); the public
-code multiplies the logits by a ones *vector* over logit columns, whose columns have no fixed
-meaning once the positive is moved to column 0, so that variant is not provided.
+**IRM penalty with a scalar dummy scale.** For ``L(w) = CE(w * logits, y)`` the derivative at
+``w = 1`` is, per row, ``dL/dw = sum_j softmax_j(logits) * logits_j - logits_y``, so the IRMv1
+penalty ``(dL/dw at w=1)^2`` of the batch-mean loss is ``(mean over rows of that)^2`` - no double
+backward (:func:`irm_penalty`). IP-IRM uses the scalar scale of the paper (eq. 2,
+``theta = 1.0``); the public code multiplies the logits by a ones *vector* over logit columns,
+whose columns have no fixed meaning once the positive is moved to column 0, so that variant is not
+provided.
 
-**Subset InfoNCE.** For IP-IRM the contrastive loss of a subset ``k`` of a partition is NT-Xent among
-the batch members of ``k``: the anchor's positive is its other view, the negatives are the other rows
-of the subset. With rows ``z`` (both views, L2-normalised), ``s_ij = <z_i, z_j> / tau`` and a column
-weight ``c_jk`` (1/0 membership of row ``j`` in subset ``k``; a probability in the soft maximisation):
+**Subset InfoNCE.** For IP-IRM the contrastive loss of a subset ``k`` of a partition is NT-Xent
+among the batch members of ``k``: the anchor's positive is its other view, the negatives are the
+other rows of the subset. With rows ``z`` (both views, L2-normalised), ``s_ij = <z_i, z_j> / tau``
+and a column weight ``c_jk`` (1/0 membership of row ``j`` in subset ``k``; a probability in the
+soft maximisation):
 
-``l_ik = -s_i,pos + log(e^{s_i,pos} + sum_{j != i, pos} c_jk e^{s_ij})``  (the positive has weight 1)
+``l_ik = -s_i,pos + log(e^{s_i,pos} + sum_{j != i, pos} c_jk e^{s_ij})`` (the positive has weight 1)
 
 ``g_ik = dl_ik(w)/dw at w = 1`` for ``s -> w * s`` (computed at the temperature ``irm_tau``).
 
 Every subset of every partition comes from *one* ``R x R`` similarity matrix: with
-``E_ij = exp(s_ij - m_i)`` (``m_i`` the row maximum, diagonal zeroed) the denominators of all subsets
-are one matrix product ``E @ C`` (``R x S`` for ``S`` subsets), and the weighted sums
-``sum_j c_jk e^{s_ij} s_ij`` that give ``g`` are ``(E * s) @ C`` - cost ``O(R^2 (d + S))`` and memory
-``O(R^2)``, independent of the number of partitions. A subset with no member in the batch has
+``E_ij = exp(s_ij - m_i)`` (``m_i`` the row maximum, diagonal zeroed) the denominators of all
+subsets are one matrix product ``E @ C`` (``R x S`` for ``S`` subsets), and the weighted sums
+``sum_j c_jk e^{s_ij} s_ij`` that give ``g`` are ``(E * s) @ C`` - cost ``O(R^2 (d + S))`` and
+memory ``O(R^2)``, independent of the number of partitions. A subset with no member in the batch has
 ``l = g = 0`` for every anchor and is ignored; so is a subset with one member (its only candidate
 is the positive, so ``l = 0``). All arithmetic runs in fp32 with autocast off. Row maxima are taken
 over all rows, so for ``tau`` below about 0.02 a subset whose similarities are all ~2/tau below a
@@ -36,7 +39,8 @@ _TINY = 1.0e-30
 
 
 def irm_grad(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row ``d CE(w * logits_i, y_i) / dw`` at ``w = 1``: ``sum_j softmax_ij logits_ij - logits_i,y``.
+    """Per-row ``d CE(w * logits_i, y_i) / dw`` at ``w = 1``:
+    ``sum_j softmax_ij logits_ij - logits_i,y``.
 
     Args:
         logits: N x C (any dtype; computed in fp32).
@@ -52,13 +56,18 @@ def irm_grad(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def irm_penalty(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """IRMv1 penalty ``(d/dw mean_i CE(w * logits_i, y_i) at w = 1)^2`` in closed form (scalar, fp32)."""
+    """IRMv1 penalty ``(d/dw mean_i CE(w * logits_i, y_i) at w = 1)^2`` in closed form (scalar,
+    fp32).
+    """
     return irm_grad(logits, targets).mean().pow(2)
 
 
-def view_positive_index(batch: int, views: int = 2, device: torch.device | str | None = None) -> torch.Tensor:
+def view_positive_index(
+    batch: int, views: int = 2, device: torch.device | str | None = None
+) -> torch.Tensor:
     """For ``views * batch`` rows in view-major order (all of view 0, then view 1), the row of each
-    row's positive: the same example in the next view (cyclically; for two views, the other view)."""
+    row's positive: the same example in the next view (cyclically; for two views, the other
+    view)."""
     rows = torch.arange(views * batch, device=device)
     return (rows + batch) % (views * batch)
 
@@ -107,7 +116,9 @@ def weighted_info_nce(
         return loss, numer / denom - s_pos
 
 
-def _weighted_terms(cos: torch.Tensor, pos: torch.Tensor, c: torch.Tensor, w_pos: torch.Tensor, tau: float):
+def _weighted_terms(
+    cos: torch.Tensor, pos: torch.Tensor, c: torch.Tensor, w_pos: torch.Tensor, tau: float
+):
     n = cos.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=cos.device)
     s = cos / tau
@@ -119,7 +130,9 @@ def _weighted_terms(cos: torch.Tensor, pos: torch.Tensor, c: torch.Tensor, w_pos
     return loss, e, s, denom
 
 
-def subset_means(values: torch.Tensor, anchor_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def subset_means(
+    values: torch.Tensor, anchor_weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted mean over anchors of R x S per-anchor ``values`` with R x S ``anchor_weights``;
     returns ``(means S, total weight S)`` (mean 0 where the total weight is 0)."""
     total = anchor_weights.sum(0)
@@ -146,15 +159,20 @@ def partition_losses(
         full_batch: also return the NT-Xent over the whole batch (``full``), from the same matrix.
 
     Returns:
-        A dict of fp32 tensors: ``full`` (scalar, if requested), ``subset_loss`` (P x K, mean NT-Xent
-        of each subset over its member anchors), ``subset_grad`` (P x K, the IRM derivative of that
-        loss; both 0 for subsets that are not ``valid``), ``count`` (P x K examples of the batch in each subset) and ``valid`` (P x K bool, at
-        least two examples - only these subsets count).
+        A dict of fp32 tensors: ``full`` (scalar, if requested), ``subset_loss`` (P x K, mean
+        NT-Xent of each subset over its member anchors), ``subset_grad`` (P x K, the IRM derivative
+        of that loss; both 0 for subsets that are not ``valid``), ``count`` (P x K examples of the
+        batch in each subset) and ``valid`` (P x K bool, at least two examples - only these subsets
+        count).
     """
     b = z1.shape[0]
     p = assignments.shape[0]
     device = z1.device
-    onehot = F.one_hot(assignments.clamp_min(0).long(), num_subsets).float() * (assignments >= 0)[..., None].float()  # P x B x K
+    # P x B x K
+    onehot = (
+        F.one_hot(assignments.clamp_min(0).long(), num_subsets).float()
+        * (assignments >= 0)[..., None].float()
+    )
     members = onehot.permute(1, 0, 2).reshape(b, p * num_subsets)  # B x (P*K)
     weights = members.repeat(2, 1)  # both views
     if full_batch:
@@ -201,11 +219,14 @@ def soft_partition_objective(
         lambda2: weight of the penalty ``G_k^2``.
 
     Returns:
-        ``(objective, L, G)``: ``mean_k L_k + lambda2 * mean_k G_k^2`` and the K-vectors ``L``, ``G``.
+        ``(objective, L, G)``: ``mean_k L_k + lambda2 * mean_k G_k^2`` and the K-vectors ``L``,
+        ``G``.
     """
     m = z1.shape[0]
     weights = probs.float().repeat(2, 1)
-    loss, grad = weighted_info_nce(torch.cat([z1, z2]), view_positive_index(m, 2, z1.device), weights, tau, irm_tau)
+    loss, grad = weighted_info_nce(
+        torch.cat([z1, z2]), view_positive_index(m, 2, z1.device), weights, tau, irm_tau
+    )
     subset_loss, _ = subset_means(loss, weights)
     subset_grad, _ = subset_means(grad, weights)  # type: ignore[arg-type]
     return subset_loss.mean() + lambda2 * subset_grad.pow(2).mean(), subset_loss, subset_grad
@@ -220,8 +241,8 @@ def split_entropy(num_subsets: int = 2, ratio: float = 2.0) -> float:
 
 
 def balance_penalty(probs: torch.Tensor, target_entropy: float) -> torch.Tensor:
-    """``relu(target_entropy - H(mean_i probs_i))``: zero while the average soft assignment is at least
-    as balanced as the target (e.g. :func:`split_entropy`)."""
+    """``relu(target_entropy - H(mean_i probs_i))``: zero while the average soft assignment is at
+    least as balanced as the target (e.g. :func:`split_entropy`)."""
     mean = probs.float().mean(0)
     entropy = -(mean * torch.log(mean.clamp_min(_TINY))).sum()
     return torch.relu(target_entropy - entropy)

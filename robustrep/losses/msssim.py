@@ -10,11 +10,11 @@ does (METHODS.md section 1). :func:`ms_ssim` therefore follows one rule at every
 * **below that** (8-32 px), build the same score from the package's single-scale ``_ssim``
   (which returns the SSIM and the contrast-structure term of one scale): contrast-structure at
   every scale but the last, full SSIM at the last, 2x2 average pooling between scales, negative
-  scores set to 0 and a weighted geometric mean — exactly the package's arithmetic. The window is the largest of 7, 5, 3 that fits at least two scales
-  (``min(H, W) >= 2 * win``), and the number of scales is the largest (at most 5) whose
-  smallest side is still ``>= win`` — the same "the coarsest scale must hold one window" rule
-  the package's assertion encodes. The weights are the first ``levels`` standard weights,
-  renormalised to sum to one.
+  scores set to 0 and a weighted geometric mean — exactly the package's arithmetic. The window is
+  the largest of 7, 5, 3 that fits at least two scales (``min(H, W) >= 2 * win``), and the number of
+  scales is the largest (at most 5) whose smallest side is still ``>= win`` — the same "the coarsest
+  scale must hold one window" rule the package's assertion encodes. The weights are the first
+  ``levels`` standard weights, renormalised to sum to one.
 
 At 8 px this gives window 3 over 2 scales, at 16 px window 7 over 2, at 28 and 32 px window 7 over
 3 scales. ``multiscale_ssim`` with ``win_size=3, levels=5`` reproduces ``pytorch_msssim.ms_ssim``
@@ -45,7 +45,9 @@ def _combine(scores: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
 
 
 def package_window(side: int) -> int | None:
-    """Largest odd window ``<= 11`` for which ``pytorch_msssim.ms_ssim`` runs at ``side`` px, or None."""
+    """Largest odd window ``<= 11`` for which ``pytorch_msssim.ms_ssim`` runs at ``side`` px, or
+    None.
+    """
     for win in (11, 9, 7, 5, 3):
         if side > (win - 1) * 16:
             return win
@@ -55,7 +57,9 @@ def package_window(side: int) -> int | None:
 def small_image_scales(side: int) -> tuple[int, int]:
     """``(win_size, levels)`` used below the package's range (see the module docstring)."""
     if side < 3:
-        raise ValueError(f"MS-SSIM needs images of at least 3 x 3 pixels, got a smallest side of {side}")
+        raise ValueError(
+            f"MS-SSIM needs images of at least 3 x 3 pixels, got a smallest side of {side}"
+        )
     win = next((w for w in (7, 5, 3) if side >= 2 * w), 3)
     levels = 1
     while levels < 5 and side // 2**levels >= win:
@@ -87,7 +91,10 @@ def multiscale_ssim(
         Tensor of shape N: the score of each image pair, averaged over channels, in fp32.
     """
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"need two N x C x H x W tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            "need two N x C x H x W tensors of the same shape, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if win_size % 2 != 1:
         raise ValueError(f"win_size must be odd, got {win_size}")
     if weights is None:
@@ -113,7 +120,13 @@ def multiscale_ssim(
         return _combine(scores, weights_t.to(x.device))
 
 
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int | None = None, levels: int | None = None) -> torch.Tensor:
+def ms_ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    win_size: int | None = None,
+    levels: int | None = None,
+) -> torch.Tensor:
     """MS-SSIM per image (N) at any size >= 3 px, scales and window chosen from the image size.
 
     Args:
@@ -131,7 +144,9 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size:
         win = package_window(side)
         if win is not None:
             with torch.autocast(device_type=x.device.type, enabled=False):
-                return _package_ms_ssim(x.float(), y.float(), data_range=data_range, size_average=False, win_size=win)
+                return _package_ms_ssim(
+                    x.float(), y.float(), data_range=data_range, size_average=False, win_size=win
+                )
     auto_win, auto_levels = small_image_scales(side)
     win = win_size if win_size is not None else auto_win
     if levels is None:
@@ -161,7 +176,9 @@ def _filter_groups(tensors: list[torch.Tensor], win_1d: torch.Tensor) -> list[to
 
 
 def auto_scales(side: int) -> tuple[int, int]:
-    """``(win_size, levels)`` :func:`ms_ssim` uses at ``side`` px (the package's 5 scales above 32 px)."""
+    """``(win_size, levels)`` :func:`ms_ssim` uses at ``side`` px (the package's 5 scales above 32
+    px).
+    """
     win = package_window(side)
     return (win, 5) if win is not None else small_image_scales(side)
 
@@ -204,7 +221,9 @@ def ms_ssim_triplet_scores(
         for level in range(levels):
             # The statistics of constant images (raw x+/x-) are filtered apart from the anchor's, so
             # the backward pass only runs through the ones that need a gradient.
-            stats = _filter_groups([a, a * a, *others, *(o * o for o in others), *(a * o for o in others)], win)
+            stats = _filter_groups(
+                [a, a * a, *others, *(o * o for o in others), *(a * o for o in others)], win
+            )
             mu_a, e_aa, *rest = stats
             var_a = e_aa - mu_a.square()
             for j, out in enumerate(scores):
@@ -218,6 +237,10 @@ def ms_ssim_triplet_scores(
             if level < levels - 1:
                 padding = [s % 2 for s in a.shape[2:]]
                 a = _channels_last(F.avg_pool2d(a, kernel_size=2, padding=padding))
-                others = [_channels_last(F.avg_pool2d(o, kernel_size=2, padding=padding)) for o in others]
+                others = [
+                    _channels_last(F.avg_pool2d(o, kernel_size=2, padding=padding)) for o in others
+                ]
         combined = iter([_combine(s, weights) for s in scores])
-        return (next(combined) if positive is not None else None), (next(combined) if negative is not None else None)
+        return (next(combined) if positive is not None else None), (
+            next(combined) if negative is not None else None
+        )

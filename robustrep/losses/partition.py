@@ -1,5 +1,7 @@
 """IP-IRM's maximisation step: find the partition of a fixed feature bank on which the per-subset
-contrastive losses are least invariant (METHODS.md section 5), chunked so memory is bounded."""
+contrastive losses are least invariant (METHODS.md section 5), chunked so memory is bounded; and the
+partitions as a ``P x N`` tensor of subset ids (:func:`append_partition`,
+:func:`subset_assignments`)."""
 
 from __future__ import annotations
 
@@ -30,13 +32,14 @@ def maximise_partition(
     progress: str | None = None,
     history: list[float] | None = None,
 ) -> torch.Tensor:
-    """IP-IRM's maximisation step on a fixed feature bank; returns the hard partition (N subset ids).
+    """IP-IRM's maximisation step on a fixed feature bank; returns the hard partition (N subset
+    ids).
 
     Optimises logits ``Q`` (N x K, N(0, 1) start) with Adam so that, chunk by chunk,
-    ``soft_partition_objective(f1, f2, softmax(Q)) - balance_weight * balance_penalty`` grows; keeps the
-    epoch with the best mean objective, thresholds it by argmax and (``enforce_balance``) repairs
-    subsets below ``min_share``. Memory is O(``batch_size``^2 + N (d + K)). ``progress``: a tqdm bar
-    label (None = no bar); ``history``: filled with each epoch's mean objective.
+    ``soft_partition_objective(f1, f2, softmax(Q)) - balance_weight * balance_penalty`` grows; keeps
+    the epoch with the best mean objective, thresholds it by argmax and (``enforce_balance``)
+    repairs subsets below ``min_share``. Memory is O(``batch_size``^2 + N (d + K)). ``progress``: a
+    tqdm bar label (None = no bar); ``history``: filled with each epoch's mean objective.
     """
     n = f1.shape[0]
     device = f1.device
@@ -56,7 +59,9 @@ def maximise_partition(
                 if chunk.numel() < 2:
                     continue
                 probs = torch.softmax(logits[chunk], dim=1)
-                objective, _, _ = soft_partition_objective(f1[chunk], f2[chunk], probs, tau, irm_tau, lambda2)
+                objective, _, _ = soft_partition_objective(
+                    f1[chunk], f2[chunk], probs, tau, irm_tau, lambda2
+                )
                 risk = -objective + balance_weight * balance_penalty(probs, target)
                 opt.zero_grad(set_to_none=True)
                 risk.backward()
@@ -76,7 +81,9 @@ def maximise_partition(
                     break
     assign = best_logits.argmax(1)
     if enforce_balance:
-        assign = rebalance(assign, torch.softmax(best_logits, 1), min_share(num_subsets, balance_ratio))
+        assign = rebalance(
+            assign, torch.softmax(best_logits, 1), min_share(num_subsets, balance_ratio)
+        )
     return assign
 
 
@@ -102,4 +109,26 @@ def rebalance(assign: torch.Tensor, probs: torch.Tensor, share: float) -> torch.
     return assign
 
 
-__all__ = ["maximise_partition", "rebalance"]
+def append_partition(partitions: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    """``partitions`` (P x N subset ids by dataset index, -1 = not covered) with ``assignment`` (N')
+    appended as row P + 1; the shorter side is padded with -1 to ``max(N, N')`` columns."""
+    assignment = assignment.to(partitions.device, torch.long)
+    rows, cols = partitions.shape
+    n = max(cols, assignment.shape[0])
+    grown = torch.full((rows + 1, n), -1, dtype=torch.long, device=partitions.device)
+    grown[:rows, :cols] = partitions
+    grown[-1, : assignment.shape[0]] = assignment
+    return grown
+
+
+def subset_assignments(partitions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``P x B``: the subset of each of the ``B`` dataset indices ``index`` in each partition (-1
+    for an index the partitions do not cover)."""
+    if partitions.shape[0] == 0:
+        return partitions.new_zeros(0, index.shape[0])
+    covered = index < partitions.shape[1]
+    out = partitions[:, index.clamp(max=max(partitions.shape[1] - 1, 0))]
+    return torch.where(covered[None, :], out, torch.full_like(out, -1))
+
+
+__all__ = ["append_partition", "maximise_partition", "rebalance", "subset_assignments"]

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from robustrep.losses.msssim import ms_ssim_triplet_scores
 
 
-def _reduce(d_pos: torch.Tensor | None, d_neg: torch.Tensor | None, margin: float | None) -> torch.Tensor:
+def _reduce(
+    d_pos: torch.Tensor | None, d_neg: torch.Tensor | None, margin: float | None
+) -> torch.Tensor:
     if (d_pos is None or d_neg is None) and margin is not None:
         raise ValueError("a triplet margin needs both a positive and a negative")
     if d_neg is None:
@@ -48,7 +50,8 @@ def msssim_triplet(
     win_size: int | None = None,
     levels: int | None = None,
 ) -> torch.Tensor:
-    """CIM's triplet loss ``mean(MS(a, x-) - MS(a, x+))`` on images N x C x H x W in ``[0, data_range]``.
+    """CIM's triplet loss ``mean(MS(a, x-) - MS(a, x+))`` on images N x C x H x W in
+    ``[0, data_range]``.
 
     Args:
         anchor: the morphed images ``psi(x)``.
@@ -60,8 +63,14 @@ def msssim_triplet(
             the image size).
     """
     # Both pairs in one pass, fp32 with autocast off (see ms_ssim_triplet_scores).
-    sim_pos, sim_neg = ms_ssim_triplet_scores(anchor, positive, negative, data_range=data_range, win_size=win_size, levels=levels)
-    return _reduce(None if sim_pos is None else 1.0 - sim_pos, None if sim_neg is None else 1.0 - sim_neg, margin)
+    sim_pos, sim_neg = ms_ssim_triplet_scores(
+        anchor, positive, negative, data_range=data_range, win_size=win_size, levels=levels
+    )
+    return _reduce(
+        None if sim_pos is None else 1.0 - sim_pos,
+        None if sim_neg is None else 1.0 - sim_neg,
+        margin,
+    )
 
 
 def gram_matrix(images: torch.Tensor) -> torch.Tensor:
@@ -70,16 +79,28 @@ def gram_matrix(images: torch.Tensor) -> torch.Tensor:
     return flat @ flat.transpose(1, 2) / flat.shape[-1]
 
 
-def gram_triplet(anchor: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None, margin: float | None = None) -> torch.Tensor:
+def gram_triplet(
+    anchor: torch.Tensor,
+    positive: torch.Tensor | None,
+    negative: torch.Tensor | None,
+    margin: float | None = None,
+) -> torch.Tensor:
     """CIMg's triplet loss on normalised channel Gram matrices (squared Frobenius distances)."""
     with torch.autocast(device_type=anchor.device.type, enabled=False):
         ga = gram_matrix(anchor.float())
-        d_pos, d_neg = ((ga - gram_matrix(o.float())).square().flatten(1).sum(1) if o is not None else None for o in (positive, negative))
+        d_pos, d_neg = (
+            (ga - gram_matrix(o.float())).square().flatten(1).sum(1) if o is not None else None
+            for o in (positive, negative)
+        )
         return _reduce(d_pos, d_neg, margin)
 
 
 def feature_triplet(
-    anchor: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None, margin: float | None = None, normalize: bool = True
+    anchor: torch.Tensor,
+    positive: torch.Tensor | None,
+    negative: torch.Tensor | None,
+    margin: float | None = None,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """SCL-E2E's triplet ``||E(x)-E(x+)||^2 - ||E(x)-E(x-)||^2`` on feature vectors N x D.
 
@@ -96,5 +117,18 @@ def feature_triplet(
 
     with torch.autocast(device_type=anchor.device.type, enabled=False):
         a = prepare(anchor)
-        d_pos, d_neg = ((a - prepare(o)).square().sum(1) if o is not None else None for o in (positive, negative))
+        d_pos, d_neg = (
+            (a - prepare(o)).square().sum(1) if o is not None else None
+            for o in (positive, negative)
+        )
         return _reduce(d_pos, d_neg, margin)
+
+
+def split_like(
+    stacked: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Undo ``torch.cat`` of the present ones of ``(positive, negative)`` (None stays None): the
+    sides of a triplet computed in one pass."""
+    if positive is not None and negative is not None:
+        return stacked.chunk(2)  # type: ignore[return-value]
+    return (stacked, None) if positive is not None else (None, stacked)

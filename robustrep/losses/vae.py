@@ -3,7 +3,8 @@ and of the variational information bottleneck (CIM's VIB: the same KL and sample
 
 Every function returns one value per example (summed over the latent dimensions or the pixels) and
 computes in fp32 with autocast switched off, so ``exp``/``log`` stay exact under ``bf16-mixed``.
-The negative ELBO of a batch is ``-log_likelihood + beta * gaussian_kl`` (Chroma-VAE, METHODS.md §2).
+The negative ELBO of a batch is ``-log_likelihood + beta * gaussian_kl`` (Chroma-VAE, METHODS.md
+§2).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ def _fp32(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.float() for t in tensors]
 
 
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, per_dimension: bool = False) -> torch.Tensor:
+def gaussian_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, per_dimension: bool = False
+) -> torch.Tensor:
     """``KL(N(mu, exp(logvar)) || N(0, I))`` in closed form.
 
     Args:
@@ -36,7 +39,9 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, per_dimension: bool = Fa
         return kl if per_dimension else kl.sum(dim=1)
 
 
-def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, std: float | torch.Tensor = 1.0) -> torch.Tensor:
+def gaussian_log_likelihood(
+    x: torch.Tensor, mean: torch.Tensor, std: float | torch.Tensor = 1.0
+) -> torch.Tensor:
     """``log N(x | mean, std^2 I)`` summed over every non-batch dimension.
 
     Args:
@@ -71,10 +76,24 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
     """
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, logits = _fp32(x, logits)
-        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(dim=1)
+        return (
+            -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(dim=1)
+        )
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def reconstruction_nll(
+    x: torch.Tensor, out: torch.Tensor, likelihood: str = "bernoulli", std: float = 0.1
+) -> torch.Tensor:
+    """``-log p(x|z)`` per example from the decoder output ``out``: logits (``bernoulli``) or means
+    (``gaussian``, observation noise ``std``)."""
+    if likelihood == "bernoulli":
+        return -bernoulli_log_likelihood(x, out)
+    return -gaussian_log_likelihood(x, out, std)
+
+
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A sample ``mu + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)`` (fp32)."""
     with torch.autocast(device_type=mu.device.type, enabled=False):
         mu, logvar = _fp32(mu, logvar)
@@ -82,4 +101,10 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
         return mu + torch.exp(0.5 * logvar) * eps
 
 
-__all__ = ["bernoulli_log_likelihood", "gaussian_kl", "gaussian_log_likelihood", "reparameterize"]
+__all__ = [
+    "bernoulli_log_likelihood",
+    "gaussian_kl",
+    "gaussian_log_likelihood",
+    "reconstruction_nll",
+    "reparameterize",
+]

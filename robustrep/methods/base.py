@@ -33,8 +33,8 @@ class RobustMethod(pl.LightningModule):
         backbone_kwargs: keyword arguments for a registry backbone (e.g. ``{width: 64}``).
         num_classes, num_groups, group_names, image_shape: the benchmark's metadata; the CLI links
             them from the datamodule, so configs never set them.
-        optimizer: optimiser class and arguments; default Adam with its defaults (lr 1e-3). Change the
-            rate with ``--model.init_args.optimizer.lr 0.01``, the class with
+        optimizer: optimiser class and arguments; default Adam with its defaults (lr 1e-3). Change
+            the rate with ``--model.init_args.optimizer.lr 0.01``, the class with
             ``--model.init_args.optimizer SGD --model.init_args.optimizer.lr 0.1``.
         lr_scheduler: optional scheduler factory.
     """
@@ -59,17 +59,30 @@ class RobustMethod(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"] if isinstance(backbone, nn.Module) else ["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(
+            ignore=["backbone", "optimizer", "lr_scheduler"]
+            if isinstance(backbone, nn.Module)
+            else ["optimizer", "lr_scheduler"]
+        )
         self.num_classes = num_classes
         self.num_groups = num_groups or num_classes
         self.group_names = list(group_names) if group_names is not None else None
         self.image_shape = tuple(image_shape)
-        self.backbone = build_backbone(backbone, self.image_shape, **(backbone_kwargs or {})) if isinstance(backbone, str) else backbone
-        self.feature_dim = self.backbone.out_dim if hasattr(self.backbone, "out_dim") else self._infer_feature_dim()
+        self.backbone = (
+            build_backbone(backbone, self.image_shape, **(backbone_kwargs or {}))
+            if isinstance(backbone, str)
+            else backbone
+        )
+        self.feature_dim = (
+            self.backbone.out_dim
+            if hasattr(self.backbone, "out_dim")
+            else self._infer_feature_dim()
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        #: The values that arguments defaulting to None resolved to (e.g. CIM's ``tn_width``), kept in
-        #: checkpoints and results.json. Not in ``hparams``: those become the config of a resumed run.
+        #: The values that arguments defaulting to None resolved to (e.g. CIM's ``tn_width``), kept
+        #: in checkpoints and results.json. Not in ``hparams``: those become the config of a resumed
+        #: run.
         self.effective_hparams: dict[str, Any] = {}
 
     def _infer_feature_dim(self) -> int:
@@ -94,9 +107,11 @@ class RobustMethod(pl.LightningModule):
         """Stop with a clear message (step, loss name) when a loss is NaN or infinite."""
         if not torch.isfinite(loss).all():
             raise NonFiniteLossError(
-                f"the {name} became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
-                "Lower the learning rate (--model.init_args.optimizer.lr), enable gradient clipping "
-                "(--trainer.gradient_clip_val 1.0) or use 32-bit precision; the checkpoints written so far are kept."
+                f"the {name} became {loss.item()} at global step {self.global_step} (epoch "
+                f"{self.current_epoch}). Lower the learning rate "
+                "(--model.init_args.optimizer.lr), enable gradient clipping "
+                "(--trainer.gradient_clip_val 1.0) or use 32-bit precision; the "
+                "checkpoints written so far are kept."
             )
         return loss
 
@@ -109,13 +124,32 @@ class RobustMethod(pl.LightningModule):
         if self._trainer is None:
             return True
         every = max(1, self.trainer.log_every_n_steps)
-        return (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0 or self.trainer.is_last_batch
+        return (
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+        ) % every == 0 or self.trainer.is_last_batch
 
-    def log_train(self, metrics: dict[str, Any] | Callable[[], dict[str, Any]], batch_size: int) -> None:
+    def log_train(
+        self, metrics: dict[str, Any] | Callable[[], dict[str, Any]], batch_size: int
+    ) -> None:
         """Log step-level training metrics (shown in the progress bar) on logging steps only; pass a
         callable to skip computing them on the other steps."""
         if self.should_log_train():
-            self.log_dict(metrics() if callable(metrics) else metrics, prog_bar=True, batch_size=batch_size)
+            self.log_dict(
+                metrics() if callable(metrics) else metrics, prog_bar=True, batch_size=batch_size
+            )
+
+    def manual_step(self, optimizer, loss: torch.Tensor, params, clip: float | None) -> None:
+        """One step of manual optimisation: zero the gradients, backward, clip the gradient norm of
+        ``params`` to ``clip`` (None = no clipping), step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+
+    def log_eval(self, values: dict[str, Any], batch_size: int) -> None:
+        """Log evaluation metrics under exactly these names, averaged over the epoch and ranks."""
+        self.log_dict(values, add_dataloader_idx=False, sync_dist=True, batch_size=batch_size)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -124,12 +158,15 @@ class RobustMethod(pl.LightningModule):
             missing = [k for k in self.required_keys if k not in item]
             if missing:
                 raise ConfigError(
-                    f"{type(self).__name__} needs the batch keys {missing}, which {type(dm).__name__} does not provide "
-                    f"(it gives {sorted(item)}). Choose a benchmark with these annotations."
+                    f"{type(self).__name__} needs the batch keys {missing}, which "
+                    f"{type(dm).__name__} does not provide (it gives {sorted(item)}). Choose a "
+                    "benchmark with these annotations."
                 )
 
     def teardown(self, stage: str) -> None:
-        """Close a spawned DDP worker's process group (see :func:`robustrep.distributed.close_spawned_process_group`)."""
+        """Close a spawned DDP worker's process group (see
+        :func:`robustrep.distributed.close_spawned_process_group`).
+        """
         if self._trainer is not None:
             close_spawned_process_group(self.trainer)
 
@@ -142,15 +179,20 @@ class RobustMethod(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }
 
     # ------------------------------------------------------------------ evaluation
-    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+    def evaluation_step(
+        self, batch: dict[str, torch.Tensor], stage: str, dataloader_idx: int = 0
+    ) -> dict[str, torch.Tensor]:
         """Logits for the group metrics; the loss is logged for the primary eval set only."""
         logits = self(batch["image"])
         if dataloader_idx == 0:
             loss = nn.functional.cross_entropy(logits.float(), batch["label"])
-            self.log(f"{stage}/loss", loss, add_dataloader_idx=False, sync_dist=True, batch_size=len(logits))
+            self.log_eval({f"{stage}/loss": loss}, len(logits))
         return {"logits": logits.detach(), "label": batch["label"], "group": batch["group"]}
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):

@@ -47,7 +47,7 @@ from robustrep.backbones.morph import TransformationNetwork
 from robustrep.data.triplets import TripletSource
 from robustrep.distributed import rank as process_rank
 from robustrep.errors import ConfigError
-from robustrep.losses.triplet import feature_triplet, gram_triplet, msssim_triplet
+from robustrep.losses.triplet import feature_triplet, gram_triplet, msssim_triplet, split_like
 from robustrep.losses.vae import gaussian_kl, reparameterize
 from robustrep.methods.base import RobustMethod
 from robustrep.randomness import derive_seed
@@ -75,8 +75,8 @@ class CIM(RobustMethod):
         tn_width, tn_depth, tn_skip, mask_bias_init: the TN's shape, see
             :class:`TransformationNetwork` (None = chosen from the image size).
         vib_beta: weight of the VIB KL term; > 0 adds one linear layer after the backbone to
-            ``(mu, log var)`` of ``vib_dim`` dimensions, the head classifies a reparameterised sample
-            in training and ``mu`` at evaluation (the paper's VIB setting "(c)").
+            ``(mu, log var)`` of ``vib_dim`` dimensions, the head classifies a reparameterised
+            sample in training and ``mu`` at evaluation (the paper's VIB setting "(c)").
         vib_dim: the VIB bottleneck size.
         feature_normalize: SCL-E2E only: L2-normalise features before the squared distances
             (default; without a margin the raw loss is unbounded below) [ours].
@@ -85,7 +85,8 @@ class CIM(RobustMethod):
         triplet_seed: seed of the triplet draw (combined with epoch, batch and rank).
         triplet_workers: threads decoding the drawn ``x+``/``x-`` of file-based benchmarks (JPEG
             datasets); in-memory benchmarks ignore it.
-        *args, **kwargs: see :class:`~robustrep.methods.base.RobustMethod` (backbone, optimizer, ...).
+        *args, **kwargs: see :class:`~robustrep.methods.base.RobustMethod` (backbone, optimizer,
+            ...).
     """
 
     required_keys = ("image", "label", "index")
@@ -118,31 +119,32 @@ class CIM(RobustMethod):
         if lam < 0 or vib_beta < 0:
             raise ConfigError(f"lam and vib_beta must be >= 0, got lam={lam}, vib_beta={vib_beta}")
         if lam > 0 and variant != "scl" and not transform_network:
-            raise ConfigError(f"variant {variant!r} trains the Transformation Network; with transform_network: false use lam: 0 or variant: scl")
+            raise ConfigError(
+                f"variant {variant!r} trains the Transformation Network; with transform_network: "
+                "false use lam: 0 or variant: scl"
+            )
         if triplet_terms not in TRIPLET_TERMS:
-            raise ConfigError(f"triplet_terms must be one of {', '.join(TRIPLET_TERMS)}, got {triplet_terms!r}")
+            raise ConfigError(
+                f"triplet_terms must be one of {', '.join(TRIPLET_TERMS)}, got {triplet_terms!r}"
+            )
         if margin is not None and triplet_terms != "both":
-            raise ConfigError("a triplet margin needs both terms: use triplet_terms: both or margin: null")
-        self.variant = variant
-        self.lam = lam
-        self.triplet_terms = triplet_terms
-        self.printed_sign = printed_sign
-        self.margin = margin
-        self.vib_beta = vib_beta
+            raise ConfigError(
+                "a triplet margin needs both terms: use triplet_terms: both or margin: null"
+            )
+        self.variant, self.lam, self.triplet_terms = variant, lam, triplet_terms
+        self.printed_sign, self.margin, self.vib_beta = printed_sign, margin, vib_beta
         self.feature_normalize = feature_normalize
-        self.msssim_win_size = msssim_win_size
-        self.msssim_levels = msssim_levels
-        self.triplet_seed = triplet_seed
-        self.triplet_workers = triplet_workers
-        # Creation order backbone -> head matches ERM, so lam=0 without TN/VIB reproduces it exactly.
+        self.msssim_win_size, self.msssim_levels = msssim_win_size, msssim_levels
+        self.triplet_seed, self.triplet_workers = triplet_seed, triplet_workers
+        # Creation order backbone -> head as in ERM: lam=0 without TN/VIB reproduces ERM exactly.
         self.vib = nn.Linear(self.feature_dim, 2 * vib_dim) if vib_beta > 0 else None
-        self.head = nn.Linear(vib_dim if self.vib is not None else self.feature_dim, self.num_classes)
-        channels, height, width = self.image_shape
-        self.tn = (
-            TransformationNetwork(channels, min(height, width), width=tn_width, depth=tn_depth, skip=tn_skip, mask_bias_init=mask_bias_init)
-            if transform_network
-            else None
+        self.head = nn.Linear(
+            vib_dim if self.vib is not None else self.feature_dim, self.num_classes
         )
+        channels, height, width = self.image_shape
+        tn_args = dict(width=tn_width, depth=tn_depth, skip=tn_skip, mask_bias_init=mask_bias_init)
+        size = min(height, width)
+        self.tn = TransformationNetwork(channels, size, **tn_args) if transform_network else None
         if self.tn is not None:
             self.effective_hparams.update(tn_width=self.tn.width, tn_depth=self.tn.depth)
         self.triplets: TripletSource | None = None
@@ -181,7 +183,10 @@ class CIM(RobustMethod):
             return
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "train_dataset"):
-            raise ConfigError("CIM draws its triplets from the training set: fit it with a robustrep datamodule, or call set_triplet_source(dataset) first")
+            raise ConfigError(
+                "CIM draws its triplets from the training set: fit it with a robustrep "
+                "datamodule, or call set_triplet_source(dataset) first"
+            )
         self.set_triplet_source(dm.train_dataset())
 
     def variant_name(self) -> str:
@@ -196,14 +201,23 @@ class CIM(RobustMethod):
             self.triplets.to(self.device)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self.triplets is not None:  # the draw depends only on (seed, epoch, batch, rank): exact resume anywhere
-            self.triplets.reseed(derive_seed(self.triplet_seed, "triplets", self.current_epoch, batch_idx, process_rank()))
+        # the draw depends only on (seed, epoch, batch, rank): exact resume anywhere
+        if self.triplets is not None:
+            self.triplets.reseed(
+                derive_seed(
+                    self.triplet_seed, "triplets", self.current_epoch, batch_idx, process_rank()
+                )
+            )
 
-    def draw_triplets(self, labels: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def draw_triplets(
+        self, labels: torch.Tensor, keys: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Positive and negative images for a batch of anchors, on the module's device (None for the
         side ``triplet_terms`` leaves out; it is not read)."""
         if self.triplets is None:
-            raise ConfigError("no triplet source: fit with a datamodule or call set_triplet_source(dataset)")
+            raise ConfigError(
+                "no triplet source: fit with a datamodule or call set_triplet_source(dataset)"
+            )
         pos, neg = self.triplets.sample(labels, keys)
         if self.triplet_terms == "positive":
             return self.triplets.images(pos, self.device), None
@@ -229,10 +243,13 @@ class CIM(RobustMethod):
         if self.variant == "scl" and self.lam > 0:
             # SCL-E2E encodes x, x+ and x- (a batch of 3n) and contrasts backbone features.
             others = [t for t in (positive, negative) if t is not None]
-            feats_all = self.backbone(torch.cat([morphed, self.morph(torch.cat(others))])).flatten(1)
+            stacked = torch.cat([morphed, self.morph(torch.cat(others))])
+            feats_all = self.backbone(stacked).flatten(1)
             features = feats_all[:n]
-            f_pos, f_neg = _split_like(feats_all[n:], positive, negative)
-            contrastive = feature_triplet(features, f_pos, f_neg, self.margin, self.feature_normalize)
+            f_pos, f_neg = split_like(feats_all[n:], positive, negative)
+            contrastive = feature_triplet(
+                features, f_pos, f_neg, self.margin, self.feature_normalize
+            )
         else:
             features = self.backbone(morphed).flatten(1)
             contrastive = None
@@ -254,21 +271,18 @@ class CIM(RobustMethod):
                 contrastive = -contrastive
             loss = loss + self.lam * self.check_finite(contrastive, "triplet loss")
             logs["train/triplet"] = contrastive
-        logs.update({"train/loss": loss, "train/ce": ce, "train/acc": (logits.argmax(1) == labels).float().mean()})
+        acc = (logits.argmax(1) == labels).float().mean()
+        logs.update({"train/loss": loss, "train/ce": ce, "train/acc": acc})
         self.log_dict(logs, prog_bar=True, batch_size=n)
         return loss
 
-    def _image_triplet(self, morphed: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None) -> torch.Tensor:
+    def _image_triplet(
+        self, morphed: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None
+    ) -> torch.Tensor:
         if self.variant == "gram":
             return gram_triplet(morphed, positive, negative, self.margin)
         if self.variant == "feature":
             others = [t for t in (positive, negative) if t is not None]
-            positive, negative = _split_like(self.morph(torch.cat(others)), positive, negative)
-        return msssim_triplet(morphed, positive, negative, self.margin, win_size=self.msssim_win_size, levels=self.msssim_levels)
-
-
-def _split_like(stacked: torch.Tensor, positive: torch.Tensor | None, negative: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Undo ``torch.cat`` of the present ones of ``(positive, negative)`` (None stays None)."""
-    if positive is not None and negative is not None:
-        return stacked.chunk(2)  # type: ignore[return-value]
-    return (stacked, None) if positive is not None else (None, stacked)
+            positive, negative = split_like(self.morph(torch.cat(others)), positive, negative)
+        scales = dict(win_size=self.msssim_win_size, levels=self.msssim_levels)
+        return msssim_triplet(morphed, positive, negative, self.margin, **scales)

@@ -1,9 +1,10 @@
 """Stage II of IP-IRM's VIPriors recipe: supervised fine-tuning with knowledge distillation.
 
-Paper: the IP-IRM VIPriors report (``papers/ipirm.txt`` section 3.2, eqs. 4-5); METHODS.md section 5.
-A student (backbone + linear head, any backbone) is trained on the labels with
+Paper: the IP-IRM VIPriors report (``papers/ipirm.txt`` section 3.2, eqs. 4-5); METHODS.md
+section 5. A student (backbone + linear head, any backbone) is trained on the labels with
 
-``L = alpha * CE_smooth(student, y) + beta * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
+``L = alpha * CE_smooth(student, y)``
+``+ beta * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
 
 where ``CE_smooth`` is cross-entropy with label smoothing (paper 0.1) and the teacher is a frozen
 model whose ``forward`` returns logits over the same classes - typically a stage-I encoder that
@@ -16,8 +17,9 @@ The three-command recipe (``experiments/distill_vipriors.yaml`` has the details)
 1. ``robustrep fit --config experiments/ipirm_vipriors.yaml`` (stage I);
 2. ``robustrep fit --config experiments/distill_vipriors.yaml --model.init_args.teacher null
    --model.init_args.init_from <stage-I ckpt>`` (the fine-tuned teacher);
-3. ``robustrep fit --config experiments/distill_vipriors.yaml --model.init_args.teacher <step-2 ckpt>
-   --model.init_args.init_from <stage-I ckpt>`` (the distilled student).
+3. ``robustrep fit --config experiments/distill_vipriors.yaml
+   --model.init_args.teacher <step-2 ckpt> --model.init_args.init_from <stage-I ckpt>``
+   (the distilled student).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def distillation_loss(
     label_smoothing: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(total, ce, kl)`` with ``total = alpha * ce + beta * T^2 * kl``; ``kl`` is the batch-mean
-    ``KL(softmax(teacher / T) || softmax(student / T))`` (0 without a teacher). fp32, autocast off."""
+    ``KL(softmax(teacher / T) || softmax(student / T))`` (0 without a teacher). fp32, autocast
+    off."""
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         s = student_logits.float()
         ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
@@ -65,7 +68,8 @@ def load_teacher(path: str, teacher_class: str | None = None) -> nn.Module:
 
 
 class Distill(Classifier):
-    """Student fine-tuned on the labels with a frozen teacher's soft targets (see the module docstring).
+    """Student fine-tuned on the labels with a frozen teacher's soft targets (see the module
+    docstring).
 
     Args:
         teacher: a checkpoint path, a module whose ``forward`` gives logits, or None (no
@@ -100,9 +104,13 @@ class Distill(Classifier):
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"Distill: label_smoothing must be in [0, 1), got {label_smoothing}")
         if isinstance(teacher, nn.Module):
-            self.hparams.pop("teacher", None)  # a module is not a hyperparameter; its weights are in the state dict
-        self.alpha, self.beta, self.temperature, self.label_smoothing = alpha, beta, temperature, label_smoothing
-        self.teacher: nn.Module | None = load_teacher(teacher, teacher_class) if isinstance(teacher, str) else teacher
+            # a module is not a hyperparameter; its weights are in the state dict
+            self.hparams.pop("teacher", None)
+        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.label_smoothing = label_smoothing
+        self.teacher: nn.Module | None = (
+            load_teacher(teacher, teacher_class) if isinstance(teacher, str) else teacher
+        )
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
             self.teacher.eval()
@@ -115,13 +123,18 @@ class Distill(Classifier):
             raise ConfigError(f"init_from checkpoint not found: {path}")
         state = load_checkpoint(path)
         state = state.get("state_dict", state)
-        weights = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        weights = {
+            k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
+        }
         if not weights:
             raise ConfigError(f"{path} has no backbone.* weights to initialise the student from")
         try:
             self.backbone.load_state_dict(weights)
         except RuntimeError as err:
-            raise ConfigError(f"the backbone in {path} does not match the student's ({type(self.backbone).__name__}): {err}") from err
+            raise ConfigError(
+                f"the backbone in {path} does not match the student's "
+                f"({type(self.backbone).__name__}): {err}"
+            ) from err
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -134,7 +147,10 @@ class Distill(Classifier):
         optimizer = self.optimizer_factory(trainable)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]
@@ -144,11 +160,26 @@ class Distill(Classifier):
             with torch.no_grad():
                 teacher_logits = self.teacher(images)
             if teacher_logits.shape != logits.shape:
-                raise ConfigError(f"the teacher gives logits of shape {tuple(teacher_logits.shape)}, the student {tuple(logits.shape)}")
-        loss, ce, kl = distillation_loss(logits, teacher_logits, labels, self.alpha, self.beta, self.temperature, self.label_smoothing)
+                raise ConfigError(
+                    f"the teacher gives logits of shape {tuple(teacher_logits.shape)}, the "
+                    f"student {tuple(logits.shape)}"
+                )
+        loss, ce, kl = distillation_loss(
+            logits,
+            teacher_logits,
+            labels,
+            self.alpha,
+            self.beta,
+            self.temperature,
+            self.label_smoothing,
+        )
         self.check_finite(loss, "distillation loss")
         acc = (logits.argmax(1) == labels).float().mean()
-        self.log_dict({"train/loss": loss, "train/ce_loss": ce, "train/kd_loss": kl, "train/acc": acc}, prog_bar=True, batch_size=len(labels))
+        self.log_dict(
+            {"train/loss": loss, "train/ce_loss": ce, "train/kd_loss": kl, "train/acc": acc},
+            prog_bar=True,
+            batch_size=len(labels),
+        )
         return loss
 
 

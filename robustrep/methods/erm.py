@@ -13,6 +13,14 @@ class ERM(Classifier):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.check_finite(nn.functional.cross_entropy(logits.float(), batch["label"]), "cross-entropy")
-        self.log_train(lambda: {"train/loss": loss, "train/acc": (logits.argmax(1) == batch["label"]).float().mean()}, len(logits))
+        loss = self.check_finite(
+            nn.functional.cross_entropy(logits.float(), batch["label"]), "cross-entropy"
+        )
+        self.log_train(
+            lambda: {
+                "train/loss": loss,
+                "train/acc": (logits.argmax(1) == batch["label"]).float().mean(),
+            },
+            len(logits),
+        )
         return loss

@@ -1,7 +1,7 @@
 """Group DRO (Sagawa et al., ICLR 2020): minimise the worst group's loss via exponentiated weights.
 
-Each step the group weights ``q`` are multiplied by ``exp(step_size * loss_g)`` for the groups in the
-batch and renormalised; the training loss is ``sum_g q_g * loss_g``. Needs group labels (or
+Each step the group weights ``q`` are multiplied by ``exp(step_size * loss_g)`` for the groups in
+the batch and renormalised; the training loss is ``sum_g q_g * loss_g``. Needs group labels (or
 pseudo-groups from the strata-recovery analysis). Under DDP the group losses used to update ``q``
 are summed across ranks, so ``q`` stays identical on every rank.
 """

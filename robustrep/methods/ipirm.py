@@ -44,11 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from robustrep.backbones.heads import predictor_head, projection_head
-from robustrep.distributed import first_occurrences, gather_no_grad, gather_with_grad, is_distributed, rank
+from robustrep.distributed import gather_no_grad, gather_with_grad, is_distributed, rank
 from robustrep.errors import ConfigError
+from robustrep.evaluation.features import gathered_view_features
 from robustrep.losses.contrastive import simsiam_loss
 from robustrep.losses.irm import partition_losses
-from robustrep.losses.partition import maximise_partition
+from robustrep.losses.partition import append_partition, maximise_partition, subset_assignments
 from robustrep.methods.base import RobustMethod
 
 BASES = ("simclr", "simsiam")
@@ -61,14 +62,16 @@ class IPIRM(RobustMethod):
         base: ``simclr`` (NT-Xent over the full batch) or ``simsiam`` (negative cosine + predictor).
         invariance: add the partition terms and run the maximisation step; False = the plain base.
         temperature: temperature of every NT-Xent term (the paper's tau, 0.5).
-        irm_temperature: temperature of the logits inside the IRM derivative (public code ``irm_temp`` 0.5).
+        irm_temperature: temperature of the logits inside the IRM derivative (public code
+            ``irm_temp`` 0.5).
         lambda1: weight of the IRM penalty in the minimisation step (paper 0.2).
         lambda2: weight of the IRM penalty in the maximisation objective (paper 0.5; 0.2 for plain
             CIFAR-100 in the public scripts).
         ssl_weight: weight of the full-batch SSL loss (1 = the public code's ``--keep_cont``).
         num_subsets: K, subsets per partition (paper 2).
         partition_every: epochs between maximisation steps (paper 50); one also runs before epoch 0.
-        max_partitions: keep only the newest this many partitions; None = keep all (``retain_group``).
+        max_partitions: keep only the newest this many partitions; None = keep all
+            (``retain_group``).
         maximise_epochs: passes over the feature bank per maximisation (public code stops at 60).
         maximise_lr: Adam learning rate of the partition logits (public code 0.5).
         maximise_milestones: epochs at which that rate is multiplied by 0.2 (public code 5, 35).
@@ -81,7 +84,8 @@ class IPIRM(RobustMethod):
         enforce_balance: after argmax, move the most probable members into any subset below its
             minimum share so the hard partition meets the target exactly.
         partition_seed: seed of the maximisation's initial matrix and chunk order.
-        projection_dim, projection_hidden: the projection MLP (Linear-BN-ReLU-Linear; paper 512 -> 128).
+        projection_dim, projection_hidden: the projection MLP (Linear-BN-ReLU-Linear; paper 512 ->
+            128).
         predictor_hidden: hidden width of SimSiam's predictor; None = ``projection_dim // 4``.
         gather_distributed: under DDP, contrast against the gathered global batch (with gradients).
         *args, **kwargs: see ``RobustMethod`` (backbone, optimizer, metadata).
@@ -122,34 +126,42 @@ class IPIRM(RobustMethod):
         if base not in BASES:
             raise ConfigError(f"IPIRM: unknown base {base!r}; choose one of {', '.join(BASES)}")
         if temperature <= 0 or irm_temperature <= 0:
-            raise ConfigError(f"IPIRM: temperatures must be > 0, got temperature={temperature}, irm_temperature={irm_temperature}")
+            raise ConfigError(
+                f"IPIRM: temperatures must be > 0, got temperature={temperature}, "
+                f"irm_temperature={irm_temperature}"
+            )
         if num_subsets < 2:
             raise ConfigError(f"IPIRM: num_subsets must be >= 2, got {num_subsets}")
         if partition_every < 1:
-            raise ConfigError(f"IPIRM: partition_every must be >= 1 (use invariance: false for no partitions), got {partition_every}")
+            raise ConfigError(
+                "IPIRM: partition_every must be >= 1 (use invariance: false for no "
+                f"partitions), got {partition_every}"
+            )
         if max_partitions is not None and max_partitions < 1:
             raise ConfigError(f"IPIRM: max_partitions must be >= 1 or None, got {max_partitions}")
-        self.base, self.invariance, self.temperature, self.irm_temperature = base, invariance, temperature, irm_temperature
+        self.base, self.invariance = base, invariance
+        self.temperature, self.irm_temperature = temperature, irm_temperature
         self.lambda1, self.lambda2, self.ssl_weight = lambda1, lambda2, ssl_weight
-        self.num_subsets, self.partition_every, self.max_partitions = num_subsets, partition_every, max_partitions
-        self.partition_seed, self.gather_distributed = partition_seed, gather_distributed
+        self.num_subsets, self.partition_every = num_subsets, partition_every
+        self.max_partitions, self.partition_seed = max_partitions, partition_seed
+        self.gather_distributed = gather_distributed
         # the maximisation step's settings, passed to losses.partition.maximise_partition
-        self.maximise = dict(
-            epochs=maximise_epochs,
-            lr=maximise_lr,
-            milestones=list(maximise_milestones),
-            batch_size=maximise_batch_size,
-            patience=maximise_patience,
-            balance_ratio=balance_ratio,
-            balance_weight=balance_weight,
-            enforce_balance=enforce_balance,
+        self.maximise = dict(epochs=maximise_epochs, lr=maximise_lr, batch_size=maximise_batch_size)
+        self.maximise.update(milestones=list(maximise_milestones), patience=maximise_patience)
+        self.maximise.update(balance_ratio=balance_ratio, balance_weight=balance_weight)
+        self.maximise["enforce_balance"] = enforce_balance
+        self.projection = projection_head(
+            self.feature_dim, projection_hidden, projection_dim, simsiam=base == "simsiam"
         )
-        self.projection = projection_head(self.feature_dim, projection_hidden, projection_dim, simsiam=base == "simsiam")
         predictor_hidden = predictor_hidden or max(projection_dim // 4, 1)
         self.effective_hparams["predictor_hidden"] = predictor_hidden
-        self.predictor = predictor_head(projection_dim, predictor_hidden) if base == "simsiam" else None
-        self.register_buffer("partitions", torch.zeros(0, 0, dtype=torch.long), persistent=False)  # P x N, -1 = not covered
-        self.partition_epochs: list[int] = []  # the epoch before which each stored partition was made
+        self.predictor = (
+            predictor_head(projection_dim, predictor_hidden) if base == "simsiam" else None
+        )
+        # P x N, -1 = not covered
+        self.register_buffer("partitions", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        # the epoch before which each stored partition was made
+        self.partition_epochs: list[int] = []
 
     # ------------------------------------------------------------------ partitions as state
     @property
@@ -159,12 +171,7 @@ class IPIRM(RobustMethod):
     def add_partition(self, assignment: torch.Tensor, epoch: int) -> None:
         """Append one partition (N subset ids by dataset index, -1 = none), dropping the oldest
         beyond ``max_partitions``."""
-        assignment = assignment.to(self.partitions.device, torch.long)
-        parts = self.partitions
-        n = max(parts.shape[1], assignment.shape[0])
-        grown = torch.full((parts.shape[0] + 1, n), -1, dtype=torch.long, device=parts.device)
-        grown[: parts.shape[0], : parts.shape[1]] = parts
-        grown[-1, : assignment.shape[0]] = assignment
+        grown = append_partition(self.partitions, assignment)
         epochs = [*self.partition_epochs, epoch]
         if self.max_partitions is not None and grown.shape[0] > self.max_partitions:
             grown, epochs = grown[-self.max_partitions :], epochs[-self.max_partitions :]
@@ -173,7 +180,10 @@ class IPIRM(RobustMethod):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["ipirm"] = {"partitions": self.partitions.cpu(), "partition_epochs": list(self.partition_epochs)}
+        checkpoint["ipirm"] = {
+            "partitions": self.partitions.cpu(),
+            "partition_epochs": list(self.partition_epochs),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("ipirm")
@@ -185,14 +195,6 @@ class IPIRM(RobustMethod):
     def project(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised projections (the features the partitions are found on)."""
         return F.normalize(self.projection(self.embed(images)).float(), dim=1)
-
-    def _assignments(self, index: torch.Tensor) -> torch.Tensor:
-        parts = self.partitions
-        if parts.shape[0] == 0:
-            return parts.new_zeros(0, index.shape[0])
-        covered = index < parts.shape[1]
-        out = parts[:, index.clamp(max=max(parts.shape[1] - 1, 0))]
-        return torch.where(covered[None, :], out, torch.full_like(out, -1))
 
     # ------------------------------------------------------------------ minimisation
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -206,16 +208,20 @@ class IPIRM(RobustMethod):
         gather = self.gather_distributed and is_distributed()
         g1, g2 = (gather_with_grad(z1), gather_with_grad(z2)) if gather else (z1, z2)
         g_index = gather_no_grad(index) if gather else index
-        assign = self._assignments(g_index) if self.invariance else g_index.new_zeros(0, g_index.shape[0])
+        no_partition = g_index.new_zeros(0, g_index.shape[0])
+        assign = subset_assignments(self.partitions, g_index) if self.invariance else no_partition
         logs: dict[str, torch.Tensor] = {}
-        if self.base == "simclr":
-            terms = partition_losses(g1, g2, assign, self.num_subsets, self.temperature, self.irm_temperature, full_batch=True)
-            ssl = terms["full"]
-        else:
+        simclr = self.base == "simclr"
+        if not simclr:
             assert self.predictor is not None
             p = self.predictor(z)
             ssl = simsiam_loss(p[:b], p[b:], z1, z2)
-            terms = partition_losses(g1, g2, assign, self.num_subsets, self.temperature, self.irm_temperature, full_batch=False) if assign.shape[0] else {}
+        terms = {}
+        if simclr or assign.shape[0]:
+            taus = (self.temperature, self.irm_temperature)
+            terms = partition_losses(g1, g2, assign, self.num_subsets, *taus, full_batch=simclr)
+        if simclr:
+            ssl = terms["full"]
         loss = self.ssl_weight * self.check_finite(ssl, f"{self.base} loss")
         logs["train/ssl_loss"] = ssl
         if assign.shape[0]:
@@ -233,13 +239,16 @@ class IPIRM(RobustMethod):
     # ------------------------------------------------------------------ maximisation
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
-        if self.invariance and epoch % self.partition_every == 0 and epoch not in self.partition_epochs:
+        due = epoch % self.partition_every == 0 and epoch not in self.partition_epochs
+        if self.invariance and due:
             self.update_partitions(epoch)
 
     def update_partitions(self, epoch: int) -> torch.Tensor:
         """Run one maximisation step on the current encoder and append the result; returns it."""
         index, f1, f2 = self.bank_features()
-        show = rank() == 0 and self._trainer is not None and self.trainer.progress_bar_callback is not None
+        trainer = self._trainer
+        show = rank() == 0 and trainer is not None and trainer.progress_bar_callback is not None
+        progress = f"IP-IRM partition {len(self.partition_epochs) + 1} (epoch {epoch})"
         assign = maximise_partition(
             f1,
             f2,
@@ -249,7 +258,7 @@ class IPIRM(RobustMethod):
             lambda2=self.lambda2,
             **self.maximise,
             seed=self.partition_seed + 1000 * len(self.partition_epochs) + epoch,
-            progress=f"IP-IRM partition {len(self.partition_epochs) + 1} (epoch {epoch})" if show else None,
+            progress=progress if show else None,
         )
         if is_distributed():
             torch.distributed.broadcast(assign, src=0)  # bit-identical partitions on every rank
@@ -258,31 +267,24 @@ class IPIRM(RobustMethod):
         self.add_partition(full, epoch)
         sizes = torch.bincount(assign, minlength=self.num_subsets).float() / assign.numel()
         if self._trainer is not None:
-            self.log("train/partition_min_share", sizes.min(), rank_zero_only=False, sync_dist=False)
+            self.log(
+                "train/partition_min_share", sizes.min(), rank_zero_only=False, sync_dist=False
+            )
         return full
 
     @torch.no_grad()
     def bank_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(index, f1, f2)``: dataset indices and normalised projections of two augmented views of
-        every training example (eval mode; sharded over ranks and gathered, so every rank holds all)."""
+        every training example (eval mode; sharded over ranks and gathered, so every rank holds
+        all)."""
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "train_views_loader"):
-            raise ConfigError("IPIRM needs a robustrep datamodule (with train_views_loader) for its partition step")
+            raise ConfigError(
+                "IPIRM needs a robustrep datamodule (with "
+                "train_views_loader) for its partition step"
+            )
         loader = dm.train_views_loader()  # padded shards under DDP, so the gathers line up
-        was_training = self.training
-        self.eval()
-        idx, f1, f2 = [], [], []
-        for batch in loader:
-            views = batch["views"]
-            b = views[0].shape[0]
-            z = self.project(torch.cat([views[0], views[1]]).to(self.device))
-            idx.append(gather_no_grad(batch["index"].to(self.device)))
-            f1.append(gather_no_grad(z[:b].contiguous()))
-            f2.append(gather_no_grad(z[b:].contiguous()))
-        self.train(was_training)
-        index, f1_all, f2_all = torch.cat(idx), torch.cat(f1), torch.cat(f2)
-        keep = first_occurrences(index)  # the padded shards repeat a few examples
-        return index[keep], f1_all[keep], f2_all[keep]
+        return gathered_view_features(self, loader, self.project, self.device)
 
     # ------------------------------------------------------------------ evaluation (probes only)
     def evaluation_step(self, batch: dict, stage: str, dataloader_idx: int = 0):

@@ -1,4 +1,5 @@
-"""The VAE baselines of Chroma-VAE's Table 2 (METHODS.md §2), as configurations of :class:`ChromaVAE`.
+"""The VAE baselines of Chroma-VAE's Table 2 (METHODS.md §2), as configurations of
+:class:`ChromaVAE`.
 
 - :class:`NaiveVAEClass` (Naive-VAE-Class): a standard VAE classifier - the classifier sees all of
   ``mu`` and is the prediction (no latent split, no stage 2).
@@ -20,8 +21,8 @@ class NaiveVAEClass(ChromaVAE):
     """VAE classifier with the classifier on all of ``mu``; predictions come from that classifier.
 
     Args:
-        **kwargs: as :class:`ChromaVAE` (``dim_z``, ``beta``, ``classifier_weight``, ``likelihood``, ...);
-            ``z_p`` only sets which dimensions the diagnostics call z1.
+        **kwargs: as :class:`ChromaVAE` (``dim_z``, ``beta``, ``classifier_weight``, ``likelihood``,
+            ...); ``z_p`` only sets which dimensions the diagnostics call z1.
     """
 
     def __init__(self, **kwargs) -> None:

@@ -6,13 +6,13 @@ Robustness of Supervised Contrastive Learning" (ICML 2022); METHODS.md section 4
 Each training example comes with two augmented views (``data.num_views: 2``,
 ``data.augment: contrastive``). Both views go through the encoder; the ``2B`` embeddings (optionally
 through a projection MLP) enter the contrastive loss chosen by ``loss``:
-``spread`` (alpha * L_attract + (1 - alpha) * L_repel), ``attract``, ``repel``, ``supcon`` or ``simclr``
-(see :mod:`robustrep.losses.contrastive`; both views are anchors).
+``spread`` (alpha * L_attract + (1 - alpha) * L_repel), ``attract``, ``repel``, ``supcon`` or
+``simclr`` (see :mod:`robustrep.losses.contrastive`; both views are anchors).
 
 Two settings from the paper:
 
-- **ViT setting** (CIFAR / MNIST, ``ce_head: true``, the default): a linear cross-entropy head on the
-  embedding is trained jointly on both views (total loss = ``ce_weight * CE + L_contrastive``);
+- **ViT setting** (CIFAR / MNIST, ``ce_head: true``, the default): a linear cross-entropy head on
+  the embedding is trained jointly on both views (total loss = ``ce_weight * CE + L_contrastive``);
   ``forward`` returns its logits, so ``val/acc``, ``test/worst_group_acc`` ... are logged as usual.
 - **ResNet setting** (Waterbirds, ISIC, ``ce_head: false``): contrastive loss alone; there is no
   ``forward`` classifier, validation/test steps return no logits, and the
@@ -37,18 +37,19 @@ from robustrep.methods.base import RobustMethod
 
 
 class SpreadSupCon(RobustMethod):
-    """Encoder (+ optional projection) trained with a supervised or self-supervised contrastive loss.
+    """Encoder (+ optional projection) trained with a supervised or self-supervised contrastive
+    loss.
 
     Args:
         loss: ``spread`` (the paper's L_spread), ``attract`` (alpha = 1), ``repel`` (alpha = 0),
             ``supcon`` (Khosla et al.) or ``simclr`` (NT-Xent, labels ignored).
-        temperature: the contrastive temperature (the paper's tau). Paper: 0.5 for most datasets (0.9
-            for CIFAR10 end models).
+        temperature: the contrastive temperature (the paper's tau). Paper: 0.5 for most datasets
+            (0.9 for CIFAR10 end models).
         alpha: weight of L_attract in L_spread (paper, App. E.2: 0.16-0.67 per dataset; 0.25 for the
             coarse-to-fine runs, 0.5 for MNIST-Coarse). Ignored by the other losses.
-        projection_dim: output size of a projection MLP (embedding -> hidden -> projection_dim, ReLU)
-            applied before the loss. None (default, as in the paper's ViT runs) = the loss sees the
-            embedding itself. SimCLR/SupCon ResNet runs usually use 128.
+        projection_dim: output size of a projection MLP (embedding -> hidden -> projection_dim,
+            ReLU) applied before the loss. None (default, as in the paper's ViT runs) = the loss
+            sees the embedding itself. SimCLR/SupCon ResNet runs usually use 128.
         projection_hidden: hidden size of the projection MLP; None = the embedding size.
         ce_head: train a linear cross-entropy head on the embedding jointly (the ViT setting);
             False = contrastive only (the ResNet setting; evaluate with probe callbacks).
@@ -80,13 +81,18 @@ class SpreadSupCon(RobustMethod):
     ) -> None:
         super().__init__(*args, **kwargs)
         if loss not in LOSSES:
-            raise ConfigError(f"SpreadSupCon: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+            raise ConfigError(
+                f"SpreadSupCon: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}"
+            )
         if temperature <= 0:
             raise ConfigError(f"SpreadSupCon: temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"SpreadSupCon: alpha must be in [0, 1], got {alpha}")
         if not 0.0 <= contrastive_label_noise < 1.0:
-            raise ConfigError(f"SpreadSupCon: contrastive_label_noise must be in [0, 1), got {contrastive_label_noise}")
+            raise ConfigError(
+                "SpreadSupCon: contrastive_label_noise must be in [0, 1), "
+                f"got {contrastive_label_noise}"
+            )
         self.loss_name = loss
         self.temperature = temperature
         self.alpha = alpha
@@ -97,11 +103,16 @@ class SpreadSupCon(RobustMethod):
         self.projection: nn.Module = nn.Identity()
         if projection_dim is not None:
             hidden = projection_hidden or self.feature_dim
-            self.projection = nn.Sequential(nn.Linear(self.feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, projection_dim))
+            self.projection = nn.Sequential(
+                nn.Linear(self.feature_dim, hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, projection_dim),
+            )
         self.head = nn.Linear(self.feature_dim, self.num_classes) if ce_head else None
         if self.head is None:
             self.selection_metric = None  # no classifier to select on: test the last epoch
-        self.noisy_labels: torch.Tensor | None = None  # contrastive labels by training index, when noise > 0
+        # contrastive labels by training index, when noise > 0
+        self.noisy_labels: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ model
     @property
@@ -111,15 +122,19 @@ class SpreadSupCon(RobustMethod):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the jointly trained CE head (ViT setting only)."""
         if self.head is None:
-            raise ConfigError("SpreadSupCon was built with ce_head: false, so it has no classifier; use the LinearProbe callback for accuracy")
+            raise ConfigError(
+                "SpreadSupCon was built with ce_head: false, so it has no classifier; use the "
+                "LinearProbe callback for accuracy"
+            )
         return self.head(self.embed(images))
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "fit" and dm is not None and getattr(dm, "num_views", 2) < 2:
             raise ConfigError(
-                f"SpreadSupCon contrasts two augmented views per example, but the datamodule gives {dm.num_views}: "
-                "set data.init_args.num_views: 2 and data.init_args.augment: contrastive"
+                "SpreadSupCon contrasts two augmented views per example, but the datamodule "
+                f"gives {dm.num_views}: set data.init_args.num_views: 2 and "
+                "data.init_args.augment: contrastive"
             )
         super().setup(stage)
 
@@ -132,7 +147,9 @@ class SpreadSupCon(RobustMethod):
             labels = torch.full((int(index.max()) + 1,), -1, dtype=torch.long)  # by dataset index
             labels[index] = torch.cat([b["label"] for b in batches])
             noisy = labels.clone()
-            noisy[index] = symmetric_noise(labels[index], self.contrastive_label_noise, self.num_classes, self.noise_seed)
+            noisy[index] = symmetric_noise(
+                labels[index], self.contrastive_label_noise, self.num_classes, self.noise_seed
+            )
             self.noisy_labels = noisy
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -147,7 +164,9 @@ class SpreadSupCon(RobustMethod):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         views = batch["views"]
         if len(views) < 2:
-            raise ConfigError("SpreadSupCon needs at least two views per example: set data.num_views: 2")
+            raise ConfigError(
+                "SpreadSupCon needs at least two views per example: set data.num_views: 2"
+            )
         labels = batch["label"]
         h = self.embed(torch.cat(list(views)))  # V*B x D, view-major
         b = labels.shape[0]
@@ -157,7 +176,15 @@ class SpreadSupCon(RobustMethod):
         z = self.projection(h)
         z_rows, y_rows, instance = stack_views(list(z.split(b)), contrast_labels)
         con = self.check_finite(
-            contrastive_loss(z_rows, y_rows, instance, self.loss_name, self.temperature, self.alpha, gather=self.gather_distributed),
+            contrastive_loss(
+                z_rows,
+                y_rows,
+                instance,
+                self.loss_name,
+                self.temperature,
+                self.alpha,
+                gather=self.gather_distributed,
+            ),
             f"{self.loss_name} contrastive loss",
         )
         logs = {"train/contrastive_loss": con}
@@ -165,9 +192,13 @@ class SpreadSupCon(RobustMethod):
         if self.head is not None:
             logits = self.head(h)
             targets = labels.repeat(len(views))
-            ce = self.check_finite(nn.functional.cross_entropy(logits.float(), targets), "cross-entropy")
+            ce = self.check_finite(
+                nn.functional.cross_entropy(logits.float(), targets), "cross-entropy"
+            )
             loss = loss + self.ce_weight * ce
-            logs.update({"train/ce_loss": ce, "train/acc": (logits.argmax(1) == targets).float().mean()})
+            logs.update(
+                {"train/ce_loss": ce, "train/acc": (logits.argmax(1) == targets).float().mean()}
+            )
         logs["train/loss"] = loss
         self.log_dict(logs, prog_bar=True, batch_size=b)
         return loss

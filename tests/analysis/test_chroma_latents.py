@@ -38,7 +38,9 @@ class PlantedLatents(nn.Module):
 
 
 def z2_and_digits(dataset):
-    """The planted z2 and the digits of a dataset, as numpy arrays (for the scikit-learn reference)."""
+    """The planted z2 and the digits of a dataset, as numpy arrays (for the scikit-learn
+    reference).
+    """
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))]).float()
     digits = torch.tensor([int(dataset[i]["fine_label"]) for i in range(len(dataset))])
     return PlantedLatents().encode(images)[0][:, PlantedLatents.dim_z1 :].numpy(), digits.numpy()
@@ -50,27 +52,57 @@ def test_readout_finds_the_colour_in_z1_and_the_shape_in_z2():
     result = latent_readout(PlantedLatents(), dm, pixel_baseline=True)
     assert result.k == round(len(dm.splits.train) ** 0.5)
     assert result.dims == {"z1": 1, "z2": 66, "z": 67}
-    assert result.active["z1"] == 1 and result.active["z2"] <= 64  # the two zero dimensions are dead
+    # the two zero dimensions are dead
+    assert result.active["z1"] == 1 and result.active["z2"] <= 64
     for name in ("test", "test_iid"):
         z1, z2 = result.accuracy[name]["z1"], result.accuracy[name]["z2"]
-        assert z1["attribute"] == 1.0 and z1["fine_label"] < 0.35  # colour only: digits at chance-ish
+        # colour only: digits at chance-ish
+        assert z1["attribute"] == 1.0 and z1["fine_label"] < 0.35
         assert z2["fine_label"] > 0.8  # the shape
     # colour alone predicts the OOD label badly, shape does not
     assert result.accuracy["test"]["z1"]["label"] < 0.3 < result.accuracy["test"]["z2"]["label"]
     grey = result.accuracy["test"]["grey pixels"]
-    assert grey["fine_label"] > 0.8 and abs(grey["label"] - result.accuracy["test_iid"]["grey pixels"]["label"]) < 0.08  # colour-blind
+    # colour-blind
+    assert (
+        grey["fine_label"] > 0.8
+        and abs(grey["label"] - result.accuracy["test_iid"]["grey pixels"]["label"]) < 0.08
+    )
     # the read-out is scikit-learn's kNN on the same features
     train_z2, train_digits = z2_and_digits(dm.splits.train)
     test_z2, test_digits = z2_and_digits(dm.splits.test["test"])
-    reference = KNeighborsClassifier(result.k).fit(train_z2, train_digits).score(test_z2, test_digits)
+    reference = (
+        KNeighborsClassifier(result.k).fit(train_z2, train_digits).score(test_z2, test_digits)
+    )
     assert result.accuracy["test"]["z2"]["fine_label"] == pytest.approx(reference)
     assert "from z1" in result.table() and "active units: z1 1/1" in result.table()
 
 
 def test_chroma_latents_command_on_a_trained_run(tmp_path):
-    args = ["fit", "--config", "experiments/chroma_colored_mnist.yaml", "--data.init_args.digits_source", "sklearn", "--output_root", str(tmp_path)]
-    args += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
-    args += ["--trainer.limit_test_batches", "1", "--trainer.logger", "false", "--trainer.callbacks", "[]"]
+    args = [
+        "fit",
+        "--config",
+        "experiments/chroma_colored_mnist.yaml",
+        "--data.init_args.digits_source",
+        "sklearn",
+        "--output_root",
+        str(tmp_path),
+    ]
+    args += [
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    args += [
+        "--trainer.limit_test_batches",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+    ]
     assert run_cli(args) == 0
     ckpt = next(tmp_path.rglob("last.ckpt"))
     out = tmp_path / "latents.json"
@@ -78,7 +110,9 @@ def test_chroma_latents_command_on_a_trained_run(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["accuracy"]) == {"test", "test_iid"}
     assert set(result["accuracy"]["test"]["z2"]) == {"label", "fine_label", "attribute"}
-    assert all(0.0 <= v <= 1.0 for part in result["accuracy"]["test"].values() for v in part.values())
+    assert all(
+        0.0 <= v <= 1.0 for part in result["accuracy"]["test"].values() for v in part.values()
+    )
 
 
 def test_chroma_latents_rejects_other_methods():

@@ -1,4 +1,6 @@
-"""``robustrep analyze cim-mask``: mask statistics on the foreground / background of Colored MNIST."""
+"""``robustrep analyze cim-mask``: mask statistics on the foreground / background of Colored
+MNIST.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +34,12 @@ def test_mask_statistics_of_a_known_mask():
     model = CIM(backbone="tiny", num_classes=2, image_shape=(3, 28, 28))
     uniform = mask_statistics(model, dm)  # zero-initialised output layer: sigmoid(0) everywhere
     assert uniform.images == len(dm.splits.test["test"])
-    for value in (uniform.mean, uniform.foreground, uniform.background, *uniform.per_class.values()):
+    for value in (
+        uniform.mean,
+        uniform.foreground,
+        uniform.background,
+        *uniform.per_class.values(),
+    ):
         assert value == pytest.approx(0.5)
     model.mask = lambda x: dm.foreground(x).float()  # the ideal CIM mask: the strokes only
     ideal = mask_statistics(model, dm, "test_balanced")
@@ -43,14 +50,42 @@ def test_mask_statistics_of_a_known_mask():
 
 
 def test_cim_mask_command_on_a_trained_run(tmp_path):
-    args = ["fit", "--config", "experiments/cim_colored_mnist.yaml", "--data.init_args.digits_source", "sklearn", "--output_root", str(tmp_path)]
-    args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}", "--trainer.max_epochs", "1"]
-    args += ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.logger", "false"]
+    args = [
+        "fit",
+        "--config",
+        "experiments/cim_colored_mnist.yaml",
+        "--data.init_args.digits_source",
+        "sklearn",
+        "--output_root",
+        str(tmp_path),
+    ]
+    args += [
+        "--model.init_args.backbone",
+        "tiny",
+        "--model.init_args.backbone_kwargs",
+        "{}",
+        "--trainer.max_epochs",
+        "1",
+    ]
+    args += [
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "1",
+        "--trainer.logger",
+        "false",
+    ]
     assert run_cli(args) == 0
     ckpt = next(tmp_path.rglob("last.ckpt"))
     out = tmp_path / "mask.json"
     assert analyze_command(["cim-mask", "--ckpt", str(ckpt), "--output", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["eval_set"] == "test" and 0 < result["foreground"] < 1 and 0 < result["background"] < 1
+    assert (
+        result["eval_set"] == "test"
+        and 0 < result["foreground"] < 1
+        and 0 < result["background"] < 1
+    )
     with pytest.raises(ConfigError, match="config.yaml"):
         analyze_command(["cim-mask", "--ckpt", str(tmp_path / "missing.ckpt")])

@@ -1,4 +1,6 @@
-"""Downstream analyses: geometric noise score, strata F1 and clustering, bucket pruning, the analyze command."""
+"""Downstream analyses: geometric noise score, strata F1 and clustering, bucket pruning, the analyze
+command.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,12 @@ from conftest import run_cli
 from robustrep.analysis.commands import analyze_command
 from robustrep.analysis.coreset import bucket_prune, random_subset
 from robustrep.analysis.noisy_labels import detect_and_relabel, geometric_scores, run_noisy_labels
-from robustrep.analysis.strata import cluster_within_classes, reduce_dimensions, strata_f1, train_linear_head
+from robustrep.analysis.strata import (
+    cluster_within_classes,
+    reduce_dimensions,
+    strata_f1,
+    train_linear_head,
+)
 from robustrep.errors import ConfigError
 
 
@@ -27,16 +34,21 @@ def test_geometric_score_flags_the_planted_points():
     z, labels = blobs()
     noisy = labels.clone()
     planted = torch.tensor([3, 40, 77])
-    noisy[planted] = (labels[planted] + 1) % 3  # wrong labels: these points sit in another class's cluster
+    # wrong labels: these points sit in another class's cluster
+    noisy[planted] = (labels[planted] + 1) % 3
     score, nearest = geometric_scores(z, noisy, 3)
     assert set(score.argsort()[:3].tolist()) == set(planted.tolist())
     assert torch.equal(nearest[planted], labels[planted])  # nearest centre = their true class
     flagged, corrected, _ = detect_and_relabel(z, noisy, 3 / 90, 3, batch_size=1000)
-    assert flagged.nonzero().flatten().tolist() == planted.tolist() and torch.equal(corrected, labels)
+    assert flagged.nonzero().flatten().tolist() == planted.tolist() and torch.equal(
+        corrected, labels
+    )
 
 
 def test_geometric_score_closed_form():
-    """Two points per class in 2-D: the score is cos to the class mate minus the mean cos to the others."""
+    """Two points per class in 2-D: the score is cos to the class mate minus the mean cos to the
+    others.
+    """
     z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
     y = torch.tensor([0, 0, 1, 1])
     score, _ = geometric_scores(z, y, 2)
@@ -48,7 +60,9 @@ def test_noisy_label_pipeline_improves_labels():
     z, labels = blobs(per=60)
     test_z, test_y = blobs(per=20, seed=1)
     train = {"features": z, "label": labels, "index": torch.arange(len(labels))}
-    result = run_noisy_labels(train, {"features": test_z, "label": test_y}, 3, 0.2, None, batch_size=90, seed=0)
+    result = run_noisy_labels(
+        train, {"features": test_z, "label": test_y}, 3, 0.2, None, batch_size=90, seed=0
+    )
     assert result.label_acc_noisy == pytest.approx(0.8, abs=0.01)
     assert result.precision > 0.9 and result.recall > 0.9 and result.label_acc_corrected > 0.97
 
@@ -83,7 +97,13 @@ def test_group_dro_head_raises_the_worst_group():
     y = torch.randint(2, (n,), generator=g)
     minority = torch.rand(n, generator=g) < 0.05
     spurious = torch.where(minority, 1 - y, y).float()
-    x = torch.stack([spurious * 2 - 1 + 0.1 * torch.randn(n, generator=g), (y * 2 - 1) * 0.3 + 0.3 * torch.randn(n, generator=g)], 1)
+    x = torch.stack(
+        [
+            spurious * 2 - 1 + 0.1 * torch.randn(n, generator=g),
+            (y * 2 - 1) * 0.3 + 0.3 * torch.randn(n, generator=g),
+        ],
+        1,
+    )
     groups = y * 2 + minority.long()
     erm = train_linear_head(x, y, None, 2, weight_decay=0.0)(x)
     dro = train_linear_head(x, y, groups, 2, step_size=0.1, weight_decay=0.0)(x)
@@ -93,11 +113,18 @@ def test_group_dro_head_raises_the_worst_group():
 
 def test_bucket_prune_removes_from_the_largest_bucket():
     labels = torch.zeros(10, dtype=torch.long)
-    counts = torch.tensor([3, 3, 3, 3, 3, 3, 2, 2, 0, 1])  # buckets: 3 -> 6 points, 2 -> 2, 0 -> 1, 1 -> 1
+    # buckets: 3 -> 6 points, 2 -> 2, 0 -> 1, 1 -> 1
+    counts = torch.tensor([3, 3, 3, 3, 3, 3, 2, 2, 0, 1])
     keep = bucket_prune(counts, labels, 0.5)
     kept = counts[keep]
-    # sizes 6,2,1,1 -> remove from the largest: 2,2,1,1 after four removals; the tie goes to the easier bucket -> 1,2,1,1
-    assert len(keep) == 5 and (kept == 3).sum() == 1 and (kept == 2).sum() == 2 and (kept == 0).sum() == 1
+    # sizes 6,2,1,1 -> remove from the largest: 2,2,1,1 after four removals; the tie goes to the
+    # easier bucket -> 1,2,1,1
+    assert (
+        len(keep) == 5
+        and (kept == 3).sum() == 1
+        and (kept == 2).sum() == 2
+        and (kept == 0).sum() == 1
+    )
     two_classes = torch.tensor([0] * 10 + [1] * 20)
     keep = bucket_prune(torch.randint(4, (30,)), two_classes, 0.3)
     assert torch.bincount(two_classes[keep]).tolist() == [3, 6]
@@ -107,10 +134,30 @@ def test_bucket_prune_removes_from_the_largest_bucket():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    args = ["fit", "--config", "experiments/spread_synthetic_strata.yaml", "--trainer.max_epochs", "1", "--trainer.logger", "false"]
-    args += ["--output_root", str(out), "--model.init_args.contrastive_label_noise", "0.25", "--data.init_args.batch_size", "32"]
-    args += [x for k, v in {"train_size": 96, "val_size": 32, "test_size": 64, "num_attributes": 2}.items() for x in (f"--data.init_args.{k}", str(v))]
-    assert run_cli(args) == 0  # the experiment config runs end to end through the CLI (fit + test + probes)
+    args = [
+        "fit",
+        "--config",
+        "experiments/spread_synthetic_strata.yaml",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.logger",
+        "false",
+    ]
+    args += [
+        "--output_root",
+        str(out),
+        "--model.init_args.contrastive_label_noise",
+        "0.25",
+        "--data.init_args.batch_size",
+        "32",
+    ]
+    args += [
+        x
+        for k, v in {"train_size": 96, "val_size": 32, "test_size": 64, "num_attributes": 2}.items()
+        for x in (f"--data.init_args.{k}", str(v))
+    ]
+    # the experiment config runs end to end through the CLI (fit + test + probes)
+    assert run_cli(args) == 0
     metrics = json.loads(next(out.rglob("results.json")).read_text())["metrics"]
     assert {"probe/acc", "c2f/acc", "test/worst_group_acc"} <= set(metrics)
     return next(out.rglob("last.ckpt"))
@@ -118,26 +165,74 @@ def trained_run(tmp_path_factory):
 
 def test_analyze_strata_and_noisy_labels_commands(trained_run, tmp_path, capsys):
     out = tmp_path / "strata.json"
-    assert analyze_command(["strata", "--ckpt", str(trained_run), "--clusters-per-class", "2", "--steps", "50", "--output", str(out)]) == 0
+    assert (
+        analyze_command(
+            [
+                "strata",
+                "--ckpt",
+                str(trained_run),
+                "--clusters-per-class",
+                "2",
+                "--steps",
+                "50",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
-    assert result["reducer"] == "pca" and len(result["f1"]) == 4 and set(result["worst_group_acc"]) >= {"ERM", "Group DRO (pseudo-groups)"}
+    assert (
+        result["reducer"] == "pca"
+        and len(result["f1"]) == 4
+        and set(result["worst_group_acc"]) >= {"ERM", "Group DRO (pseudo-groups)"}
+    )
     assert "umap-learn is not installed" in capsys.readouterr().out
     out = tmp_path / "noisy.json"
     assert analyze_command(["noisy-labels", "--ckpt", str(trained_run), "--output", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["noise_rate"] == 0.25 and "checkpoint" in result["noise_source"] and result["label_acc_noisy"] == pytest.approx(0.75)
+    assert (
+        result["noise_rate"] == 0.25
+        and "checkpoint" in result["noise_source"]
+        and result["label_acc_noisy"] == pytest.approx(0.75)
+    )
 
 
 def test_analyze_coreset_command(tmp_path, capsys):
-    args = ["coreset", "--config", "experiments/spread_synthetic_strata.yaml", "--set", "train_size=64", "test_size=32", "batch_size=32"]
-    args += ["--fractions", "0.5", "--repeats", "1", "--max-epochs", "1", "--target", "0.25", "--output", str(tmp_path / "c.json")]
+    args = [
+        "coreset",
+        "--config",
+        "experiments/spread_synthetic_strata.yaml",
+        "--set",
+        "train_size=64",
+        "test_size=32",
+        "batch_size=32",
+    ]
+    args += [
+        "--fractions",
+        "0.5",
+        "--repeats",
+        "1",
+        "--max-epochs",
+        "1",
+        "--target",
+        "0.25",
+        "--output",
+        str(tmp_path / "c.json"),
+    ]
     assert analyze_command(args) == 0
     result = json.loads((tmp_path / "c.json").read_text())
-    assert result["size"] == 16 and result["runs"] == 1 and set(result["test_acc"]) == {"coreset (bucket pruning)", "random subset, same size"}
+    assert (
+        result["size"] == 16
+        and result["runs"] == 1
+        and set(result["test_acc"]) == {"coreset (bucket pruning)", "random subset, same size"}
+    )
 
 
 def test_analyze_errors(tmp_path):
     with pytest.raises(ConfigError, match="config.yaml"):
         analyze_command(["strata", "--ckpt", str(tmp_path / "missing.ckpt")])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        analyze_command(["coreset", "--config", "experiments/spread_synthetic_strata.yaml", "--set", "oops"])
+        analyze_command(
+            ["coreset", "--config", "experiments/spread_synthetic_strata.yaml", "--set", "oops"]
+        )

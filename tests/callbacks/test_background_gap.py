@@ -22,7 +22,11 @@ class ThreeVariants(SyntheticSpurious):
         self.eval_correlation = 1.0
         same = self.make_split("val")
         self.eval_correlation = "balanced"
-        return Splits(train=train, val={"val": self.make_split("val")}, test={"original": test, "mixed_same": same, "mixed_rand": test})
+        return Splits(
+            train=train,
+            val={"val": self.make_split("val")},
+            test={"original": test, "mixed_same": same, "mixed_rand": test},
+        )
 
 
 def test_background_gap_function():
@@ -41,7 +45,15 @@ def _accuracy(model, dataset) -> float:
 
 def test_logs_every_set_and_the_gap_matching_a_direct_evaluation(tmp_path):
     torch.manual_seed(0)
-    dm = ThreeVariants(size=8, train_size=256, val_size=64, test_size=96, batch_size=32, correlation=0.98, noise=0.3)
+    dm = ThreeVariants(
+        size=8,
+        train_size=256,
+        val_size=64,
+        test_size=96,
+        batch_size=32,
+        correlation=0.98,
+        noise=0.3,
+    )
     model = ERM(backbone="tiny", num_classes=2, num_groups=4, image_shape=(3, 8, 8))
     callback = BackgroundGap()
     trainer = quick_trainer(tmp_path, max_epochs=2, callbacks=[callback])
@@ -51,9 +63,13 @@ def test_logs_every_set_and_the_gap_matching_a_direct_evaluation(tmp_path):
     direct = {name: _accuracy(model, ds) for name, ds in dm.splits.test.items()}
     for name in ("original", "mixed_same", "mixed_rand"):
         assert merged[f"test/{name}/acc"] == pytest.approx(direct[name], abs=1e-6)
-    assert merged["test/acc"] == pytest.approx(direct["original"], abs=1e-6)  # GroupMetrics' primary-set name
-    assert merged["test/bg_gap"] == pytest.approx(direct["mixed_same"] - direct["mixed_rand"], abs=1e-6)
-    assert merged["test/bg_gap"] > 0  # the shortcut-reading model loses accuracy on random backgrounds
+    # GroupMetrics' primary-set name
+    assert merged["test/acc"] == pytest.approx(direct["original"], abs=1e-6)
+    assert merged["test/bg_gap"] == pytest.approx(
+        direct["mixed_same"] - direct["mixed_rand"], abs=1e-6
+    )
+    # the shortcut-reading model loses accuracy on random backgrounds
+    assert merged["test/bg_gap"] > 0
     assert "val/bg_gap" not in trainer.callback_metrics  # validation has no mixed sets here
     assert callback.last["test/bg_gap"] == pytest.approx(merged["test/bg_gap"])
 
@@ -64,6 +80,7 @@ def test_needs_group_metrics(tmp_path):
     class Plain(pl.LightningModule):
         pass
 
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path))  # no GroupMetrics
+    # no GroupMetrics
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="GroupMetrics"):
         BackgroundGap().setup(trainer, Plain(), "fit")

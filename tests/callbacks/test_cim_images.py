@@ -34,7 +34,9 @@ def test_writes_a_three_row_grid_of_inputs_masks_and_morphed_images(tmp_path):
 
 def test_rejects_a_method_without_a_mask(tmp_path):
     with pytest.raises(ConfigError, match="follows MaskingModel .*ERM lacks mask, morph"):
-        CIMImages().setup(quick_trainer(tmp_path), ERM(backbone="tiny", image_shape=(3, 8, 8)), "fit")
+        CIMImages().setup(
+            quick_trainer(tmp_path), ERM(backbone="tiny", image_shape=(3, 8, 8)), "fit"
+        )
 
 
 def test_protocol_checks_name_what_is_missing():
@@ -43,7 +45,17 @@ def test_protocol_checks_name_what_is_missing():
     from robustrep.methods import CIM, CRLTAC, ChromaVAE
 
     require(MaskingModel, CIM(backbone="tiny", image_shape=(3, 8, 8)), "CIMImages")
-    require(ChromaModel, ChromaVAE(image_shape=(3, 8, 8), backbone_kwargs={"width": 4, "hidden": 8}), "ChromaDiagnostics")
-    require(CropPolicyModel, CRLTAC(image_shape=(3, 16, 16), crop_size=8, crop_stride=4, m=2), "CRLTACMetrics")
-    with pytest.raises(ConfigError, match="ERM lacks crop_size, offsets, grid_shape, learned_policy, crop_outputs"):
+    require(
+        ChromaModel,
+        ChromaVAE(image_shape=(3, 8, 8), backbone_kwargs={"width": 4, "hidden": 8}),
+        "ChromaDiagnostics",
+    )
+    require(
+        CropPolicyModel,
+        CRLTAC(image_shape=(3, 16, 16), crop_size=8, crop_stride=4, m=2),
+        "CRLTACMetrics",
+    )
+    with pytest.raises(
+        ConfigError, match="ERM lacks crop_size, offsets, grid_shape, learned_policy, crop_outputs"
+    ):
         require(CropPolicyModel, ERM(backbone="tiny", image_shape=(3, 8, 8)), "CRLTACMetrics")

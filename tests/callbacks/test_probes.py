@@ -40,7 +40,9 @@ def key(image: torch.Tensor) -> bytes:
 
 
 class Oracle(ERM):
-    """Embeds the fine label exactly (for the synthetic benchmark: the shape); the probes must read it."""
+    """Embeds the fine label exactly (for the synthetic benchmark: the shape); the probes must read
+    it.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, backbone="tiny", **kwargs)
@@ -56,14 +58,18 @@ class Oracle(ERM):
 
 
 def test_coarse_to_fine_reads_fine_labels(tmp_path):
-    dm = tiny_synthetic(num_attributes=1, strata_per_class=2, noise=0.0, train_size=64, test_size=32)
+    dm = tiny_synthetic(
+        num_attributes=1, strata_per_class=2, noise=0.0, train_size=64, test_size=32
+    )
     dm.setup("fit")
     model = Oracle(num_classes=2, image_shape=dm.image_shape)
     for ds in [dm.splits.train, *dm.splits.test.values()]:
         for i in range(len(ds)):
             item = ds[i]
             model.lookup[key(item["image"])] = item["fine_label"]
-    trainer = quick_trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[CoarseToFine(), LinearProbe()])
+    trainer = quick_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[CoarseToFine(), LinearProbe()]
+    )
     trainer.fit(model, dm)
     metrics = trainer.test(model, dm, verbose=False)[0]
     assert metrics["c2f/acc"] == 1.0 and metrics["probe/acc"] == 1.0
@@ -79,11 +85,16 @@ def test_extract_features_restores_train_mode():
 
 
 def test_coarse_to_fine_needs_fine_labels(tmp_path):
-    dm = tiny_synthetic()  # strata_per_class = 1 still has fine_label; use a model without embed instead
+    # strata_per_class = 1 still has fine_label; use a model without embed instead
+    dm = tiny_synthetic()
     with pytest.raises(ConfigError, match="embed"):
         CoarseToFine().setup(type("T", (), {"datamodule": dm})(), nn.Linear(1, 1), "fit")
     dm2 = tiny_synthetic()
     dm2.setup("fit")
     dm2.splits.train.metadata.pop("fine_label")
     with pytest.raises(ConfigError, match="fine_label"):
-        CoarseToFine().setup(type("T", (), {"datamodule": dm2})(), ERM(backbone="tiny", image_shape=dm2.image_shape), "fit")
+        CoarseToFine().setup(
+            type("T", (), {"datamodule": dm2})(),
+            ERM(backbone="tiny", image_shape=dm2.image_shape),
+            "fit",
+        )

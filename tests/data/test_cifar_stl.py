@@ -7,7 +7,8 @@ import pytest
 import torch
 from datafixtures import cifar100_fine_to_coarse, write_cifar10, write_cifar100, write_stl10
 
-from robustrep.data.cifar import CIFAR10, CIFAR100, STL10, CIFAR10Coarse, CIFAR100Coarse, CIFAR100CoarseU
+from robustrep.data.cifar import CIFAR10, CIFAR100, CIFAR10Coarse, CIFAR100Coarse, CIFAR100CoarseU
+from robustrep.data.stl10 import STL10
 from robustrep.errors import DataNotFoundError
 
 
@@ -17,7 +18,8 @@ def test_cifar10_and_coarse(tmp_path):
     s = dm.splits
     assert (len(s.train), len(s.val["val"]), len(s.test["test"])) == (40, 10, 10)
     for ds in (s.train, s.val["val"], s.test["test"]):
-        assert torch.equal(ds.images[:, 0, 0, 0].long(), ds.labels)  # fixture wrote the label into pixel (R, 0, 0)
+        # fixture wrote the label into pixel (R, 0, 0)
+        assert torch.equal(ds.images[:, 0, 0, 0].long(), ds.labels)
     coarse = CIFAR10Coarse(root=str(tmp_path), val_fraction=0.2)
     ds = coarse.splits.train
     fine = ds.metadata["fine_label"]
@@ -33,7 +35,9 @@ def test_cifar100_coarse_reads_coarse_labels_from_the_pickle(tmp_path):
     write_cifar100(tmp_path, train_fine, list(range(100)))
     mapping = torch.tensor(cifar100_fine_to_coarse())
     plain = CIFAR100(root=str(tmp_path), val_fraction=0.1)
-    assert plain.num_classes == 100 and torch.equal(plain.splits.test["test"].labels, torch.arange(100))
+    assert plain.num_classes == 100 and torch.equal(
+        plain.splits.test["test"].labels, torch.arange(100)
+    )
     dm = CIFAR100Coarse(root=str(tmp_path), val_fraction=0.1)
     test = dm.splits.test["test"]
     assert torch.equal(test.labels, mapping)
@@ -71,8 +75,12 @@ def test_stl10_binary_layout(tmp_path):
     assert torch.equal(test.images[:, 0, 1, 0].long(), test.labels + 1)
     unl = np.random.default_rng(0).integers(0, 255, size=(4, 3, 96, 96)).astype(np.uint8)
     unl.tofile(tmp_path / "stl10_binary" / "unlabeled_X.bin")
-    (tmp_path / "stl10_binary" / "fold_indices.txt").write_text("\n".join(" ".join(str(i) for i in range(k, 20, 10)) for k in range(10)) + "\n")
-    with_u = STL10(root=str(tmp_path), val_fraction=0.5, fold=3, include_unlabeled=True, batch_size=8)
+    (tmp_path / "stl10_binary" / "fold_indices.txt").write_text(
+        "\n".join(" ".join(str(i) for i in range(k, 20, 10)) for k in range(10)) + "\n"
+    )
+    with_u = STL10(
+        root=str(tmp_path), val_fraction=0.5, fold=3, include_unlabeled=True, batch_size=8
+    )
     train = with_u.splits.train
     assert len(train) == 1 + 4
     item = train[4]
@@ -84,7 +92,11 @@ def test_stl10_binary_layout(tmp_path):
 
 @pytest.mark.parametrize(
     "cls,name",
-    [(CIFAR10, "cifar-10-batches-py/data_batch_1"), (CIFAR100, "cifar-100-python/train"), (STL10, "stl10_binary/train_X.bin")],
+    [
+        (CIFAR10, "cifar-10-batches-py/data_batch_1"),
+        (CIFAR100, "cifar-100-python/train"),
+        (STL10, "stl10_binary/train_X.bin"),
+    ],
 )
 def test_missing_files_are_named(tmp_path, cls, name):
     with pytest.raises(DataNotFoundError, match=name.replace("/", ".")) as info:

@@ -1,4 +1,6 @@
-"""Bad datamodule arguments raise ConfigError (a ValueError), which the CLI reports without a traceback."""
+"""Bad datamodule arguments raise ConfigError (a ValueError), which the CLI reports without a
+traceback.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ BAD_ARGUMENTS = {
     "celeba patch": lambda: d.CelebA(patch_probability=2.0),
     "augment preset": lambda: build_transform("bogus", (3, 32, 32)),
     "load_digits source": lambda: load_digits("bogus"),
-    "colour region": lambda: colour_digits(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.ones(1, 3), "stripes"),
+    "colour region": lambda: colour_digits(
+        torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.ones(1, 3), "stripes"
+    ),
 }
 
 

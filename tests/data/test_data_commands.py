@@ -36,7 +36,10 @@ def test_data_check_recognises_published_counts(tmp_path, capsys):
     rows = ["img_id,img_filename,y,split,place,place_filename"]
     for split, groups in counts.items():
         for g, n in enumerate(groups):
-            rows += [f"{len(rows)},x/{len(rows)}.jpg,{g // 2},{split},{g % 2},/o/ocean/1.jpg" for _ in range(n)]
+            rows += [
+                f"{len(rows)},x/{len(rows)}.jpg,{g // 2},{split},{g % 2},/o/ocean/1.jpg"
+                for _ in range(n)
+            ]
     (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
     assert run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -45,10 +48,38 @@ def test_data_check_recognises_published_counts(tmp_path, capsys):
 
 def test_data_check_with_arguments_and_missing_root(tmp_path, capsys):
     write_celeba(tmp_path, n=12)
-    assert run_cli(["data", "check", "--data", "celeba", "--root", str(tmp_path), "--set", "preset=attractive_smiling", "resolution=32"]) == 0
+    assert (
+        run_cli(
+            [
+                "data",
+                "check",
+                "--data",
+                "celeba",
+                "--root",
+                str(tmp_path),
+                "--set",
+                "preset=attractive_smiling",
+                "resolution=32",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Attractive/Smiling" in out and "3x32x32" in out
-    assert run_cli(["data", "check", "--data", "colored_mnist_irm", "--set", "digits_source=sklearn", "train_colour_flip=[0.1,0.2]"]) == 0
+    assert (
+        run_cli(
+            [
+                "data",
+                "check",
+                "--data",
+                "colored_mnist_irm",
+                "--set",
+                "digits_source=sklearn",
+                "train_colour_flip=[0.1,0.2]",
+            ]
+        )
+        == 0
+    )
     assert "test_iid" in capsys.readouterr().out
     assert run_cli(["data", "check", "--data", "celeba", "--root", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
@@ -66,11 +97,16 @@ def test_data_check_decode_names_corrupt_and_missing_files(tmp_path, capsys):
     truncated, deleted = files[1], files[-1]  # one train image cut in half, one test image gone
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     deleted.unlink()
-    assert run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path)]) == 0  # metadata only
+    # metadata only
+    assert run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path)]) == 0
     capsys.readouterr()
-    assert run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path), "--decode"]) == 1
+    assert (
+        run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path), "--decode"]) == 1
+    )
     captured = capsys.readouterr()
-    bad = [line for line in captured.out.splitlines() if ": missing" in line or ": unreadable" in line]
+    bad = [
+        line for line in captured.out.splitlines() if ": missing" in line or ": unreadable" in line
+    ]
     assert {line.split(": ")[0] for line in bad} == {str(truncated), str(deleted)} and len(bad) == 2
     assert f"{truncated}: unreadable: " in captured.out and "truncated" in captured.out.lower()
     assert f"{deleted}: missing" in captured.out
@@ -80,34 +116,71 @@ def test_data_check_decode_names_corrupt_and_missing_files(tmp_path, capsys):
 def test_data_check_decode_errors_have_no_traceback(tmp_path, capsys):
     _, files = _waterbirds_files(tmp_path)
     files[0].write_bytes(b"not a jpeg")
-    assert run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path), "--decode"]) == 1
+    assert (
+        run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path), "--decode"]) == 1
+    )
     captured = capsys.readouterr()
     assert f"{files[0]}: unreadable: cannot identify image file" in captured.out
-    assert "Traceback" not in captured.out + captured.err and "Error:" not in captured.out + captured.err
+    assert (
+        "Traceback" not in captured.out + captured.err
+        and "Error:" not in captured.out + captured.err
+    )
 
 
 def test_data_check_decode_intact_copy(tmp_path, capsys):
     _, files = _waterbirds_files(tmp_path)
-    assert run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path), "--decode"]) == 0
+    assert (
+        run_cli(["data", "check", "--data", "waterbirds", "--root", str(tmp_path), "--decode"]) == 0
+    )
     captured = capsys.readouterr()
     assert f"all {len(files)} images decode" in captured.out
     assert "landbird/land" in captured.out and "Traceback" not in captured.err
 
 
 def test_data_check_decode_opens_a_file_shared_by_two_sets_once(tmp_path, capsys):
-    """VIPriors validates and tests on the same val/ folder: each file is decoded (and reported) once."""
+    """VIPriors validates and tests on the same val/ folder: each file is decoded (and reported)
+    once.
+    """
     write_image_folder(tmp_path / "imagenet_50" / "train", ["n01", "n02"], per_class=2)
     write_image_folder(tmp_path / "imagenet_50" / "val", ["n01", "n02"], per_class=1, tag=1)
     broken = next((tmp_path / "imagenet_50" / "val" / "n02").iterdir())
     broken.write_bytes(b"\xff\xd8\xff")
-    assert run_cli(["data", "check", "--data", "vipriors", "--root", str(tmp_path), "--set", "resolution=16", "--decode"]) == 1
+    assert (
+        run_cli(
+            [
+                "data",
+                "check",
+                "--data",
+                "vipriors",
+                "--root",
+                str(tmp_path),
+                "--set",
+                "resolution=16",
+                "--decode",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
-    assert [line.startswith(f"{broken}: unreadable: ") for line in out.splitlines()].count(True) == 1
+    assert [line.startswith(f"{broken}: unreadable: ") for line in out.splitlines()].count(
+        True
+    ) == 1
     assert "1 of 6 images could not be read" in out
 
 
 def test_data_check_decode_in_memory_benchmark(capsys):
-    args = ["data", "check", "--data", "synthetic", "--set", "size=8", "train_size=64", "val_size=32", "test_size=32", "--decode"]
+    args = [
+        "data",
+        "check",
+        "--data",
+        "synthetic",
+        "--set",
+        "size=8",
+        "train_size=64",
+        "val_size=32",
+        "test_size=32",
+        "--decode",
+    ]
     assert run_cli(args) == 0
     out = capsys.readouterr().out
     assert "images are held in memory" in out and "total" in out

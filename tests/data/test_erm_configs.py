@@ -1,5 +1,6 @@
 """Every ``experiments/erm_<benchmark>.yaml`` runs end to end (fit with ``fast_dev_run``, then test)
-through the CLI, with ``data.root`` pointed at one folder holding a tiny fixture of every benchmark."""
+through the CLI, with ``data.root`` pointed at one folder holding a tiny fixture of every
+benchmark."""
 
 from __future__ import annotations
 
@@ -28,10 +29,23 @@ from robustrep.data.vlcs import VLCS_CLASSES, VLCS_DOMAINS
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 ERM_CONFIGS = sorted(EXPERIMENTS.glob("erm_*.yaml"))
-#: One config per loader code path runs in the fast tier (each CLI run costs ~1 s of argument parsing);
-#: the rest run in the slow tier. tests/test_configs.py instantiates every config in the fast tier.
-FAST = {"erm_colored_mnist_cim", "erm_mf_dominoes", "erm_cifar100_coarse_u", "erm_stl10", "erm_celeba", "erm_waterbirds", "erm_vlcs", "erm_chest_xray"}
-PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem in FAST else pytest.mark.slow) for p in ERM_CONFIGS]
+#: One config per loader code path runs in the fast tier (each CLI run costs ~1 s of argument
+#: parsing); the rest run in the slow tier. tests/test_configs.py instantiates every config in the
+#: fast tier.
+FAST = {
+    "erm_colored_mnist_cim",
+    "erm_mf_dominoes",
+    "erm_cifar100_coarse_u",
+    "erm_stl10",
+    "erm_celeba",
+    "erm_waterbirds",
+    "erm_vlcs",
+    "erm_chest_xray",
+}
+PARAMS = [
+    pytest.param(p, id=p.stem, marks=() if p.stem in FAST else pytest.mark.slow)
+    for p in ERM_CONFIGS
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +64,21 @@ def every_benchmark(tmp_path_factory) -> Path:
         write_image_folder(root / "bg_challenge" / variant / "val", IN9_FOLDERS, 1, tag=10 + k)
     for k, domain in enumerate(VLCS_DOMAINS):
         write_image_folder(root / "VLCS" / domain, VLCS_CLASSES, 2, ext=".jpg", tag=20 + k)
-    write_isic(root, [(f"ISIC_{i:07d}", "malignant" if i % 3 == 0 else "benign", i % 2, ["train", "val", "test"][i % 3]) for i in range(12)])
-    write_chest_xray(root, [int(i % 4 == 0) for i in range(40)], ["1.0" if i % 4 else "0.0" for i in range(40)])
+    write_isic(
+        root,
+        [
+            (
+                f"ISIC_{i:07d}",
+                "malignant" if i % 3 == 0 else "benign",
+                i % 2,
+                ["train", "val", "test"][i % 3],
+            )
+            for i in range(12)
+        ],
+    )
+    write_chest_xray(
+        root, [int(i % 4 == 0) for i in range(40)], ["1.0" if i % 4 else "0.0" for i in range(40)]
+    )
     write_image_folder(root / "imagenet_50" / "train", ["n01", "n02"], 2, tag=30)
     write_image_folder(root / "imagenet_50" / "val", ["n01", "n02"], 1, tag=31)
     return root
@@ -66,12 +93,20 @@ def test_every_benchmark_has_an_erm_config():
 def test_erm_config_runs_on_fixture(config, every_benchmark, tmp_path):
     args = ["fit", "--config", str(config), "--data.init_args.root", str(every_benchmark)]
     args += ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4"]
-    args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}"]  # the configured nets are too slow for a test
+    # the configured nets are too slow for a test
+    args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}"]
     if "vipriors" in config.stem:
         args += ["--data.init_args.num_classes", "2"]
     if "resolution: 224" in config.read_text() or "resolution: 64" in config.read_text():
         args += ["--data.init_args.resolution", "16"]
-    args += ["--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--output_root", str(tmp_path)]
+    args += [
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--output_root",
+        str(tmp_path),
+    ]
     assert run_cli(args) == 0
     (results,) = list(tmp_path.rglob("results.json"))
     metrics = json.loads(results.read_text())["metrics"]

@@ -1,4 +1,6 @@
-"""Background Challenge, VLCS, VIPriors, ISIC and Chest X-ray from their real folder / CSV layouts."""
+"""Background Challenge, VLCS, VIPriors, ISIC and Chest X-ray from their real folder / CSV
+layouts.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +34,15 @@ def test_background_challenge_named_variants(tmp_path):
     assert mixed.labels.tolist() == list(range(9))
     for i in range(9):
         item = mixed[i]
-        assert item["image"].shape == (3, 12, 12) and red_class(item["image"]) == item["label"] and item["domain"] == 2
+        assert (
+            item["image"].shape == (3, 12, 12)
+            and red_class(item["image"]) == item["label"]
+            and item["domain"] == 2
+        )
         assert item["index"] == i
     train = s.train
-    assert [train[i]["index"] for i in range(len(train))] == list(range(len(train)))  # re-indexed after the val carve
+    # re-indexed after the val carve
+    assert [train[i]["index"] for i in range(len(train))] == list(range(len(train)))
     with pytest.raises(DataNotFoundError, match=r"only_bg_t.val(.|\n)*MadryLab"):
         BackgroundChallenge(root=str(tmp_path), eval_variants=["only_bg_t"]).setup()
 
@@ -54,7 +61,10 @@ def test_vlcs_leave_one_domain_out(tmp_path):
         assert int((s.train.metadata["domain"] == k).sum()) == n - round(0.2 * n)
     assert len(s.val["val"]) == sum(len(s.test[d]) for d in ("Caltech101", "LabelMe", "VOC2007"))
     assert not set(s.train.paths) & set(s.val["val"].paths)
-    assert torch.equal(s.train.groups, s.train.labels * 4 + s.train.metadata["domain"]) and dm.num_groups == 20
+    assert (
+        torch.equal(s.train.groups, s.train.labels * 4 + s.train.metadata["domain"])
+        and dm.num_groups == 20
+    )
     item = s.test["SUN09"][7]
     assert red_class(item["image"]) == item["label"]
     by_index = VLCS(root=str(tmp_path), test_domain=0, resolution=8)
@@ -73,13 +83,18 @@ def test_vipriors_folders_and_predict(tmp_path):
     s = dm.splits
     assert (len(s.train), len(s.val["val"]), len(s.test["test"])) == (12, 6, 6)
     assert dm.class_names == wnids
-    assert s.test["test"][0]["image"].shape == (3, 8, 8) and red_class(s.train[5]["image"]) == s.train[5]["label"] == 1
+    assert (
+        s.test["test"][0]["image"].shape == (3, 8, 8)
+        and red_class(s.train[5]["image"]) == s.train[5]["label"] == 1
+    )
     carved = VIPriors(root=str(tmp_path), resolution=8, val_fraction=0.25)
     assert (len(carved.splits.train), len(carved.splits.val["val"])) == (9, 3)
     (predict,) = dm.predict_dataloader()
     batch = next(iter(predict))
     assert batch["image"].shape == (4, 3, 8, 8) and (batch["label"] == -1).all()
-    with pytest.raises(DataNotFoundError, match=r"imagenet_50.train(.|\n)*vipriors-challenges-toolkit"):
+    with pytest.raises(
+        DataNotFoundError, match=r"imagenet_50.train(.|\n)*vipriors-challenges-toolkit"
+    ):
         VIPriors(root=str(tmp_path / "none"), num_classes=1000).setup()
 
 
@@ -109,13 +124,18 @@ def test_isic_george_labels(tmp_path):
 
 def test_chest_xray_hospital_correlation(tmp_path):
     nih = [1 if i % 5 == 0 else 0 for i in range(200)]  # 20% pneumonia
-    chex = ["1.0" if i % 2 == 0 else ("0.0" if i % 4 == 1 else ("" if i % 8 == 3 else "-1.0")) for i in range(240)]
+    chex = [
+        "1.0" if i % 2 == 0 else ("0.0" if i % 4 == 1 else ("" if i % 8 == 3 else "-1.0"))
+        for i in range(240)
+    ]
     write_chest_xray(tmp_path, nih, chex, lateral_every=12)
     dm = ChestXray(root=str(tmp_path), resolution=8, split_fractions=(0.6, 0.2, 0.2), channels=1)
     s = dm.splits
     train = s.train
     hospital = train.metadata["attribute"]
-    assert torch.equal(train.metadata["domain"], hospital) and torch.equal(train.groups, train.labels * 2 + hospital)
+    assert torch.equal(train.metadata["domain"], hospital) and torch.equal(
+        train.groups, train.labels * 2 + hospital
+    )
     nih_pos = train.labels[hospital == 0].float().mean().item()
     chex_pos = train.labels[hospital == 1].float().mean().item()
     assert abs(nih_pos - 0.1) < 0.02 and abs(chex_pos - 0.9) < 0.02
@@ -131,12 +151,16 @@ def test_chest_xray_hospital_correlation(tmp_path):
 
     assert not patients(train) & patients(test) and not patients(train) & patients(s.val["val"])
     assert train[0]["image"].shape == (1, 8, 8)
-    capped = ChestXray(root=str(tmp_path), resolution=8, split_fractions=(0.6, 0.2, 0.2), max_per_hospital=10)
+    capped = ChestXray(
+        root=str(tmp_path), resolution=8, split_fractions=(0.6, 0.2, 0.2), max_per_hospital=10
+    )
     assert len(capped.splits.train) == 20
     with pytest.raises(DataNotFoundError, match=r"Data_Entry_2017\.csv(.|\n)*nihcc"):
         ChestXray(root=str(tmp_path / "none")).setup()
     nih_only = tmp_path / "nih_only"
     nih_only.mkdir()
     (tmp_path / "nih").rename(nih_only / "nih")
-    with pytest.raises(DataNotFoundError, match=r"CheXpert-v1\.0-small.train\.csv(.|\n)*stanfordmlgroup"):
+    with pytest.raises(
+        DataNotFoundError, match=r"CheXpert-v1\.0-small.train\.csv(.|\n)*stanfordmlgroup"
+    ):
         ChestXray(root=str(nih_only)).setup()

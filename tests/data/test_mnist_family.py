@@ -16,7 +16,9 @@ from robustrep.errors import DataNotFoundError
 @pytest.fixture
 def mnist_root(tmp_path):
     write_mnist_raw(tmp_path, "MNIST", balanced_labels(120), balanced_labels(40))
-    write_mnist_raw(tmp_path, "FashionMNIST", balanced_labels(200), balanced_labels(60), seed=1, gz=True)
+    write_mnist_raw(
+        tmp_path, "FashionMNIST", balanced_labels(200), balanced_labels(60), seed=1, gz=True
+    )
     return tmp_path
 
 
@@ -31,7 +33,8 @@ def test_mnist_reads_raw_files_and_carves_val(mnist_root):
     assert (len(s.train), len(s.val["val"]), len(s.test["test"])) == (90, 30, 40)
     assert dm.image_shape == (1, 28, 28) and dm.num_groups == 10
     for ds in (s.train, s.val["val"], s.test["test"]):
-        assert torch.equal(centre_code(ds.images), ds.labels)  # images stay paired with their labels
+        # images stay paired with their labels
+        assert torch.equal(centre_code(ds.images), ds.labels)
         assert torch.equal(ds.groups, ds.labels)
     # val is a seeded, disjoint carve of the training file
     train_codes = set(map(tuple, s.train.images.flatten(1).tolist()))
@@ -39,7 +42,11 @@ def test_mnist_reads_raw_files_and_carves_val(mnist_root):
     again = MNIST(root=str(mnist_root), digits_source="mnist", val_fraction=0.25, seed=3).splits
     assert torch.equal(again.val["val"].images, s.val["val"].images)
     item = s.train[0]
-    assert item["image"].dtype == torch.float32 and item["image"].max() <= 1.0 and set(item) >= {"image", "label", "group", "index"}
+    assert (
+        item["image"].dtype == torch.float32
+        and item["image"].max() <= 1.0
+        and set(item) >= {"image", "label", "group", "index"}
+    )
 
 
 def test_mnist_reads_gz_files(tmp_path):
@@ -63,7 +70,10 @@ def test_mnist_coarse_labels_and_strata(mnist_root):
 def test_missing_mnist_files_name_the_file(tmp_path):
     with pytest.raises(DataNotFoundError, match="train-images-idx3-ubyte"):
         MNIST(root=str(tmp_path), digits_source="mnist").setup()
-    with pytest.raises(DataNotFoundError, match=r"FashionMNIST.*train-images-idx3-ubyte(.|\n)*Expected layout(.|\n)*zalandoresearch"):
+    with pytest.raises(
+        DataNotFoundError,
+        match=r"FashionMNIST.*train-images-idx3-ubyte(.|\n)*Expected layout(.|\n)*zalandoresearch",
+    ):
         FashionMNIST(root=str(tmp_path)).setup()
 
 
@@ -96,7 +106,9 @@ def test_colored_mnist_cim_construction():
     for y in (0, 1):
         share = (balanced.metadata["attribute"][balanced.labels == y] == y).float().mean().item()
         assert abs(share - 0.5) < 0.01
-    caption = ColoredMNISTCIM(digits_source="sklearn", alpha=2.0, test_aligned=0.02).splits.test["test"]
+    caption = ColoredMNISTCIM(digits_source="sklearn", alpha=2.0, test_aligned=0.02).splits.test[
+        "test"
+    ]
     assert (caption.metadata["attribute"] == caption.labels).float().mean().item() < 0.05
 
 
@@ -116,13 +128,18 @@ def test_colored_mnist_irm_rates_and_channels():
     assert train.images[torch.arange(n), 1 - colour].sum() == 0
     assert (train.images[torch.arange(n), colour].flatten(1).sum(1) > 0).all()
     assert torch.equal(train.groups, 2 * train.labels + colour)
-    small = ColoredMNISTIRM(digits_source="sklearn", size=14, channels=3, train_colour_flip=[0.1, 0.2])
+    small = ColoredMNISTIRM(
+        digits_source="sklearn", size=14, channels=3, train_colour_flip=[0.1, 0.2]
+    )
     assert small.image_shape == (3, 14, 14)
     st = small.splits.train
     assert st.images.shape[1:] == (3, 14, 14) and st.images[:, 2].sum() == 0
     env = st.metadata["domain"]
     assert abs((env == 0).float().mean().item() - 0.5) < 0.01
-    rates = [(st.metadata["attribute"][env == e] != st.labels[env == e]).float().mean().item() for e in (0, 1)]
+    rates = [
+        (st.metadata["attribute"][env == e] != st.labels[env == e]).float().mean().item()
+        for e in (0, 1)
+    ]
     assert abs(rates[0] - 0.1) < 0.05 and abs(rates[1] - 0.2) < 0.05
     other_seed = ColoredMNISTIRM(digits_source="sklearn", val_fraction=0.1, seed=2).splits.train
     assert not torch.equal(other_seed.metadata["attribute"], train.metadata["attribute"])
@@ -151,11 +168,16 @@ def test_mf_dominoes_correlation_and_test_sets(mnist_root):
     assert dm.image_shape == (1, 56, 28)
     train = s.train
     assert train.images.shape[1:] == (1, 56, 28)
-    assert len(train) == 32 and len(s.val["val"]) == 8  # 40 coats + dresses in the fixture's train file
+    # 40 coats + dresses in the fixture's train file
+    assert len(train) == 32 and len(s.val["val"]) == 8
     top, bottom = train.images[:, :, :28], train.images[:, :, 28:]
     item_class = centre_code(bottom)
-    assert torch.equal(train.labels, (item_class == 3).long()) and set(item_class.tolist()) <= {3, 4}
-    assert torch.equal(centre_code(top), train.metadata["attribute"])  # the top digit is the attribute
+    assert torch.equal(train.labels, (item_class == 3).long()) and set(item_class.tolist()) <= {
+        3,
+        4,
+    }
+    # the top digit is the attribute
+    assert torch.equal(centre_code(top), train.metadata["attribute"])
     assert torch.equal(train.metadata["attribute"], train.labels)  # completely correlated
     assert set(train.groups.tolist()) == {0, 3}
     mixed = s.test["mnist_randomized"]
@@ -163,7 +185,8 @@ def test_mf_dominoes_correlation_and_test_sets(mnist_root):
     assert torch.equal(mixed.labels, (centre_code(mixed.images[:, :, 28:]) == 3).long())
     assert torch.equal(centre_code(mixed.images[:, :, :28]), mixed.metadata["attribute"])
     frand = s.test["fmnist_randomized"]
-    assert torch.equal(frand.labels, centre_code(frand.images[:, :, :28]))  # label follows the digit
+    # label follows the digit
+    assert torch.equal(frand.labels, centre_code(frand.images[:, :, :28]))
     assert torch.equal(s.test["correlated"].labels, s.test["correlated"].metadata["attribute"])
     assert list(s.test) == ["mnist_randomized", "fmnist_randomized", "correlated"]
 
@@ -174,12 +197,18 @@ def test_mf_dominoes_randomized_is_balanced_on_more_data(tmp_path):
     mixed = dm.splits.test["mnist_randomized"]
     counts = torch.bincount(mixed.groups, minlength=4).float()
     assert counts.sum() == 400 and (counts / 400 - 0.25).abs().max() < 0.07
-    assert np.isclose((mixed.metadata["attribute"] == mixed.labels).float().mean().item(), 0.5, atol=0.07)
+    assert np.isclose(
+        (mixed.metadata["attribute"] == mixed.labels).float().mean().item(), 0.5, atol=0.07
+    )
 
 
 def test_augmentation_recipes_keep_the_benchmark_shape():
     torch.manual_seed(0)
-    for dm in (MFDominoes(augment="standard"), MFDominoes(augment="contrastive"), ColoredMNISTIRM(channels=2, augment="contrastive")):
+    for dm in (
+        MFDominoes(augment="standard"),
+        MFDominoes(augment="contrastive"),
+        ColoredMNISTIRM(channels=2, augment="contrastive"),
+    ):
         t = dm.train_transform()
         x = torch.rand(dm.image_shape)
         assert t(x).shape == x.shape

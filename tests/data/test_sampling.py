@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from robustrep.data.base import TensorImageDataset
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.data.sampling import EpochSampler, ResumableLoader, SeededExamples
 from robustrep.data.transforms import build_transform
 
 
 def augmented(n: int = 40) -> TensorImageDataset:
-    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    return TensorImageDataset(images, torch.arange(n) % 2, num_views=2, transform=build_transform("contrastive", (3, 8, 8)))
+    images = torch.randint(
+        0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    return TensorImageDataset(
+        images,
+        torch.arange(n) % 2,
+        num_views=2,
+        transform=build_transform("contrastive", (3, 8, 8)),
+    )
 
 
 def test_order_depends_on_seed_and_epoch_only():
@@ -33,7 +40,8 @@ def test_ranks_share_one_permutation_padded_like_distributed_sampler():
     interleaved = [orders[r][k] for k in range(4) for r in range(3)]
     assert interleaved == (full + full[:1])  # 12 slots: the permutation, then wrapped
     seeds = {idx: seed for s in ranks for idx, seed in s}
-    assert seeds == dict(EpochSampler(11, seed=0))  # an example's augmentation seed does not depend on its rank
+    # an example's augmentation seed does not depend on its rank
+    assert seeds == dict(EpochSampler(11, seed=0))
 
 
 def test_seeded_examples_repeat_their_augmentation_and_leave_the_global_generator_alone():
@@ -68,7 +76,9 @@ def test_loader_state_resumes_at_the_next_batch_and_starts_a_new_epoch_afresh():
     resumed.load_state_dict(state)
     rest = list(resumed)  # the epoch is the saved one: skip what was trained on
     assert [b["index"].tolist() for b in seen + rest] == [b["index"].tolist() for b in full]
-    assert all(torch.equal(a["views"][0], b["views"][0]) for a, b in zip(rest, full[2:], strict=True))
+    assert all(
+        torch.equal(a["views"][0], b["views"][0]) for a, b in zip(rest, full[2:], strict=True)
+    )
     resumed.load_state_dict({"epoch": 3, "batches": 5})
     resumed.sampler.set_epoch(4)  # what Lightning does when the saved epoch had ended
     nxt = list(resumed)

@@ -1,4 +1,6 @@
-"""The vectorised contrastive losses against a naive per-anchor loop written from METHODS.md section 4."""
+"""The vectorised contrastive losses against a naive per-anchor loop written from METHODS.md section
+4.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +11,29 @@ import torch
 import torch.nn.functional as F
 from conftest import free_port
 
-from robustrep.losses.contrastive import attract, contrastive_loss, masked_info_nce, nt_xent, repel, spread, stack_views, supcon
+from robustrep.losses.contrastive import (
+    attract,
+    contrastive_loss,
+    masked_info_nce,
+    nt_xent,
+    repel,
+    spread,
+    stack_views,
+    supcon,
+)
 
 
-def naive(z: torch.Tensor, labels: torch.Tensor, instance: torch.Tensor, kind: str, tau: float, alpha: float = 0.5) -> torch.Tensor:
-    """Per-anchor Python loop, straight from the formulas; mean over the anchors where a term exists."""
+def naive(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    instance: torch.Tensor,
+    kind: str,
+    tau: float,
+    alpha: float = 0.5,
+) -> torch.Tensor:
+    """Per-anchor Python loop, straight from the formulas; mean over the anchors where a term
+    exists.
+    """
     z = F.normalize(z.double(), dim=1)
     n = len(z)
     s = lambda i, j: float(z[i] @ z[j]) / tau  # noqa: E731
@@ -71,7 +91,9 @@ def test_two_view_losses_match_naive_loop(kind, pattern):
 
 @pytest.mark.parametrize("kind", ["spread", "attract", "supcon"])
 def test_single_view_rows_with_singletons_are_safe(kind):
-    """One view per example: singletons have no positive; the loss stays finite with finite gradients."""
+    """One view per example: singletons have no positive; the loss stays finite with finite
+    gradients.
+    """
     g = torch.Generator().manual_seed(3)
     z = torch.randn(7, 4, generator=g, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 2, 2, 2, 3])
@@ -91,7 +113,11 @@ def test_no_positive_at_all_gives_zero_and_finite_grad():
 
 def test_alpha_one_is_attract_and_alpha_zero_is_repel():
     g = torch.Generator().manual_seed(1)
-    z1, z2, y = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g), torch.randint(4, (16,), generator=g)
+    z1, z2, y = (
+        torch.randn(16, 8, generator=g),
+        torch.randn(16, 8, generator=g),
+        torch.randint(4, (16,), generator=g),
+    )
     torch.testing.assert_close(spread(z1, z2, y, tau=0.4, alpha=1.0), attract(z1, z2, y, tau=0.4))
     torch.testing.assert_close(spread(z1, z2, y, tau=0.4, alpha=0.0), repel(z1, z2, y, tau=0.4))
     mix = 0.25 * attract(z1, z2, y, tau=0.4) + 0.75 * repel(z1, z2, y, tau=0.4)
@@ -103,7 +129,9 @@ def test_supcon_on_distinct_labels_is_nt_xent():
     z1, z2 = torch.randn(12, 6, generator=g), torch.randn(12, 6, generator=g)
     torch.testing.assert_close(supcon(z1, z2, torch.arange(12), tau=0.2), nt_xent(z1, z2, tau=0.2))
     # labels are ignored by nt_xent; supcon with shared labels differs
-    assert not torch.allclose(supcon(z1, z2, torch.zeros(12, dtype=torch.long), tau=0.2), nt_xent(z1, z2, tau=0.2))
+    assert not torch.allclose(
+        supcon(z1, z2, torch.zeros(12, dtype=torch.long), tau=0.2), nt_xent(z1, z2, tau=0.2)
+    )
 
 
 def test_nt_xent_closed_form_for_identical_views():
@@ -111,13 +139,21 @@ def test_nt_xent_closed_form_for_identical_views():
     b, tau = 4, 0.5
     z = torch.eye(b, 8)
     expected = -1 / tau + math.log(math.exp(1 / tau) + (2 * b - 2))
-    torch.testing.assert_close(nt_xent(z, z.clone(), tau=tau), torch.tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(
+        nt_xent(z, z.clone(), tau=tau), torch.tensor(expected, dtype=torch.float32)
+    )
 
 
 def test_scale_invariance_and_symmetry():
-    """Rows are L2-normalised first (the public code's norm bug would break this); swapping views changes nothing."""
+    """Rows are L2-normalised first (the public code's norm bug would break this); swapping views
+    changes nothing.
+    """
     g = torch.Generator().manual_seed(4)
-    z1, z2, y = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g), torch.randint(3, (10,), generator=g)
+    z1, z2, y = (
+        torch.randn(10, 4, generator=g),
+        torch.randn(10, 4, generator=g),
+        torch.randint(3, (10,), generator=g),
+    )
     base = spread(z1, z2, y, alpha=0.3)
     torch.testing.assert_close(spread(z1 * 5.0, z2 * 0.1, y, alpha=0.3), base)
     torch.testing.assert_close(spread(z2, z1, y, alpha=0.3), base)
@@ -136,7 +172,11 @@ def test_masked_info_nce_general_form():
 
 def test_bf16_inputs_run_in_fp32():
     g = torch.Generator().manual_seed(5)
-    z1, z2, y = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), torch.randint(2, (8,), generator=g)
+    z1, z2, y = (
+        torch.randn(8, 4, generator=g),
+        torch.randn(8, 4, generator=g),
+        torch.randint(2, (8,), generator=g),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = spread(z1.bfloat16(), z2.bfloat16(), y)
     assert loss.dtype == torch.float32
@@ -153,7 +193,9 @@ def test_unknown_loss_and_missing_labels_raise():
 def _ddp_worker(rank: int, world: int, port: int, z1, z2, y, queue) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     b = z1.shape[0] // world
     sl = slice(rank * b, (rank + 1) * b)
     out = {}
@@ -163,7 +205,8 @@ def _ddp_worker(rank: int, world: int, port: int, z1, z2, y, queue) -> None:
         loss = contrastive_loss(z, yy, inst, kind, tau=0.5, alpha=0.3, gather=True)
         loss.backward()
         out[kind] = (loss.item(), a1.grad.numpy().copy(), a2.grad.numpy().copy())
-    queue.put((rank, out))  # numpy arrays pickle by value: no shared-memory handle outlives this process
+    # numpy arrays pickle by value: no shared-memory handle outlives this process
+    queue.put((rank, out))
     dist.destroy_process_group()
 
 
@@ -172,7 +215,11 @@ def test_two_process_gathered_loss_equals_one_process():
     import torch.multiprocessing as mp
 
     g = torch.Generator().manual_seed(6)
-    z1, z2, y = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g), torch.randint(3, (8,), generator=g)
+    z1, z2, y = (
+        torch.randn(8, 5, generator=g),
+        torch.randn(8, 5, generator=g),
+        torch.randint(3, (8,), generator=g),
+    )
     port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

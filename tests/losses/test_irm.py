@@ -34,7 +34,8 @@ def test_closed_form_penalty_equals_autograd_value_and_gradient():
     ours = irm_penalty(logits.float(), targets)
     ref = _autograd_irm_penalty(logits, targets)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
-    (g_ours,) = torch.autograd.grad(irm_penalty(logits, targets), logits)  # fp32 inside; compare gradients too
+    # fp32 inside; compare gradients too
+    (g_ours,) = torch.autograd.grad(irm_penalty(logits, targets), logits)
     (g_ref,) = torch.autograd.grad(ref, logits)
     assert torch.allclose(g_ours.double(), g_ref, atol=1e-5)
     assert irm_grad(logits, targets).shape == (13,)
@@ -82,11 +83,13 @@ def test_empty_and_singleton_subsets_contribute_nothing_and_stay_finite():
     torch.manual_seed(3)
     z1 = torch.randn(6, 5, requires_grad=True)
     z2 = torch.randn(6, 5, requires_grad=True)
-    assign = torch.tensor([[0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0], [2, 2, -1, 2, 2, 2]])  # empty, singleton, uncovered example
+    # empty, singleton, uncovered example
+    assign = torch.tensor([[0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0], [2, 2, -1, 2, 2, 2]])
     out = partition_losses(z1, z2, assign, num_subsets=3)
     valid = out["valid"]
     assert valid.tolist() == [[True, False, False], [True, False, False], [False, False, True]]
-    assert out["subset_loss"][1, 1] == 0 and out["subset_grad"][1, 1] == 0  # the singleton: only its positive
+    # the singleton: only its positive
+    assert out["subset_loss"][1, 1] == 0 and out["subset_grad"][1, 1] == 0
     assert out["subset_loss"][0, 1] == 0 and out["subset_loss"][0, 2] == 0  # empty subsets
     total = (out["subset_loss"] * valid).sum() + (out["subset_grad"].pow(2) * valid).sum()
     total.backward()
@@ -117,11 +120,15 @@ def test_soft_objective_with_hard_assignment_is_the_hard_subset_loss():
     z1, z2 = F.normalize(torch.randn(16, 4), dim=1), F.normalize(torch.randn(16, 4), dim=1)
     assign = torch.randint(0, 2, (16,))
     assign[:2] = torch.tensor([0, 1])
-    objective, losses, grads = soft_partition_objective(z1, z2, F.one_hot(assign, 2).float(), 0.5, 0.5, lambda2=0.5)
+    objective, losses, grads = soft_partition_objective(
+        z1, z2, F.one_hot(assign, 2).float(), 0.5, 0.5, lambda2=0.5
+    )
     hard = partition_losses(z1, z2, assign[None], 2, full_batch=False)
     assert torch.allclose(losses, hard["subset_loss"][0], atol=1e-5)
     assert torch.allclose(grads, hard["subset_grad"][0], atol=1e-5)
-    assert objective.item() == pytest.approx((losses.mean() + 0.5 * grads.pow(2).mean()).item(), rel=1e-6)
+    assert objective.item() == pytest.approx(
+        (losses.mean() + 0.5 * grads.pow(2).mean()).item(), rel=1e-6
+    )
 
 
 def test_weighted_info_nce_column_of_ones_is_nt_xent_per_anchor_and_works_under_bf16():
@@ -130,7 +137,9 @@ def test_weighted_info_nce_column_of_ones_is_nt_xent_per_anchor_and_works_under_
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, grad = weighted_info_nce(z, view_positive_index(6), torch.ones(12, 1), 0.5, 0.5)
     assert loss.dtype == torch.float32 and torch.isfinite(grad).all()
-    assert loss.mean().item() == pytest.approx(nt_xent(z[:6].float(), z[6:].float(), 0.5).item(), rel=1e-5)
+    assert loss.mean().item() == pytest.approx(
+        nt_xent(z[:6].float(), z[6:].float(), 0.5).item(), rel=1e-5
+    )
 
 
 def test_balance_targets():

@@ -1,4 +1,6 @@
-"""MS-SSIM at every image size: agreement with pytorch_msssim where both run, and behaviour below."""
+"""MS-SSIM at every image size: agreement with pytorch_msssim where both run, and behaviour
+below.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +9,25 @@ import torch
 from pytorch_msssim import ms_ssim as package_ms_ssim
 from pytorch_msssim import ssim as package_ssim
 
-from robustrep.losses.msssim import ms_ssim, ms_ssim_triplet_scores, multiscale_ssim, package_window, small_image_scales
+from robustrep.losses.msssim import (
+    ms_ssim,
+    ms_ssim_triplet_scores,
+    multiscale_ssim,
+    package_window,
+    small_image_scales,
+)
 
 
-def _pair(n: int, c: int, size: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair(
+    n: int, c: int, size: int, noise: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     # Smooth images (upsampled noise) so SSIM is far from 0 and 1.
-    base = torch.nn.functional.interpolate(torch.rand(n, c, max(2, size // 4), max(2, size // 4), generator=gen), size=(size, size), mode="bilinear")
+    base = torch.nn.functional.interpolate(
+        torch.rand(n, c, max(2, size // 4), max(2, size // 4), generator=gen),
+        size=(size, size),
+        mode="bilinear",
+    )
     other = (base + noise * torch.randn(base.shape, generator=gen)).clamp(0, 1)
     return base, other
 
@@ -31,7 +45,9 @@ def test_small_image_construction_equals_package_ms_ssim(size):
     """The multi-scale score built from the single-scale pieces is the package's MS-SSIM."""
     x, y = _pair(3, 3, size, 0.2, seed=1)
     expected = package_ms_ssim(x, y, data_range=1.0, size_average=False, win_size=3)
-    torch.testing.assert_close(multiscale_ssim(x, y, win_size=3, levels=5), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        multiscale_ssim(x, y, win_size=3, levels=5), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_one_scale_is_the_package_ssim():
@@ -85,7 +101,12 @@ def test_triplet_scores_equal_two_ms_ssim_calls(size):
     torch.testing.assert_close(s_pos, ms_ssim(a, p), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(s_neg, ms_ssim(a, n), atol=1e-4, rtol=1e-4)
     if size == 64:
-        torch.testing.assert_close(s_neg, package_ms_ssim(a, n, data_range=1.0, size_average=False, win_size=3), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            s_neg,
+            package_ms_ssim(a, n, data_range=1.0, size_average=False, win_size=3),
+            atol=1e-4,
+            rtol=1e-4,
+        )
 
 
 def test_anticorrelated_images_score_zero_like_the_package():
@@ -93,5 +114,9 @@ def test_anticorrelated_images_score_zero_like_the_package():
     x, _ = _pair(2, 1, 64, 0.0, seed=5)
     inverted = 1.0 - x
     assert torch.all(ms_ssim(x, inverted) == 0)
-    assert torch.all(package_ms_ssim(x, inverted, data_range=1.0, size_average=False, win_size=3) == 0)
-    assert torch.all(multiscale_ssim(x[..., :28, :28], inverted[..., :28, :28], win_size=7, levels=3) == 0)
+    assert torch.all(
+        package_ms_ssim(x, inverted, data_range=1.0, size_average=False, win_size=3) == 0
+    )
+    assert torch.all(
+        multiscale_ssim(x[..., :28, :28], inverted[..., :28, :28], win_size=7, levels=3) == 0
+    )

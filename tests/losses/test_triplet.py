@@ -22,13 +22,19 @@ def _digit_like(size: int) -> torch.Tensor:
 def test_msssim_triplet_matches_package_computation():
     gen = torch.Generator().manual_seed(0)
     a, p, n = (torch.rand(4, 3, 64, 64, generator=gen) * 0.5 + 0.25 for _ in range(3))
-    p = (a + 0.1 * torch.randn(a.shape, generator=gen)).clamp(0, 1)  # positives close to the anchors
+    # positives close to the anchors
+    p = (a + 0.1 * torch.randn(a.shape, generator=gen)).clamp(0, 1)
     ms_pos = package_ms_ssim(a, p, data_range=1.0, size_average=False, win_size=3)
     ms_neg = package_ms_ssim(a, n, data_range=1.0, size_average=False, win_size=3)
     expected = (ms_neg - ms_pos).mean()
     torch.testing.assert_close(msssim_triplet(a, p, n), expected, atol=1e-4, rtol=1e-4)
     assert msssim_triplet(a, p, n) < 0  # the anchors already look like their positives
-    torch.testing.assert_close(msssim_triplet(a, p, n, margin=0.5), torch.relu(ms_neg - ms_pos + 0.5).mean(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        msssim_triplet(a, p, n, margin=0.5),
+        torch.relu(ms_neg - ms_pos + 0.5).mean(),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_loss_falls_as_the_anchor_moves_toward_the_positive():
@@ -63,10 +69,14 @@ def test_gram_triplet_against_a_loop():
 def test_feature_triplet_against_a_loop():
     gen = torch.Generator().manual_seed(2)
     a, p, n = (torch.randn(6, 4, generator=gen) for _ in range(3))
-    raw = torch.stack([((a[i] - p[i]) ** 2).sum() - ((a[i] - n[i]) ** 2).sum() for i in range(6)]).mean()
+    raw = torch.stack(
+        [((a[i] - p[i]) ** 2).sum() - ((a[i] - n[i]) ** 2).sum() for i in range(6)]
+    ).mean()
     torch.testing.assert_close(feature_triplet(a, p, n, normalize=False), raw)
     an, pn, nn_ = (x / x.norm(dim=1, keepdim=True) for x in (a, p, n))
-    normed = torch.stack([((an[i] - pn[i]) ** 2).sum() - ((an[i] - nn_[i]) ** 2).sum() for i in range(6)]).mean()
+    normed = torch.stack(
+        [((an[i] - pn[i]) ** 2).sum() - ((an[i] - nn_[i]) ** 2).sum() for i in range(6)]
+    ).mean()
     torch.testing.assert_close(feature_triplet(a, p, n), normed)
     assert feature_triplet(a, p, n, margin=0.2) >= 0
 
@@ -77,9 +87,18 @@ def test_one_sided_triplets_keep_one_term():
     a, p, n = (torch.rand(4, 3, 64, 64, generator=gen) for _ in range(3))
     ms_pos = package_ms_ssim(a, p, data_range=1.0, size_average=False, win_size=3)
     ms_neg = package_ms_ssim(a, n, data_range=1.0, size_average=False, win_size=3)
-    torch.testing.assert_close(msssim_triplet(a, p, None), (1 - ms_pos).mean(), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(msssim_triplet(a, None, n), -(1 - ms_neg).mean(), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(msssim_triplet(a, p, None) + msssim_triplet(a, None, n), msssim_triplet(a, p, n), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        msssim_triplet(a, p, None), (1 - ms_pos).mean(), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        msssim_triplet(a, None, n), -(1 - ms_neg).mean(), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        msssim_triplet(a, p, None) + msssim_triplet(a, None, n),
+        msssim_triplet(a, p, n),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     for loss in (gram_triplet, feature_triplet):
         torch.testing.assert_close(loss(a, p, None) + loss(a, None, n), loss(a, p, n))
     assert feature_triplet(a, p, None) > 0 > feature_triplet(a, None, n)

@@ -1,4 +1,6 @@
-"""The KL term CIM's VIB averages over the batch, against torch.distributions, and the reparameterised sample."""
+"""The KL term CIM's VIB averages over the batch, against torch.distributions, and the
+reparameterised sample.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ from robustrep.losses.vae import gaussian_kl, reparameterize
 def test_kl_matches_closed_form_of_torch_distributions():
     gen = torch.Generator().manual_seed(0)
     mu, logvar = torch.randn(7, 5, generator=gen), torch.randn(7, 5, generator=gen)
-    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(torch.zeros(5), torch.ones(5))).sum(1).mean()
+    expected = (
+        kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(torch.zeros(5), torch.ones(5)))
+        .sum(1)
+        .mean()
+    )
     torch.testing.assert_close(gaussian_kl(mu, logvar).mean(), expected)
     assert gaussian_kl(torch.zeros(3, 4), torch.zeros(3, 4)).sum() == 0
     with torch.autocast("cpu", dtype=torch.bfloat16):

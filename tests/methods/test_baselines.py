@@ -9,12 +9,21 @@ from robustrep.methods import ERM, JTT, GroupDRO
 
 
 def model_for(cls, dm, **kwargs):
-    return cls(backbone="mlp", backbone_kwargs={"hidden": [32]}, num_groups=dm.num_groups, image_shape=dm.image_shape, group_names=dm.group_names, **kwargs)
+    return cls(
+        backbone="mlp",
+        backbone_kwargs={"hidden": [32]},
+        num_groups=dm.num_groups,
+        image_shape=dm.image_shape,
+        group_names=dm.group_names,
+        **kwargs,
+    )
 
 
 def test_erm_learns_the_core_feature_without_a_shortcut(tmp_path):
     pl.seed_everything(0)
-    dm = tiny_synthetic(num_attributes=1, size=12, train_size=400, test_size=200, batch_size=16, noise=0.05)
+    dm = tiny_synthetic(
+        num_attributes=1, size=12, train_size=400, test_size=200, batch_size=16, noise=0.05
+    )
     model = model_for(ERM, dm)
     trainer = quick_trainer(tmp_path, max_epochs=8)
     trainer.fit(model, datamodule=dm)
@@ -68,7 +77,9 @@ def test_jtt_error_set_restart_and_checkpoint(tmp_path):
                     y = torch.tensor([ds[i]["label"] for i in range(len(ds))])
                     captured["wrong"] = pl_module(x).argmax(1) != y
 
-    trainer = quick_trainer(tmp_path, max_epochs=1, callbacks=[Capture()], enable_checkpointing=True)
+    trainer = quick_trainer(
+        tmp_path, max_epochs=1, callbacks=[Capture()], enable_checkpointing=True
+    )
     trainer.fit(model, datamodule=dm)
     assert model.error_set is not None and torch.equal(model.error_set, captured["wrong"])
     for key, value in model.state_dict().items():  # retrain: back to the initial weights
@@ -79,6 +90,10 @@ def test_jtt_error_set_restart_and_checkpoint(tmp_path):
     assert torch.equal(restored.error_set, model.error_set)
     # phase 2: error-set examples weigh `upweight` times more in the loss
     batch = next(iter(dm.train_dataloader()))
-    losses = torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"], reduction="none")
+    losses = torch.nn.functional.cross_entropy(
+        model(batch["image"]), batch["label"], reduction="none"
+    )
     w = torch.where(model.error_set[batch["index"]], 5.0, 1.0)
-    assert model.weighted_loss(model(batch["image"]), batch["label"], batch["index"]).item() == pytest.approx(float((w * losses).sum() / w.sum()), rel=1e-5)
+    assert model.weighted_loss(
+        model(batch["image"]), batch["label"], batch["index"]
+    ).item() == pytest.approx(float((w * losses).sum() / w.sum()), rel=1e-5)

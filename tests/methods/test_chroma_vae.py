@@ -1,4 +1,6 @@
-"""Chroma-VAE: latent split, stage 2 (kNN vs scikit-learn, checkpoints), diagnostics, baselines, configs."""
+"""Chroma-VAE: latent split, stage 2 (kNN vs scikit-learn, checkpoints), diagnostics, baselines,
+configs.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +24,29 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def make(dm, cls=ChromaVAE, **kw) -> ChromaVAE:
-    kw = {"dim_z": 8, "z_p": 0.25, "stage2_steps": 20, "backbone_kwargs": {"width": 8, "hidden": 32}, **kw}
-    return cls(num_classes=dm.num_classes, num_groups=dm.num_groups, group_names=dm.group_names, image_shape=dm.image_shape, **kw)
+    kw = {
+        "dim_z": 8,
+        "z_p": 0.25,
+        "stage2_steps": 20,
+        "backbone_kwargs": {"width": 8, "hidden": 32},
+        **kw,
+    }
+    return cls(
+        num_classes=dm.num_classes,
+        num_groups=dm.num_groups,
+        group_names=dm.group_names,
+        image_shape=dm.image_shape,
+        **kw,
+    )
 
 
 def batch_of(dm, n=16):
     dm.setup()
     items = [dm.train_dataset()[i] for i in range(n)]
-    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in ("image", "label", "group")}
+    return {
+        k: torch.stack([torch.as_tensor(it[k]) for it in items])
+        for k in ("image", "label", "group")
+    }
 
 
 @pytest.mark.parametrize("shape", [(2, 28, 28), (3, 64, 64), (1, 56, 28), (3, 8, 8)])
@@ -48,13 +65,20 @@ def test_classifier_gradient_reaches_z1_only():
     assert model.dim_z1 == 2
     assert grad[:2].abs().sum() > 0
     assert torch.count_nonzero(grad[2:]) == 0
-    assert model.logvar_head.weight.grad is None or torch.count_nonzero(model.logvar_head.weight.grad) == 0
-    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.decoder.parameters())
+    assert (
+        model.logvar_head.weight.grad is None
+        or torch.count_nonzero(model.logvar_head.weight.grad) == 0
+    )
+    assert all(
+        p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.decoder.parameters()
+    )
 
 
 def test_classifier_warmup_uses_the_warmup_lambda_first():
     dm = tiny_synthetic()
-    model = make(dm, classifier_weight=1.0, classifier_warmup_steps=5, classifier_warmup_weight=100.0)
+    model = make(
+        dm, classifier_weight=1.0, classifier_warmup_steps=5, classifier_warmup_weight=100.0
+    )
     batch = batch_of(dm)
     torch.manual_seed(0)
     warm = model.losses(batch)  # global_step 0 < 5: lambda = 100
@@ -89,7 +113,9 @@ def test_knn_matches_sklearn_brute_force():
     ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(bank.numpy(), labels.numpy())
     expected = torch.as_tensor(ref.predict_proba(queries.numpy()), dtype=torch.float32)
     for max_elements in (2**25, 300 * 16, 64):  # one block; query chunks; query and bank chunks
-        torch.testing.assert_close(knn_predict(bank, labels, queries, k, 3, max_elements=max_elements), expected)
+        torch.testing.assert_close(
+            knn_predict(bank, labels, queries, k, 3, max_elements=max_elements), expected
+        )
     ours = knn_predict(bank, labels, queries, k, 3)
     assert torch.equal(ours.argmax(1), torch.as_tensor(ref.predict(queries.numpy())))
 
@@ -108,7 +134,9 @@ def test_stage2_knn_is_sklearn_on_the_frozen_mu2(tmp_path):
     with torch.no_grad():
         features = model.embed(test["image"])
         ours = model(test["image"]).argmax(1)
-    ref = KNeighborsClassifier(n_neighbors=state["k"], algorithm="brute").fit(state["bank"].numpy(), labels.numpy())
+    ref = KNeighborsClassifier(n_neighbors=state["k"], algorithm="brute").fit(
+        state["bank"].numpy(), labels.numpy()
+    )
     assert torch.equal(ours, torch.as_tensor(ref.predict(features.numpy())))
 
 
@@ -132,7 +160,10 @@ def test_stage2_state_survives_a_checkpoint_round_trip(tmp_path, stage2):
     assert after["test/worst_group_acc"] == before["test/worst_group_acc"]
 
 
-@pytest.mark.parametrize("precision,stage2", [("32-true", "knn"), ("bf16-mixed", "knn"), ("bf16-mixed", "mlp"), ("32-true", "x2")])
+@pytest.mark.parametrize(
+    "precision,stage2",
+    [("32-true", "knn"), ("bf16-mixed", "knn"), ("bf16-mixed", "mlp"), ("32-true", "x2")],
+)
 def test_fit_and_test_end_to_end(tmp_path, precision, stage2):
     dm = tiny_synthetic()
     trainer = quick_trainer(tmp_path, max_epochs=2, precision=precision)
@@ -140,7 +171,14 @@ def test_fit_and_test_end_to_end(tmp_path, precision, stage2):
     trainer.fit(model, datamodule=dm)
     assert "val/acc" in trainer.callback_metrics and "val/z1/acc" in trainer.callback_metrics
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
-    for key in ("test/acc", "test/worst_group_acc", "test/z1/acc", "test/z1/worst_group_acc", "test/nll", "test/kl"):
+    for key in (
+        "test/acc",
+        "test/worst_group_acc",
+        "test/z1/acc",
+        "test/z1/worst_group_acc",
+        "test/nll",
+        "test/kl",
+    ):
         assert key in metrics and math.isfinite(metrics[key]), key
 
 
@@ -157,7 +195,11 @@ def test_stage2_can_wait_until_testing(tmp_path):
     model.fit_stage2 = counting
     trainer = quick_trainer(tmp_path, max_epochs=2)
     trainer.fit(model, datamodule=dm)
-    assert model.fit_stage2_calls == 0 and "val/acc" not in trainer.callback_metrics and "val/z1/acc" in trainer.callback_metrics
+    assert (
+        model.fit_stage2_calls == 0
+        and "val/acc" not in trainer.callback_metrics
+        and "val/z1/acc" in trainer.callback_metrics
+    )
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert model.fit_stage2_calls == 1 and "test/acc" in metrics
 
@@ -168,7 +210,8 @@ def test_naive_vae_class_predicts_with_the_classifier_on_all_of_mu(tmp_path):
     assert model.stage2 is None and model.classifier.in_features == 8
     out = model.losses(batch_of(dm))
     out["ce"].backward()
-    assert torch.count_nonzero(model.mu_head.weight.grad[model.dim_z1 :]) > 0  # no split: every dimension
+    # no split: every dimension
+    assert torch.count_nonzero(model.mu_head.weight.grad[model.dim_z1 :]) > 0
     trainer = quick_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
@@ -185,7 +228,8 @@ def test_naive_independent_trains_an_unsupervised_vae_then_a_classifier_on_mu(tm
     encoder_before = model.mu_head.weight.detach().clone()
     trainer = quick_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=dm)
-    torch.testing.assert_close(model.classifier.weight, head_before)  # lambda = 0: no label signal in stage 1
+    # lambda = 0: no label signal in stage 1
+    torch.testing.assert_close(model.classifier.weight, head_before)
     assert not torch.allclose(model.mu_head.weight, encoder_before)
     assert model.stage2.kind == "mlp" and model.stage2_on == "z"
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
@@ -201,15 +245,31 @@ def test_diagnostics_callback_writes_plots_and_measures_the_shortcut(tmp_path):
     assert "val/chroma/attr_probe_z1" in trainer.callback_metrics
     trainer.test(model, datamodule=dm, verbose=False)
     pngs = sorted(p.name for p in (tmp_path / "images").glob("*.png"))
-    assert any("partial_reconstructions" in p for p in pngs) and any("counterfactual_shift" in p for p in pngs)
-    for key in ("test/chroma/cf_shift_z1", "test/chroma/cf_shift_z2", "test/chroma/attr_probe_z2", "test/chroma/stage2_flip_rate"):
+    assert any("partial_reconstructions" in p for p in pngs) and any(
+        "counterfactual_shift" in p for p in pngs
+    )
+    for key in (
+        "test/chroma/cf_shift_z1",
+        "test/chroma/cf_shift_z2",
+        "test/chroma/attr_probe_z2",
+        "test/chroma/stage2_flip_rate",
+    ):
         assert key in trainer.callback_metrics, key
-    active = int(trainer.callback_metrics["test/chroma/active_z1"]) + int(trainer.callback_metrics["test/chroma/active_z2"])
-    assert 0 <= int(trainer.callback_metrics["test/chroma/active_z1"]) <= model.dim_z1 and active <= model.dim_z
+    active = int(trainer.callback_metrics["test/chroma/active_z1"]) + int(
+        trainer.callback_metrics["test/chroma/active_z2"]
+    )
+    assert (
+        0 <= int(trainer.callback_metrics["test/chroma/active_z1"]) <= model.dim_z1
+        and active <= model.dim_z
+    )
     assert 0.0 <= float(trainer.callback_metrics["test/chroma/stage2_flip_rate"]) <= 1.0
     images = torch.arange(2 * 3 * 4.0).view(2, 3, 2, 2)
     flipped = diag.flip(images)
-    assert torch.equal(flipped[:, 0], images[:, 1]) and torch.equal(flipped[:, 1], images[:, 0]) and torch.equal(flipped[:, 2], images[:, 2])
+    assert (
+        torch.equal(flipped[:, 0], images[:, 1])
+        and torch.equal(flipped[:, 1], images[:, 0])
+        and torch.equal(flipped[:, 2], images[:, 2])
+    )
 
 
 def test_attribute_probe_reads_a_present_attribute_and_not_an_absent_one():
@@ -227,7 +287,13 @@ def test_active_units_are_the_dimensions_whose_mean_varies_over_the_data():
     scales = torch.tensor([1.0, 0.5, 0.05, 0.0, 0.2])  # variances 1, 0.25, 0.0025, 0, 0.04
     mu = torch.randn(5000, 5, generator=gen) * scales + 3.0  # the offset must not matter
     assert ChromaDiagnostics.active_units(mu).tolist() == [True, True, False, False, True]
-    assert ChromaDiagnostics.active_units(mu, threshold=0.1).tolist() == [True, True, False, False, False]
+    assert ChromaDiagnostics.active_units(mu, threshold=0.1).tolist() == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_stage2_flip_rate_counts_changed_kNN_predictions():
@@ -242,7 +308,8 @@ def test_stage2_flip_rate_counts_changed_kNN_predictions():
             return mu[:, 1:]
 
     mu = torch.tensor([[5.0, 0.0], [5.0, 10.0], [0.0, 0.0], [0.0, 10.0]])
-    mu_cf = torch.tensor([[-5.0, 0.0], [-5.0, 10.0], [0.0, 10.0], [0.0, 0.0]])  # z1 moves for the first two, z2 for the last two
+    # z1 moves for the first two, z2 for the last two
+    mu_cf = torch.tensor([[-5.0, 0.0], [-5.0, 10.0], [0.0, 10.0], [0.0, 0.0]])
     assert ChromaDiagnostics.stage2_flip_rate(Fake(), mu, mu_cf) == 0.5
     fake = Fake()
     fake.stage2_stale = True
@@ -268,7 +335,9 @@ CHROMA_CONFIGS = [
 
 @pytest.fixture(scope="module")
 def benchmark_root(tmp_path_factory) -> Path:
-    """Tiny copies of MNIST, FashionMNIST, CelebA and the two X-ray hospitals in their real layouts."""
+    """Tiny copies of MNIST, FashionMNIST, CelebA and the two X-ray hospitals in their real
+    layouts.
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
     from datafixtures import balanced_labels, write_celeba, write_chest_xray, write_mnist_raw
 
@@ -276,14 +345,34 @@ def benchmark_root(tmp_path_factory) -> Path:
     write_mnist_raw(root, "MNIST", balanced_labels(60), balanced_labels(20))
     write_mnist_raw(root, "FashionMNIST", balanced_labels(60), balanced_labels(20), seed=1)
     write_celeba(root, n=36)
-    write_chest_xray(root, [int(i % 4 == 0) for i in range(40)], ["1.0" if i % 4 else "0.0" for i in range(40)])
+    write_chest_xray(
+        root, [int(i % 4 == 0) for i in range(40)], ["1.0" if i % 4 else "0.0" for i in range(40)]
+    )
     return root
 
 
 def run_config(config: str, root: Path, tmp_path: Path) -> dict:
-    args = ["fit", "--config", str(EXPERIMENTS / config), "--output_root", str(tmp_path), "--trainer.fast_dev_run", "1", "--trainer.logger", "false"]
-    args += ["--data.init_args.root", str(root), "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0"]
-    args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}"]  # the configured encoders are slow for a test
+    args = [
+        "fit",
+        "--config",
+        str(EXPERIMENTS / config),
+        "--output_root",
+        str(tmp_path),
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.logger",
+        "false",
+    ]
+    args += [
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.batch_size",
+        "8",
+        "--data.init_args.num_workers",
+        "0",
+    ]
+    # the configured encoders are slow for a test
+    args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}"]
     if "celeba" in config or "chest" in config:
         args += ["--data.init_args.resolution", "16"]
     assert run_cli(args) == 0
@@ -293,12 +382,33 @@ def run_config(config: str, root: Path, tmp_path: Path) -> dict:
 
 @pytest.mark.slow
 def test_colored_mnist_config_runs_both_stages_on_the_embedded_digits(tmp_path):
-    args = ["fit", "--config", str(EXPERIMENTS / "chroma_colored_mnist.yaml"), "--output_root", str(tmp_path), "--trainer.fast_dev_run", "1"]
-    args += ["--trainer.logger", "false", "--data.init_args.digits_source", "sklearn", "--data.init_args.batch_size", "16"]
+    args = [
+        "fit",
+        "--config",
+        str(EXPERIMENTS / "chroma_colored_mnist.yaml"),
+        "--output_root",
+        str(tmp_path),
+        "--trainer.fast_dev_run",
+        "1",
+    ]
+    args += [
+        "--trainer.logger",
+        "false",
+        "--data.init_args.digits_source",
+        "sklearn",
+        "--data.init_args.batch_size",
+        "16",
+    ]
     assert run_cli(args) == 0
     (results,) = list(tmp_path.rglob("results.json"))
     metrics = json.loads(results.read_text())["metrics"]
-    for key in ("test/acc", "test/z1/acc", "test/test_iid/acc", "test/chroma/cf_shift_z2", "test/chroma/attr_probe_z2"):
+    for key in (
+        "test/acc",
+        "test/z1/acc",
+        "test/test_iid/acc",
+        "test/chroma/cf_shift_z2",
+        "test/chroma/attr_probe_z2",
+    ):
         assert math.isfinite(metrics[key]), key
 
 

@@ -1,4 +1,6 @@
-"""CIM: the TN's mask, triplet sampling, the ERM/VIB/SCL-E2E baselines from one module, precisions, DDP."""
+"""CIM: the TN's mask, triplet sampling, the ERM/VIB/SCL-E2E baselines from one module, precisions,
+DDP.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from conftest import quick_trainer, run_cli, tiny_synthetic
 
 from robustrep.backbones.morph import TransformationNetwork
-from robustrep.data.base import TensorImageDataset
+from robustrep.data.datasets import TensorImageDataset
 from robustrep.data.triplets import TripletSource
 from robustrep.errors import ConfigError
 from robustrep.methods import CIM, ERM
@@ -35,7 +37,8 @@ def test_mask_lies_in_open_unit_interval_and_keeps_the_image_size(size):
     assert mask.shape == (4, 1, size, size)
     assert mask.min() > 0 and mask.max() < 1 and mask.std() > 0
     model = _cim(size)
-    assert torch.allclose(model.mask(images), torch.full((4, 1, size, size), 0.5))  # sigmoid(0) at init
+    # sigmoid(0) at init
+    assert torch.allclose(model.mask(images), torch.full((4, 1, size, size), 0.5))
     torch.testing.assert_close(model.morph(images), 0.5 * images)
 
 
@@ -56,7 +59,8 @@ def test_triplet_sampling_respects_labels_excludes_the_anchor_and_is_seeded():
     assert (ds.labels[pos] == labels).all() and (pos != keys).all()
     assert (ds.labels[neg] != labels).all()
     # every same-class example is reachable as a positive, every other-class one as a negative
-    assert set(pos[labels == 0].tolist()) == set(range(0, 60, 3)) - set()  # 1200 draws cover 20 candidates
+    # 1200 draws cover 20 candidates
+    assert set(pos[labels == 0].tolist()) == set(range(0, 60, 3)) - set()
     assert set(neg[labels == 0].tolist()) == {i for i in range(60) if i % 3 != 0}
     source.reseed(3)
     pos2, neg2 = source.sample(labels, keys)
@@ -70,7 +74,8 @@ def test_triplet_sampling_respects_labels_excludes_the_anchor_and_is_seeded():
 
 def test_triplet_sampling_through_a_subset_maps_index_keys():
     ds = _labelled_dataset()
-    sub = torch.utils.data.Subset(ds, list(range(1, 60, 2)))  # items report the inner index as `index`
+    # items report the inner index as `index`
+    sub = torch.utils.data.Subset(ds, list(range(1, 60, 2)))
     source = TripletSource(sub)
     items = [sub[i] for i in range(len(sub))]
     labels = torch.tensor([it["label"] for it in items]).repeat(10)
@@ -80,13 +85,22 @@ def test_triplet_sampling_through_a_subset_maps_index_keys():
     assert all(it["label"] == int(y) for it, y in zip(pos_items, labels))
     assert all(it["index"] != int(k) for it, k in zip(pos_items, keys))
     assert all(sub[int(n)]["label"] != int(y) for n, y in zip(neg, labels))
-    torch.testing.assert_close(source.images(pos[:4], "cpu"), torch.stack([it["image"] for it in pos_items[:4]]))
+    torch.testing.assert_close(
+        source.images(pos[:4], "cpu"), torch.stack([it["image"] for it in pos_items[:4]])
+    )
 
 
 def test_lambda_zero_without_tn_equals_erm_on_the_same_seed(tmp_path):
     def train(cls, **kw):
         pl.seed_everything(7)
-        model = cls(backbone="cnn", backbone_kwargs={"width": 4, "blocks": 2}, num_classes=2, num_groups=4, image_shape=(3, 8, 8), **kw)
+        model = cls(
+            backbone="cnn",
+            backbone_kwargs={"width": 4, "blocks": 2},
+            num_classes=2,
+            num_groups=4,
+            image_shape=(3, 8, 8),
+            **kw,
+        )
         quick_trainer(tmp_path, max_epochs=2).fit(model, datamodule=tiny_synthetic())
         return model
 
@@ -96,7 +110,8 @@ def test_lambda_zero_without_tn_equals_erm_on_the_same_seed(tmp_path):
     assert set(erm_state) == set(cim_state)
     for key, value in erm_state.items():
         torch.testing.assert_close(cim_state[key], value, rtol=0, atol=0, msg=key)
-    assert not torch.equal(erm_state["head.weight"], train(ERM).state_dict()["head.weight"] * 0)  # it did train
+    # it did train
+    assert not torch.equal(erm_state["head.weight"], train(ERM).state_dict()["head.weight"] * 0)
 
 
 def test_ce_gradient_reaches_the_tn_and_the_triplet_only_trains_the_tn():
@@ -141,7 +156,9 @@ def test_variants_run_and_differ(tmp_path):
         if name == "mask":
             mask_state = model.tn.state_dict()
         if name in ("gram", "feature"):
-            differs = any(not torch.equal(v, mask_state[k]) for k, v in model.tn.state_dict().items())
+            differs = any(
+                not torch.equal(v, mask_state[k]) for k, v in model.tn.state_dict().items()
+            )
             assert differs, f"{name} trained the TN exactly like mask"
     assert len({finals["mask"], finals["gram"], finals["feature"]}) == 3
 
@@ -168,7 +185,9 @@ def test_bad_configurations_are_config_errors():
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_fit_and_test_end_to_end(tmp_path, precision):
     pl.seed_everything(0)
-    model = _cim(8, backbone="cnn", backbone_kwargs={"width": 4, "blocks": 2}, vib_beta=0.01, vib_dim=8)
+    model = _cim(
+        8, backbone="cnn", backbone_kwargs={"width": 4, "blocks": 2}, vib_beta=0.01, vib_dim=8
+    )
     trainer = quick_trainer(tmp_path, max_epochs=1, precision=precision)
     dm = tiny_synthetic()
     trainer.fit(model, datamodule=dm)
@@ -179,8 +198,17 @@ def test_fit_and_test_end_to_end(tmp_path, precision):
 
 def test_cim_learns_the_toy_problem(tmp_path):
     pl.seed_everything(0)
-    dm = tiny_synthetic(train_size=512, val_size=64, test_size=256, batch_size=32, correlation=0.5, noise=0.05)
-    model = CIM(backbone="cnn", backbone_kwargs={"width": 8, "blocks": 2}, num_classes=2, num_groups=4, image_shape=(3, 8, 8), lam=0.5)
+    dm = tiny_synthetic(
+        train_size=512, val_size=64, test_size=256, batch_size=32, correlation=0.5, noise=0.05
+    )
+    model = CIM(
+        backbone="cnn",
+        backbone_kwargs={"width": 8, "blocks": 2},
+        num_classes=2,
+        num_groups=4,
+        image_shape=(3, 8, 8),
+        lam=0.5,
+    )
     trainer = quick_trainer(tmp_path, max_epochs=4)
     trainer.fit(model, datamodule=dm)
     assert trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"] > 0.85
@@ -197,7 +225,10 @@ def test_the_triplet_alone_teaches_the_tn_to_morph_toward_positives():
     model = CIM(backbone="tiny", num_classes=2, num_groups=4, image_shape=(3, 8, 8))
     model.set_triplet_source(train)
     anchors = [train[i] for i in range(256)]
-    images, labels = torch.stack([a["image"] for a in anchors]), torch.tensor([int(a["label"]) for a in anchors])
+    images, labels = (
+        torch.stack([a["image"] for a in anchors]),
+        torch.tensor([int(a["label"]) for a in anchors]),
+    )
 
     def draw(seed: int):
         model.triplets.reseed(seed)
@@ -222,24 +253,38 @@ def test_ddp_spawn_two_processes(tmp_path):
     pl.seed_everything(0)
     model = _cim(8, vib_beta=0.01, vib_dim=8)
     dm = tiny_synthetic()
-    trainer = quick_trainer(tmp_path, max_epochs=1, devices=2, strategy="ddp_spawn", limit_train_batches=2)
+    trainer = quick_trainer(
+        tmp_path, max_epochs=1, devices=2, strategy="ddp_spawn", limit_train_batches=2
+    )
     trainer.fit(model, datamodule=dm)
     assert torch.isfinite(trainer.callback_metrics["train/triplet"])
     assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
-    results = quick_trainer(tmp_path).test(model, datamodule=dm, verbose=False)[0]  # weights came back from the workers
+    # weights came back from the workers
+    results = quick_trainer(tmp_path).test(model, datamodule=dm, verbose=False)[0]
     assert 0.0 <= results["test/acc"] <= 1.0
 
 
-# ---------------------------------------------------------------------------------------------- configs
+# ------------------------------------------------------------------------------------------ configs
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-CIM_CONFIGS = sorted(p for pattern in ("cim_*.yaml", "vib_*.yaml", "sclE2E_*.yaml") for p in EXPERIMENTS.glob(pattern))
+CIM_CONFIGS = sorted(
+    p
+    for pattern in ("cim_*.yaml", "vib_*.yaml", "sclE2E_*.yaml")
+    for p in EXPERIMENTS.glob(pattern)
+)
 
 
 @pytest.fixture(scope="module")
 def cim_benchmarks(tmp_path_factory) -> Path:
     """Tiny copies of the on-disk formats of every benchmark CIM's configs use."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-    from datafixtures import IN9_FOLDERS, balanced_labels, write_celeba, write_image_folder, write_mnist_raw, write_waterbirds
+    from datafixtures import (
+        IN9_FOLDERS,
+        balanced_labels,
+        write_celeba,
+        write_image_folder,
+        write_mnist_raw,
+        write_waterbirds,
+    )
 
     from robustrep.data.vlcs import VLCS_CLASSES, VLCS_DOMAINS
 
@@ -262,8 +307,18 @@ def test_every_table_row_has_a_config():
     assert {"sclE2E_waterbirds", "sclE2E_vlcs", "sclE2E_bg_challenge"} <= names
 
 
-# Two CIM+VIB configs run in the fast tier (TN, triplets, VIB, both callbacks, in-memory and JPEG data); the rest in the slow one.
-CONFIG_PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem in ("cim_vib_colored_mnist", "cim_vib_bg_challenge") else pytest.mark.slow) for p in CIM_CONFIGS]
+# Two CIM+VIB configs run in the fast tier (TN, triplets, VIB, both callbacks, in-memory and JPEG
+# data); the rest in the slow one.
+CONFIG_PARAMS = [
+    pytest.param(
+        p,
+        id=p.stem,
+        marks=()
+        if p.stem in ("cim_vib_colored_mnist", "cim_vib_bg_challenge")
+        else pytest.mark.slow,
+    )
+    for p in CIM_CONFIGS
+]
 
 
 @pytest.mark.parametrize("config", CONFIG_PARAMS)
@@ -274,13 +329,22 @@ def test_config_runs_on_fixture(config, cim_benchmarks, tmp_path):
     args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}"]
     if "resolution:" in config.read_text():
         args += ["--data.init_args.resolution", "16"]
-    args += ["--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--output_root", str(tmp_path)]
+    args += [
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--output_root",
+        str(tmp_path),
+    ]
     assert run_cli(args) == 0
     (results,) = list(tmp_path.rglob("results.json"))
     metrics = json.loads(results.read_text())["metrics"]
     assert np.isfinite(metrics["test/acc"])
     if "bg_challenge" in config.stem:
-        assert metrics["test/bg_gap"] == pytest.approx(metrics["test/mixed_same/acc"] - metrics["test/mixed_rand/acc"])
+        assert metrics["test/bg_gap"] == pytest.approx(
+            metrics["test/mixed_same/acc"] - metrics["test/mixed_rand/acc"]
+        )
 
 
 @pytest.mark.parametrize("terms", ["positive", "negative"])
@@ -298,10 +362,14 @@ def test_one_sided_triplet_reads_only_its_side(terms):
     positive, negative = model.draw_triplets(labels, None)
     assert reads == [4]
     kept = positive if terms == "positive" else negative
-    assert (positive is None) == (terms == "negative") and (negative is None) == (terms == "positive")
+    assert (positive is None) == (terms == "negative") and (negative is None) == (
+        terms == "positive"
+    )
     assert kept.shape == (4, 1, 8, 8)
     batch = {"image": torch.rand(4, 1, 8, 8), "label": labels, "index": torch.arange(4)}
-    model = CIM(num_classes=2, num_groups=2, image_shape=(1, 8, 8), backbone="tiny", triplet_terms=terms)
+    model = CIM(
+        num_classes=2, num_groups=2, image_shape=(1, 8, 8), backbone="tiny", triplet_terms=terms
+    )
     model.set_triplet_source(train)
     model.triplets.reseed(0)
     loss = model.training_step(batch, 0)
@@ -314,11 +382,22 @@ def test_one_sided_triplet_reads_only_its_side(terms):
 
 def test_printed_sign_flips_only_the_triplet_term():
     train = _labelled_dataset(num_classes=2)
-    batch = {"image": torch.rand(6, 1, 8, 8), "label": torch.tensor([0, 1, 0, 1, 0, 1]), "index": torch.arange(6)}
+    batch = {
+        "image": torch.rand(6, 1, 8, 8),
+        "label": torch.tensor([0, 1, 0, 1, 0, 1]),
+        "index": torch.arange(6),
+    }
     losses = {}
     for printed in (False, True):
         torch.manual_seed(0)
-        model = CIM(num_classes=2, num_groups=2, image_shape=(1, 8, 8), backbone="tiny", lam=2.0, printed_sign=printed)
+        model = CIM(
+            num_classes=2,
+            num_groups=2,
+            image_shape=(1, 8, 8),
+            backbone="tiny",
+            lam=2.0,
+            printed_sign=printed,
+        )
         with torch.no_grad():
             model.tn.out.weight.normal_(0, 1.0)  # a non-uniform mask
         model.set_triplet_source(train)

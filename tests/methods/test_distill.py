@@ -14,7 +14,9 @@ from robustrep.methods.distill import distillation_loss
 def test_loss_matches_the_formula():
     torch.manual_seed(0)
     s, t, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
-    total, ce, kl = distillation_loss(s, t, y, alpha=0.7, beta=0.3, temperature=2.0, label_smoothing=0.1)
+    total, ce, kl = distillation_loss(
+        s, t, y, alpha=0.7, beta=0.3, temperature=2.0, label_smoothing=0.1
+    )
     smooth = torch.full((6, 4), 0.1 / 4)
     smooth[torch.arange(6), y] += 0.9
     ce_ref = -(smooth * F.log_softmax(s, 1)).sum(1).mean()
@@ -33,13 +35,19 @@ def _dm():
 
 
 def _kw(dm):
-    return dict(backbone="tiny", image_shape=dm.image_shape, num_classes=dm.num_classes, num_groups=dm.num_groups)
+    return dict(
+        backbone="tiny",
+        image_shape=dm.image_shape,
+        num_classes=dm.num_classes,
+        num_groups=dm.num_groups,
+    )
 
 
 def test_teacher_stays_frozen_and_in_eval_mode_while_the_student_learns(tmp_path):
     dm = _dm()
     torch.manual_seed(0)
-    teacher = ERM(**{**_kw(dm), "backbone": "cnn", "backbone_kwargs": {"width": 4}})  # batch norm: running stats must not move
+    # batch norm: running stats must not move
+    teacher = ERM(**{**_kw(dm), "backbone": "cnn", "backbone_kwargs": {"width": 4}})
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = Distill(teacher=teacher, **_kw(dm))
     start = student.head.weight.detach().clone()
@@ -50,10 +58,24 @@ def test_teacher_stays_frozen_and_in_eval_mode_while_the_student_learns(tmp_path
     assert all(not p.requires_grad for p in student.teacher.parameters())
 
 
-def test_student_backbone_initialised_from_a_stage_one_checkpoint_and_teacher_from_a_checkpoint(tmp_path):
+def test_student_backbone_initialised_from_a_stage_one_checkpoint_and_teacher_from_a_checkpoint(
+    tmp_path,
+):
     dm = tiny_synthetic(num_views=2, augment="contrastive", train_size=32)
-    stage1 = IPIRM(backbone="tiny", image_shape=dm.image_shape, num_classes=dm.num_classes, invariance=False, projection_hidden=8, projection_dim=4)
-    trainer = quick_trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "s1")])
+    stage1 = IPIRM(
+        backbone="tiny",
+        image_shape=dm.image_shape,
+        num_classes=dm.num_classes,
+        invariance=False,
+        projection_hidden=8,
+        projection_dim=4,
+    )
+    trainer = quick_trainer(
+        tmp_path,
+        max_epochs=1,
+        enable_checkpointing=True,
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "s1")],
+    )
     trainer.fit(stage1, dm)
     (ckpt,) = list((tmp_path / "s1").glob("*.ckpt"))
     student = Distill(init_from=str(ckpt), **_kw(dm))
@@ -62,7 +84,12 @@ def test_student_backbone_initialised_from_a_stage_one_checkpoint_and_teacher_fr
 
     dm2 = _dm()
     teacher = ERM(**_kw(dm2))
-    t_trainer = quick_trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "t")])
+    t_trainer = quick_trainer(
+        tmp_path,
+        max_epochs=1,
+        enable_checkpointing=True,
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "t")],
+    )
     t_trainer.fit(teacher, dm2)
     (t_ckpt,) = list((tmp_path / "t").glob("*.ckpt"))
     distilled = Distill(teacher=str(t_ckpt), teacher_class="robustrep.methods.ERM", **_kw(dm2))

@@ -1,5 +1,6 @@
-"""IP-IRM: minimisation wiring, the maximisation step, partitions as checkpointed state, fit/test end
-to end (32-bit, bf16-mixed, ddp_spawn), and every shipped IP-IRM / SimCLR / SimSiam / distill config."""
+"""IP-IRM: minimisation wiring, the maximisation step, partitions as checkpointed state, fit/test
+end to end (32-bit, bf16-mixed, ddp_spawn), and every shipped IP-IRM / SimCLR / SimSiam / distill
+config."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ from robustrep.losses.irm import min_share, soft_partition_objective
 from robustrep.losses.partition import maximise_partition, rebalance
 from robustrep.methods.ipirm import IPIRM
 
-SMALL = dict(backbone="tiny", projection_hidden=16, projection_dim=8, maximise_epochs=4, maximise_batch_size=32)
+SMALL = dict(
+    backbone="tiny",
+    projection_hidden=16,
+    projection_dim=8,
+    maximise_epochs=4,
+    maximise_batch_size=32,
+)
 
 
 def _model(dm, **kw) -> IPIRM:
@@ -40,13 +47,29 @@ def _toy_features(n: int = 240, d: int = 8, seed: int = 0):
 def test_maximisation_raises_its_objective_and_respects_the_balance_constraint():
     f1, f2 = _toy_features()
     history: list[float] = []
-    assign = maximise_partition(f1, f2, epochs=30, batch_size=240, patience=30, lr=0.5, milestones=(100,), seed=3, history=history)
-    assert history[-1] > history[0] + 0.02  # one chunk = the whole bank, so the history is the exact objective
+    assign = maximise_partition(
+        f1,
+        f2,
+        epochs=30,
+        batch_size=240,
+        patience=30,
+        lr=0.5,
+        milestones=(100,),
+        seed=3,
+        history=history,
+    )
+    # one chunk = the whole bank, so the history is the exact objective
+    assert history[-1] > history[0] + 0.02
     start = torch.softmax(torch.randn(240, 2, generator=torch.Generator().manual_seed(3)), 1)
     before, _, _ = soft_partition_objective(f1, f2, start)
     after, _, _ = soft_partition_objective(f1, f2, F.one_hot(assign, 2).float())
     gen = torch.Generator().manual_seed(0)
-    random_hard = [soft_partition_objective(f1, f2, F.one_hot(torch.randint(0, 2, (240,), generator=gen), 2).float())[0] for _ in range(5)]
+    random_hard = [
+        soft_partition_objective(
+            f1, f2, F.one_hot(torch.randint(0, 2, (240,), generator=gen), 2).float()
+        )[0]
+        for _ in range(5)
+    ]
     assert after > before + 0.02 and after > max(random_hard) + 0.02
     shares = torch.bincount(assign, minlength=2).float() / 240
     assert shares.min() >= min_share(2, 2.0) - 1e-6
@@ -103,7 +126,9 @@ def test_fit_and_test_end_to_end(tmp_path, precision):
     dm = tiny_synthetic(num_views=2, augment="contrastive", train_size=32)
     model = _model(dm, max_partitions=3)
     knn = KNNMonitor(k=10, every_n_epochs=1)
-    trainer = quick_trainer(tmp_path, max_epochs=2, precision=precision, callbacks=[knn, LinearProbe()])
+    trainer = quick_trainer(
+        tmp_path, max_epochs=2, precision=precision, callbacks=[knn, LinearProbe()]
+    )
     trainer.fit(model, dm)
     assert model.num_partitions == 2 and model.partition_epochs == [0, 1]
     for part in model.partitions:
@@ -127,15 +152,20 @@ def test_partitions_survive_a_checkpoint_and_a_resumed_run_continues_with_them(t
     dm = tiny_synthetic(num_views=2, augment="contrastive", train_size=32)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
     model = _model(dm, partition_every=2)
-    quick_trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[ckpt]).fit(model, dm)
+    quick_trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[ckpt]).fit(
+        model, dm
+    )
     first = model.partitions.clone()
     assert first.shape == (1, 32)
     loaded = IPIRM.load_from_checkpoint(tmp_path / "last.ckpt")
     assert torch.equal(loaded.partitions, first) and loaded.partition_epochs == [0]
 
     resumed = _model(dm, partition_every=2)
-    quick_trainer(tmp_path, max_epochs=3, enable_checkpointing=True).fit(resumed, dm, ckpt_path=str(tmp_path / "last.ckpt"))
-    assert resumed.partition_epochs == [0, 2]  # epoch 0's partition was not recomputed; epoch 2's was added
+    quick_trainer(tmp_path, max_epochs=3, enable_checkpointing=True).fit(
+        resumed, dm, ckpt_path=str(tmp_path / "last.ckpt")
+    )
+    # epoch 0's partition was not recomputed; epoch 2's was added
+    assert resumed.partition_epochs == [0, 2]
     assert torch.equal(resumed.partitions[0], first[0])
 
 
@@ -151,7 +181,13 @@ class _DumpPartitions(pl.Callback):
 def test_ddp_spawn_two_processes_identical_partitions(tmp_path):
     dm = tiny_synthetic(num_views=2, augment="contrastive", train_size=48, batch_size=8)
     model = _model(dm)
-    trainer = quick_trainer(tmp_path, max_epochs=2, devices=2, strategy="ddp_spawn", callbacks=[_DumpPartitions(str(tmp_path))])
+    trainer = quick_trainer(
+        tmp_path,
+        max_epochs=2,
+        devices=2,
+        strategy="ddp_spawn",
+        callbacks=[_DumpPartitions(str(tmp_path))],
+    )
     trainer.fit(model, dm)
     p0, p1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert p0.shape == (2, 48) and torch.equal(p0, p1)
@@ -159,8 +195,17 @@ def test_ddp_spawn_two_processes_identical_partitions(tmp_path):
 
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-CONFIGS = ["ipirm_stl10", "simclr_stl10", "ipirm_cifar10", "ipirm_vipriors", "simsiam_vipriors", "ipirm_simsiam_vipriors", "distill_vipriors"]
-# One per code path is fitted end to end (each CLI run costs ~5-15 s here); tests/test_configs.py instantiates all of them.
+CONFIGS = [
+    "ipirm_stl10",
+    "simclr_stl10",
+    "ipirm_cifar10",
+    "ipirm_vipriors",
+    "simsiam_vipriors",
+    "ipirm_simsiam_vipriors",
+    "distill_vipriors",
+]
+# One per code path is fitted end to end (each CLI run costs ~5-15 s here); tests/test_configs.py
+# instantiates all of them.
 FITTED = ["ipirm_stl10", "ipirm_simsiam_vipriors", "distill_vipriors"]
 
 
@@ -183,15 +228,38 @@ def fixture_root(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", FITTED)
 def test_config_fits_and_tests_on_fixtures(name, fixture_root, tmp_path):
     config = EXPERIMENTS / f"{name}.yaml"
-    args = ["fit", "--config", str(config), "--data.init_args.root", str(fixture_root), "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--data.init_args.root",
+        str(fixture_root),
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.num_workers",
+        "0",
+    ]
     args += ["--model.init_args.backbone", "tiny", "--model.init_args.backbone_kwargs", "{}"]
     if "vipriors" in name:
         args += ["--data.init_args.num_classes", "2", "--data.init_args.resolution", "16"]
     if "stl10" in name:
-        args += ["--data.init_args.include_unlabeled", "false", "--data.init_args.image_size", "null"]  # tiny is size-bound
+        # tiny is size-bound
+        args += [
+            "--data.init_args.include_unlabeled",
+            "false",
+            "--data.init_args.image_size",
+            "null",
+        ]
     if name.startswith(("ipirm", "simclr", "simsiam")):
         args += ["--model.init_args.maximise_epochs", "2"]
-    args += ["--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--output_root", str(tmp_path)]
+    args += [
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--output_root",
+        str(tmp_path),
+    ]
     assert run_cli(args) == 0
     (results,) = list(tmp_path.rglob("results.json"))
     metrics = json.loads(results.read_text())["metrics"]

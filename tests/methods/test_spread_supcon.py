@@ -1,4 +1,6 @@
-"""SpreadSupCon end to end on tiny data: both settings, bf16, noisy contrastive labels, the ViT, DDP, configs."""
+"""SpreadSupCon end to end on tiny data: both settings, bf16, noisy contrastive labels, the ViT,
+DDP, configs.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +22,13 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 def make(dm, **kw) -> SpreadSupCon:
     kw.setdefault("backbone", "tiny")
-    return SpreadSupCon(num_classes=dm.num_classes, num_groups=dm.num_groups, group_names=dm.group_names, image_shape=dm.image_shape, **kw)
+    return SpreadSupCon(
+        num_classes=dm.num_classes,
+        num_groups=dm.num_groups,
+        group_names=dm.group_names,
+        image_shape=dm.image_shape,
+        **kw,
+    )
 
 
 def two_view_data(**kw):
@@ -42,7 +50,9 @@ def test_fit_and_test_with_ce_head(tmp_path, precision):
 def test_contrastive_only_logs_probe_metrics_not_logits(tmp_path):
     dm = two_view_data(num_attributes=1, strata_per_class=2)
     model = make(dm, loss="supcon", ce_head=False, projection_dim=8)
-    trainer = quick_trainer(tmp_path, max_epochs=1, callbacks=[LinearProbe(every_n_epochs=1), CoarseToFine()])
+    trainer = quick_trainer(
+        tmp_path, max_epochs=1, callbacks=[LinearProbe(every_n_epochs=1), CoarseToFine()]
+    )
     trainer.fit(model, dm)
     assert "val/probe/acc" in trainer.callback_metrics
     metrics = trainer.test(model, dm, verbose=False)[0]
@@ -112,25 +122,38 @@ def test_vit_backbone_shapes_and_registry():
 
 def test_vit_setting_fits(tmp_path):
     dm = two_view_data(size=8)
-    model = make(dm, backbone="vit", backbone_kwargs={"width": 16, "depth": 1, "heads": 2, "mlp_dim": 32}, loss="attract")
+    model = make(
+        dm,
+        backbone="vit",
+        backbone_kwargs={"width": 16, "depth": 1, "heads": 2, "mlp_dim": 32},
+        loss="attract",
+    )
     trainer = quick_trainer(tmp_path, max_epochs=1, limit_train_batches=2)
     trainer.fit(model, dm)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
 # ------------------------------------------------------------------ configs
-OUR_CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.yaml") if "robustrep.methods.SpreadSupCon" in p.read_text())
+OUR_CONFIGS = sorted(
+    p for p in EXPERIMENTS.glob("*.yaml") if "robustrep.methods.SpreadSupCon" in p.read_text()
+)
 TINY_VIT = '{"width": 16, "depth": 1, "heads": 2, "mlp_dim": 16}'
 
 
 def instantiate(spec):
-    """Build ``class_path``/``init_args`` objects (recursively) like the CLI does, without the parser."""
+    """Build ``class_path``/``init_args`` objects (recursively) like the CLI does, without the
+    parser.
+    """
     import importlib
 
     if isinstance(spec, dict) and "class_path" in spec:
         module, _, name = spec["class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module), name)
-        args = {k: v for k, v in (spec.get("init_args") or {}).items() if k not in ("optimizer", "lr_scheduler")}
+        args = {
+            k: v
+            for k, v in (spec.get("init_args") or {}).items()
+            if k not in ("optimizer", "lr_scheduler")
+        }
         return cls(**{k: instantiate(v) for k, v in args.items()})
     return spec
 
@@ -138,30 +161,64 @@ def instantiate(spec):
 def test_every_config_instantiates():
     import yaml
 
-    assert len(OUR_CONFIGS) >= 4 * 10  # 4 losses x (5 CIFAR variants, MNIST, MNIST-Coarse, Waterbirds, ISIC, synthetic strata)
+    # 4 losses x (5 CIFAR variants, MNIST, MNIST-Coarse, Waterbirds, ISIC, synthetic strata)
+    assert len(OUR_CONFIGS) >= 4 * 10
     for path in OUR_CONFIGS:
         cfg = yaml.safe_load(path.read_text())
         dm = instantiate(cfg["data"])
         assert dm.num_views == 2 and dm.augment == "contrastive", path.name
-        model_spec = {**cfg["model"], "init_args": {**cfg["model"]["init_args"], "image_shape": dm.image_shape, "num_classes": dm.num_classes}}
+        model_spec = {
+            **cfg["model"],
+            "init_args": {
+                **cfg["model"]["init_args"],
+                "image_shape": dm.image_shape,
+                "num_classes": dm.num_classes,
+            },
+        }
         assert model_spec["init_args"]["backbone"] in BACKBONES, path.name
         if model_spec["init_args"]["backbone"] == "vit":
-            model_spec["init_args"]["backbone_kwargs"] = {"width": 16, "depth": 1, "heads": 2, "mlp_dim": 16}
-        elif model_spec["init_args"]["backbone"].startswith("resnet"):  # keep the test fast: the ResNets have their own tests
+            model_spec["init_args"]["backbone_kwargs"] = {
+                "width": 16,
+                "depth": 1,
+                "heads": 2,
+                "mlp_dim": 16,
+            }
+        elif model_spec["init_args"]["backbone"].startswith("resnet"):
+            # keep the test fast: the ResNets have their own tests
             model_spec["init_args"].update(backbone="tiny", backbone_kwargs={})
         model = instantiate(model_spec)
         assert model.loss_name == path.stem.split("_", 1)[0]
         callbacks = [instantiate(c) for c in cfg["trainer"]["callbacks"]]
-        assert any(isinstance(c, CoarseToFine) for c in callbacks) == ("coarse" in path.stem or "strata" in path.stem), path.name
+        assert any(isinstance(c, CoarseToFine) for c in callbacks) == (
+            "coarse" in path.stem or "strata" in path.stem
+        ), path.name
 
 
-# The fast tier runs spread_synthetic_strata through the CLI in tests/analysis (the analyze fixture).
+# The fast tier runs spread_synthetic_strata through the CLI in tests/analysis (the analyze
+# fixture).
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["spread_synthetic_strata", "supcon_mnist_coarse"])
 def test_config_runs_fast_dev_run(tmp_path, config):
-    args = ["fit", "--config", str(EXPERIMENTS / f"{config}.yaml"), "--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--output_root", str(tmp_path)]
+    args = [
+        "fit",
+        "--config",
+        str(EXPERIMENTS / f"{config}.yaml"),
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--output_root",
+        str(tmp_path),
+    ]
     if "mnist" in config:
-        args += ["--data.init_args.digits_source", "sklearn", "--data.init_args.batch_size", "8", "--model.init_args.backbone_kwargs", TINY_VIT]
+        args += [
+            "--data.init_args.digits_source",
+            "sklearn",
+            "--data.init_args.batch_size",
+            "8",
+            "--model.init_args.backbone_kwargs",
+            TINY_VIT,
+        ]
     else:
         args += [
             "--data.init_args.train_size",
@@ -182,7 +239,11 @@ def test_config_runs_fast_dev_run(tmp_path, config):
 @pytest.mark.slow
 def test_ddp_spawn_two_processes(tmp_path):
     dm = two_view_data(train_size=32, val_size=16, test_size=16, batch_size=8)
-    model = make(dm, backbone="cnn", backbone_kwargs={"width": 4, "batch_norm": False}, loss="spread")
-    trainer = quick_trainer(tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1)
+    model = make(
+        dm, backbone="cnn", backbone_kwargs={"width": 4, "batch_norm": False}, loss="spread"
+    )
+    trainer = quick_trainer(
+        tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1
+    )
     trainer.fit(model, dm)
     assert trainer.state.finished
