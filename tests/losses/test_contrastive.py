@@ -15,6 +15,7 @@ from robustrep.losses.contrastive import (
     attract,
     contrastive_loss,
     masked_info_nce,
+    masked_logsumexp,
     nt_xent,
     repel,
     spread,
@@ -170,6 +171,21 @@ def test_masked_info_nce_general_form():
     torch.testing.assert_close(loss[2], torch.logsumexp(torch.tensor([2.0, 3.0]), 0) - 2.5)
 
 
+def test_masked_logsumexp_equals_the_sum_over_the_mask_with_no_gradient_outside():
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(6, 9, generator=g) * 30).requires_grad_()  # spans far beyond exp's range
+    mask = torch.rand(6, 9, generator=g) < 0.4
+    mask[0] = False  # an empty row
+    mask[1] = True
+    got = masked_logsumexp(x, mask, dim=1)
+    assert got[0].item() == -1e9
+    for i in range(1, 6):
+        torch.testing.assert_close(got[i], torch.logsumexp(x[i][mask[i]], 0), rtol=0, atol=1e-5)
+    (grad,) = torch.autograd.grad(got.sum(), x)
+    assert grad[0].abs().sum() == 0 and grad[~mask].abs().sum() == 0
+    torch.testing.assert_close(grad.sum(1)[1:], torch.ones(5))  # a softmax per non-empty row
+
+
 def test_bf16_inputs_run_in_fp32():
     g = torch.Generator().manual_seed(5)
     z1, z2, y = (
@@ -188,6 +204,83 @@ def test_unknown_loss_and_missing_labels_raise():
         contrastive_loss(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), loss="nope")
     with pytest.raises(ValueError, match="needs labels"):
         contrastive_loss(torch.randn(4, 2), None, loss="spread")
+
+
+def _reference(z, labels, instance, kind, tau, alpha=0.5):
+    """The masked autograd formulation (the implementation before the fused pass), in fp32."""
+    from robustrep.losses.contrastive import _autograd_contrastive
+
+    weights = {
+        "spread": (alpha, 1 - alpha, 0.0, 0.0),
+        "attract": (1.0, 0.0, 0.0, 0.0),
+        "repel": (0.0, 1.0, 0.0, 0.0),
+        "supcon": (0.0, 0.0, 1.0, 0.0),
+        "simclr": (0.0, 0.0, 0.0, 1.0),
+    }[kind]
+    zn = F.normalize(z.float(), dim=1)
+    return _autograd_contrastive(
+        zn, instance if kind == "simclr" else labels, instance, tau, weights
+    )
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.1, 0.02])  # 0.02: the row-max shift branch
+@pytest.mark.parametrize("kind", ["spread", "attract", "repel", "supcon", "simclr"])
+@pytest.mark.parametrize("pattern", list(LABEL_PATTERNS))
+def test_fused_pass_equals_the_masked_formulation_values_and_gradients(kind, pattern, tau):
+    g = torch.Generator().manual_seed(7 + len(kind) + list(LABEL_PATTERNS).index(pattern))
+    b = 8
+    z1, z2 = torch.randn(b, 6, generator=g), torch.randn(b, 6, generator=g)
+    z, y, inst = stack_views([z1, z2], LABEL_PATTERNS[pattern](b, g))
+    a, r = z.clone().requires_grad_(), z.clone().requires_grad_()
+    fused = contrastive_loss(a, y, inst, kind, tau=tau, alpha=0.3)
+    ref = _reference(r, y, inst, kind, tau, alpha=0.3)
+    fused.backward()
+    ref.backward()
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.grad, r.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["spread", "attract", "repel", "supcon", "simclr"])
+def test_fused_pass_is_safe_on_degenerate_batches(kind):
+    """Identical embeddings, one class, no positive at all, zero vectors: finite values and
+    gradients equal to the masked formulation's."""
+    cases = [
+        (torch.ones(8, 4), torch.tensor([0, 1, 0, 1] * 2), torch.arange(4).repeat(2)),  # identical
+        (
+            torch.randn(8, 4),
+            torch.zeros(8, dtype=torch.long),
+            torch.arange(4).repeat(2),
+        ),  # one class
+        (torch.randn(6, 4), torch.arange(6), torch.arange(6)),  # no positive, no instance partner
+        (torch.zeros(8, 4), torch.tensor([0, 1] * 4), torch.arange(4).repeat(2)),  # zero vectors
+    ]
+    for z, y, inst in cases:
+        a, r = z.clone().requires_grad_(), z.clone().requires_grad_()
+        fused = contrastive_loss(a, y, inst, kind, tau=0.5)
+        fused.backward()
+        ref = _reference(r, y, inst, kind, 0.5)
+        ref.backward()
+        assert torch.isfinite(fused) and torch.isfinite(a.grad).all()
+        torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_pass_under_bf16_autocast_matches_fp32_within_bf16_rounding():
+    """bf16 embeddings from an autocast forward: the loss runs in fp32; against fp32 inputs the
+    difference is the bf16 rounding of the inputs only (relative 1e-2)."""
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(64, 16, generator=g)
+    y, inst = torch.randint(4, (32,), generator=g).repeat(2), torch.arange(32).repeat(2)
+    a = z.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = contrastive_loss(a, y, inst, "spread", tau=0.1)
+    low.backward()
+    b = z.clone().requires_grad_()
+    high = contrastive_loss(b, y, inst, "spread", tau=0.1)
+    high.backward()
+    assert low.dtype == torch.float32 and torch.isfinite(a.grad.float()).all()
+    torch.testing.assert_close(low, high, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(a.grad.float(), b.grad, rtol=5e-2, atol=5e-3)
 
 
 def _ddp_worker(rank: int, world: int, port: int, z1, z2, y, queue) -> None:
