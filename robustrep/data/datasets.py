@@ -76,6 +76,18 @@ class TensorImageDataset(Dataset):
             self.images, self.labels, self.groups, transform, num_views, **self.metadata
         )
 
+    def batch(self, indices: Sequence[int]) -> dict[str, Any] | None:
+        """These examples already collated (what ``default_collate`` makes of their items), in one
+        indexing operation per field instead of one item at a time; None when the examples need
+        a transform each (then read them one by one)."""
+        if self.transform is not None or self.num_views > 1:
+            return None
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        out: dict[str, Any] = {"label": self.labels[idx], "group": self.groups[idx], "index": idx}
+        out.update({key: values[idx] for key, values in self.metadata.items()})
+        out["image"] = self.images[idx].float().div_(255.0)
+        return out
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.images[index].float().div_(255.0)
         item: dict[str, Any] = {

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from robustrep.randomness import derive_seed
 
@@ -123,6 +123,26 @@ class SeededExamples(Dataset):
         finally:
             gen.set_state(state)
 
+    def __getitems__(self, keys: list[tuple[int, int]]) -> Any:
+        """A whole batch: collated in one go when the dataset can (``batch(indices)`` of a dataset
+        without random transforms, e.g. :class:`~robustrep.data.datasets.TensorImageDataset`),
+        else item by item with each item's seed."""
+        batch = getattr(self.dataset, "batch", None)
+        collated = batch([index for index, _ in keys]) if callable(batch) else None
+        if collated is not None:
+            return Collated(collated)
+        return [self[key] for key in keys]
+
+
+class Collated(dict):
+    """A batch :meth:`SeededExamples.__getitems__` has already collated (passed through as is)."""
+
+
+def collate(data: Any) -> Any:
+    """The training loader's collate function: ``default_collate``, except for a batch the dataset
+    has already collated."""
+    return dict(data) if isinstance(data, Collated) else default_collate(data)
+
 
 def ignore_sigint(_worker_id: int) -> None:
     """DataLoader worker init: leave Ctrl-C to the main process, which stops the run cleanly."""
@@ -150,6 +170,7 @@ class ResumableLoader(DataLoader):
         sampler = kwargs.pop("sampler", None) or EpochSampler(len(dataset), seed, shuffle)  # type: ignore[arg-type]
         if not isinstance(dataset, SeededExamples):
             dataset = SeededExamples(dataset)
+        kwargs.setdefault("collate_fn", collate)
         kwargs.setdefault("worker_init_fn", ignore_sigint if num_workers > 0 else None)
         kwargs.setdefault("persistent_workers", num_workers > 0)
         super().__init__(

@@ -85,3 +85,25 @@ def test_loader_state_resumes_at_the_next_batch_and_starts_a_new_epoch_afresh():
     fresh = ResumableLoader(ds, batch_size=8, seed=2)
     fresh.sampler.set_epoch(4)
     assert [b["index"].tolist() for b in nxt] == [b["index"].tolist() for b in fresh]
+
+
+def test_untransformed_tensor_batches_are_collated_in_one_go_exactly_as_item_by_item():
+    n = 30
+    gen = torch.Generator().manual_seed(1)
+    plain = TensorImageDataset(
+        torch.randint(0, 256, (n, 3, 5, 5), dtype=torch.uint8, generator=gen),
+        torch.randint(0, 3, (n,), generator=gen),
+        torch.randint(0, 4, (n,), generator=gen),
+        place=torch.arange(n) % 5,
+    )
+    assert plain.batch([0, 1]) is not None
+    # an identity transform forces the item-by-item path (default_collate)
+    itemwise = plain.with_transform(lambda image: image)
+    assert itemwise.batch([0, 1]) is None
+    fast = list(ResumableLoader(plain, batch_size=7, seed=2))
+    slow = list(ResumableLoader(itemwise, batch_size=7, seed=2))
+    assert len(fast) == len(slow) == 5
+    for a, b in zip(fast, slow, strict=True):
+        assert type(a) is dict and list(a) == list(b)
+        for key in a:
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
