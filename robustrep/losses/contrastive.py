@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from robustrep.distributed import gather_no_grad, gather_with_grad, is_distributed
-from robustrep.losses.fused_contrastive import FusedContrastive
+from robustrep.losses.fused_contrastive import MIN_TAU, FusedContrastive
 
 #: The loss names accepted by :func:`contrastive_loss` and :class:`~robustrep.methods.SpreadSupCon`.
 LOSSES = ("spread", "attract", "repel", "supcon", "simclr")
@@ -182,9 +182,9 @@ def contrastive_loss(
             "supcon": (0.0, 0.0, 1.0, 0.0),
             "simclr": (0.0, 0.0, 0.0, 1.0),
         }[loss]
-        if isinstance(tau, torch.Tensor) and tau.requires_grad:
-            # differentiated w.r.t. the temperature (IRM's dummy scale), maybe twice:
-            # the composable autograd formulation instead of the fused pass
+        if (isinstance(tau, torch.Tensor) and tau.requires_grad) or float(tau) < MIN_TAU:
+            # differentiated w.r.t. the temperature (IRM's dummy scale), maybe twice, or a
+            # temperature too low for one exp pass: the composable autograd formulation
             return _autograd_contrastive(z, labels, instance, tau, weights)
         return FusedContrastive.apply(z, labels, instance, tau, *weights)
 

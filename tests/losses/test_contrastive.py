@@ -22,6 +22,7 @@ from robustrep.losses.contrastive import (
     stack_views,
     supcon,
 )
+from robustrep.losses.fused_contrastive import MIN_TAU
 
 
 def naive(
@@ -223,10 +224,23 @@ def _reference(z, labels, instance, kind, tau, alpha=0.5):
     )
 
 
-@pytest.mark.parametrize("tau", [0.5, 0.1, 0.02])  # 0.02: the row-max shift branch
+@pytest.fixture(params=["blocks", "masks"])
+def positives_path(request, monkeypatch):
+    """Attract / repel over the classes' diagonal blocks (few classes) or whole-matrix masks."""
+    from robustrep.losses import fused_contrastive
+
+    monkeypatch.setattr(
+        fused_contrastive, "MIN_BLOCK_ROWS", 1 if request.param == "blocks" else 10**9
+    )
+    return request.param
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.1, 0.04])  # 0.04: near the fused pass's lowest tau
 @pytest.mark.parametrize("kind", ["spread", "attract", "repel", "supcon", "simclr"])
 @pytest.mark.parametrize("pattern", list(LABEL_PATTERNS))
-def test_fused_pass_equals_the_masked_formulation_values_and_gradients(kind, pattern, tau):
+def test_fused_pass_equals_the_masked_formulation_values_and_gradients(
+    kind, pattern, tau, positives_path
+):
     g = torch.Generator().manual_seed(7 + len(kind) + list(LABEL_PATTERNS).index(pattern))
     b = 8
     z1, z2 = torch.randn(b, 6, generator=g), torch.randn(b, 6, generator=g)
@@ -241,7 +255,7 @@ def test_fused_pass_equals_the_masked_formulation_values_and_gradients(kind, pat
 
 
 @pytest.mark.parametrize("kind", ["spread", "attract", "repel", "supcon", "simclr"])
-def test_fused_pass_is_safe_on_degenerate_batches(kind):
+def test_fused_pass_is_safe_on_degenerate_batches(kind, positives_path):
     """Identical embeddings, one class, no positive at all, zero vectors: finite values and
     gradients equal to the masked formulation's."""
     cases = [
@@ -263,6 +277,22 @@ def test_fused_pass_is_safe_on_degenerate_batches(kind):
         assert torch.isfinite(fused) and torch.isfinite(a.grad).all()
         torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(a.grad, r.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["spread", "attract", "repel", "supcon", "simclr"])
+def test_fused_pass_stays_finite_when_exp_underflows_at_a_tiny_temperature(kind):
+    # tau 0.002: logits span 1000, so most E_ij (positives included) would underflow to 0 in
+    # fp32 in one exp pass; below MIN_TAU the per-set log-sum-exp formulation takes over
+    g = torch.Generator().manual_seed(4)
+    z, y, inst = stack_views(
+        [torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)], torch.arange(16) % 3
+    )
+    a = z.clone().requires_grad_()
+    loss = contrastive_loss(a, y, inst, kind, tau=0.002)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(a.grad).all()
+    assert MIN_TAU > 0.002
+    torch.testing.assert_close(loss, _reference(z, y, inst, kind, 0.002), rtol=1e-6, atol=1e-6)
 
 
 def test_fused_pass_under_bf16_autocast_matches_fp32_within_bf16_rounding():
