@@ -273,7 +273,7 @@ class CIM(RobustMethod):
             logs["train/triplet"] = contrastive
         acc = (logits.argmax(1) == labels).float().mean()
         logs.update({"train/loss": loss, "train/ce": ce, "train/acc": acc})
-        self.log_dict(logs, prog_bar=True, batch_size=n)
+        self.log_train(logs, n)
         return loss
 
     def _image_triplet(
