@@ -7,7 +7,8 @@ without gradient in eval mode, policy forward/backward with the entropy bonus), 
 optimiser step. The policy step encodes each distinct constant crop (the blank canvas: most uniform
 crops of a Grid MNIST image) once (``dedupe_constant_crops``, on by default; ``--no-dedupe`` to
 measure without it).
-The two candidates alternate; the median over repeats is reported. The last line is the ratio.
+The two candidates alternate round by round (``benchmarks/timing.py``); the verdict is on the
+median per-round ratio.
 
     .venv/bin/python benchmarks/crltac_step.py [--batch 64] [--m 8] [--steps 5] [--repeats 5] \
         [--no-dedupe]
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import Target, alternate, per_round, verdict
 
 from robustrep.methods.crltac import CRLTAC
 
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--m", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="steps per timing")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="rounds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--dedupe",
@@ -76,25 +77,17 @@ def main() -> None:
         "simclr": make_step("uniform", images, args.m),
         "crltac": make_step("learned", images, args.m, args.dedupe),
     }
-    for fn in steps.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(args.repeats):
-        for name, fn in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                fn()
-            times[name].append((time.perf_counter() - t0) / args.steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = alternate(steps, rounds=args.repeats, calls=args.steps)
     print(
-        f"batch {args.batch} x m {args.m} crops, {args.threads} thread(s), median of "
-        f"{args.repeats} x {args.steps} steps, dedupe {args.dedupe}"
+        f"batch {args.batch} x m {args.m} crops, {args.threads} thread(s), {args.repeats} rounds "
+        f"of {args.steps} steps, dedupe {args.dedupe}"
     )
-    for name, value in med.items():
-        print(f"  {name:7s} {1000 * value:8.1f} ms/step")
-    print(
-        f"CRL-TAC step / SimCLR step (same m = {args.m}): "
-        f"{med['crltac'] / med['simclr']:.2f}x (target <= 1.5x)"
+    for name, values in times.items():
+        print(f"  {name:7s} {1000 * statistics.median(values):8.1f} ms/step (median)")
+    verdict(
+        f"CRL-TAC / SimCLR step (m = {args.m})",
+        per_round(times["crltac"], times["simclr"]),
+        Target(1.5),
     )
 
 

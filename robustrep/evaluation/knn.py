@@ -16,6 +16,28 @@ import torch
 import torch.nn.functional as F
 
 
+def smallest_k(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of the ``k`` smallest entries of each row of ``d`` (in no particular
+    order; any valid choice among exact ties), faster than ``topk`` on long rows.
+
+    The row is cut into blocks of ``b`` columns; the ``k`` smallest entries lie in the ``k`` blocks
+    with the smallest minima (an entry below the k-th smallest block minimum is in a block whose
+    minimum is below it too), so ``topk`` runs over those ``k * b`` entries only.
+    """
+    m, n = d.shape
+    b = min(32, n // (4 * k)) if k > 0 else 0
+    if b < 4:
+        return d.topk(k, dim=1, largest=False, sorted=False)
+    blocks = -(-n // b)
+    if blocks * b != n:  # pad the last block with +inf
+        d = torch.cat([d, d.new_full((m, blocks * b - n), float("inf"))], 1)
+    minima = d.view(m, blocks, b).amin(2)
+    picked = minima.topk(k, dim=1, largest=False, sorted=False).indices  # m x k blocks
+    columns = (picked[:, :, None] * b + torch.arange(b, device=d.device)).flatten(1)
+    values, pos = d.gather(1, columns).topk(k, dim=1, largest=False, sorted=False)
+    return values, columns.gather(1, pos)
+
+
 @torch.no_grad()
 def knn_indices(
     bank: torch.Tensor, queries: torch.Tensor, k: int, max_elements: int = 2**25
@@ -36,19 +58,19 @@ def knn_indices(
     bank_chunk = min(n, max(k, max_elements))
     query_chunk = max(1, max_elements // bank_chunk)
     out = []
+    # one distance buffer for every block: a fresh allocation of this size costs more than the
+    # matrix product itself on a CPU (its pages are faulted in anew each time)
+    buffer = torch.empty(min(query_chunk, queries.shape[0]) * bank_chunk, device=bank.device)
     for q in queries.split(query_chunk):
         # ||q||^2 is constant per row and does not change the ranking: rank by ||b||^2 - 2 q.b
         best_d = torch.empty((q.shape[0], 0), device=bank.device)
         best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=bank.device)
         for start in range(0, n, bank_chunk):
-            d = torch.addmm(
-                bank_sq[start : start + bank_chunk],
-                q,
-                bank[start : start + bank_chunk].T,
-                alpha=-2.0,
-            )
+            block = bank[start : start + bank_chunk]
+            d = buffer[: q.shape[0] * block.shape[0]].view(q.shape[0], block.shape[0])
+            torch.addmm(bank_sq[start : start + bank_chunk], q, block.T, alpha=-2.0, out=d)
             if start == 0 and bank_chunk >= n:
-                best_i = d.topk(k, dim=1, largest=False).indices
+                best_i = smallest_k(d, k)[1]
                 break
             idx = torch.arange(start, start + d.shape[1], device=bank.device).expand(q.shape[0], -1)
             cand_d, cand_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
