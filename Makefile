@@ -40,7 +40,7 @@ format: $(DEVSTAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,35 +13,29 @@ PERFORMANCE.md targets: minimisation with 8 partitions <= 1.5x a plain NT-Xent s
   (chunks of 2048) vs a plain pass = NT-Xent forward + backward over the same chunks. Peak memory =
   peak RSS of a fresh subprocess minus its RSS once the features exist.
 
-Run: ``.venv/bin/python benchmarks/ipirm_step.py`` (one thread; a few minutes on a shared 2-core
-machine). The last line is the 8-partition step ratio.
+Every candidate alternates round by round with the others (``benchmarks/timing.py``; the
+maximisation measurements alternate plain / maximisation in fresh processes). Run:
+``python benchmarks/ipirm_step.py`` (one thread). The last line is the 8-partition step verdict.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from timing import Target, alternate, per_round, verdict
 
 torch.set_num_threads(1)
 
 
-def _timeit(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
-def step_benchmark(batch: int = 256, repeats: int = 3) -> dict[str, float]:
+def step_benchmark(batch: int = 256, rounds: int = 5) -> dict[str, list[float]]:
     from robustrep.backbones import build_backbone
     from robustrep.losses.contrastive import nt_xent
     from robustrep.losses.irm import partition_losses
@@ -83,11 +77,9 @@ def step_benchmark(batch: int = 256, repeats: int = 3) -> dict[str, float]:
         z = z0.clone().requires_grad_(True)
         loss_fn(z[:batch], z[batch:], p).backward()
 
-    results = {}
-    for p in (0, 1, 4, 8):  # alternate candidates so drift hits all alike
-        results[f"step_p{p}"] = _timeit(lambda p=p: full_step(p), repeats)
-        results[f"loss_p{p}"] = _timeit(lambda p=p: loss_step(p), 4 * repeats)
-    return results
+    full = {f"step_p{p}": (lambda p=p: full_step(p)) for p in (0, 1, 4, 8)}
+    loss_only = {f"loss_p{p}": (lambda p=p: loss_step(p)) for p in (0, 1, 4, 8)}
+    return {**alternate(full, rounds=rounds), **alternate(loss_only, rounds=rounds, calls=4)}
 
 
 def _child_maximisation(n: int, mode: str) -> dict[str, float]:
@@ -111,40 +103,70 @@ def _child_maximisation(n: int, mode: str) -> dict[str, float]:
     return {"seconds": elapsed, "extra_mib": (peak - base) / 1024.0}
 
 
-def maximisation_benchmark(sizes=(10_000, 50_000)) -> dict[str, dict[str, float]]:
-    out = {}
-    for n in sizes:
-        for mode in ("plain", "max"):
-            res = subprocess.run(
-                [sys.executable, __file__, "--child", str(n), mode],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            out[f"{mode}_{n}"] = json.loads(res.stdout.strip().splitlines()[-1])
+def maximisation_benchmark(sizes=(10_000, 50_000), rounds: int = 2) -> dict[str, list[dict]]:
+    """Each measurement in a fresh subprocess (so peak memory is its own); plain and maximisation
+    alternate, ``rounds`` times at the first size and once at the others."""
+    out: dict[str, list[dict]] = {}
+    for i, n in enumerate(sizes):
+        for _ in range(rounds if i == 0 else 1):
+            for mode in ("plain", "max"):
+                res = subprocess.run(
+                    [sys.executable, __file__, "--child", str(n), mode],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                out.setdefault(f"{mode}_{n}", []).append(
+                    json.loads(res.stdout.strip().splitlines()[-1])
+                )
     return out
 
 
 def main() -> None:
-    maxi = maximisation_benchmark()
-    for n in (10_000, 50_000):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000], help="N")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the step timings")
+    parser.add_argument("--batch", type=int, default=256, help="B of the minimisation step")
+    parser.add_argument(
+        "--max-rounds", type=int, default=2, help="maximisation rounds at the first size"
+    )
+    args = parser.parse_args()
+    first = args.sizes[0]
+    maxi = maximisation_benchmark(tuple(args.sizes), args.max_rounds)
+    for n in args.sizes:
         plain, ours = maxi[f"plain_{n}"], maxi[f"max_{n}"]
         print(
-            f"maximisation N={n}: one epoch {ours['seconds']:.2f} s vs plain NT-Xent pass "
-            f"{plain['seconds']:.2f} s -> {ours['seconds'] / plain['seconds']:.2f}x; peak memory "
-            f"+{ours['extra_mib']:.0f} MiB (plain +{plain['extra_mib']:.0f} MiB)"
+            f"maximisation N={n}: one epoch "
+            + " ".join(f"{r['seconds']:.2f}" for r in ours)
+            + " s vs plain NT-Xent pass "
+            + " ".join(f"{r['seconds']:.2f}" for r in plain)
+            + f" s; peak memory +{max(r['extra_mib'] for r in ours):.0f} MiB "
+            f"(plain +{max(r['extra_mib'] for r in plain):.0f} MiB)"
         )
-    steps = step_benchmark()
-    for p in (1, 4, 8):
-        print(
-            f"minimisation, {p} partition(s): step {steps[f'step_p{p}'] * 1e3:.1f} ms vs SimCLR "
-            f"{steps['step_p0'] * 1e3:.1f} ms -> {steps[f'step_p{p}'] / steps['step_p0']:.2f}x; "
-            f"loss only {steps[f'loss_p{p}'] * 1e3:.2f} ms vs {steps['loss_p0'] * 1e3:.2f} ms -> "
-            f"{steps[f'loss_p{p}'] / steps['loss_p0']:.2f}x"
-        )
+    verdict(
+        f"IP-IRM maximisation epoch / plain pass, N={first}",
+        [o["seconds"] / p["seconds"] for o, p in zip(maxi[f"max_{first}"], maxi[f"plain_{first}"])],
+        Target(2.0),
+    )
+    peak = max(r["extra_mib"] for r in maxi[f"max_{first}"])
     print(
-        "IP-IRM step with 8 partitions / SimCLR step: "
-        f"{steps['step_p8'] / steps['step_p0']:.2f}x (target <= 1.5x)"
+        f"IP-IRM maximisation peak memory, N={first}: +{peak:.0f} MiB (target <= 1536) "
+        + ("met" if peak <= 1536 else "MISSED")
+    )
+    steps = step_benchmark(args.batch, args.rounds)
+    for p in (1, 4, 8):
+        step, loss = steps[f"step_p{p}"], steps[f"loss_p{p}"]
+        print(
+            f"minimisation, {p} partition(s): step {statistics.median(step) * 1e3:.1f} ms vs "
+            f"SimCLR {statistics.median(steps['step_p0']) * 1e3:.1f} ms; loss only "
+            f"{statistics.median(loss) * 1e3:.2f} ms vs "
+            f"{statistics.median(steps['loss_p0']) * 1e3:.2f} ms -> "
+            f"{statistics.median(per_round(loss, steps['loss_p0'])):.2f}x"
+        )
+    verdict(
+        "IP-IRM step with 8 partitions / SimCLR step",
+        per_round(steps["step_p8"], steps["step_p0"]),
+        Target(1.5),
     )
 
 
