@@ -1,6 +1,7 @@
 """Evaluation callbacks. Each depends only on a method's ``embed``/``forward`` and evaluation
-outputs, except ``ChromaDiagnostics``, ``CIMImages`` and ``CRLTACMetrics``, which name the protocol
-they need (:mod:`robustrep.callbacks.protocols`) and check it in ``setup``."""
+outputs, except ``ChromaDiagnostics``, ``CIMImages``, ``CRLTACMetrics`` and ``PartitionAlignment``,
+which name the protocol they need (:mod:`robustrep.callbacks.protocols`) and check it in
+``setup``."""
 
 from robustrep.callbacks.background_gap import BackgroundGap
 from robustrep.callbacks.chroma_diagnostics import ChromaDiagnostics
@@ -10,6 +11,7 @@ from robustrep.callbacks.crltac_metrics import CRLTACMetrics
 from robustrep.callbacks.group_metrics import GroupMetrics
 from robustrep.callbacks.knn import KNNMonitor
 from robustrep.callbacks.linear_probe import LinearProbe
+from robustrep.callbacks.partition_alignment import PartitionAlignment
 
 __all__ = [
     "BackgroundGap",
@@ -20,4 +22,5 @@ __all__ = [
     "GroupMetrics",
     "KNNMonitor",
     "LinearProbe",
+    "PartitionAlignment",
 ]

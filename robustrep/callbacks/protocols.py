@@ -1,9 +1,10 @@
 r"""What the method-specific callbacks need from a method, as ``typing.Protocol``\ s.
 
-Every other callback depends only on ``embed`` / ``forward`` and the evaluation outputs. These three
-read more: :class:`ChromaModel` (``ChromaDiagnostics``), :class:`MaskingModel` (``CIMImages``) and
-:class:`CropPolicyModel` (``CRLTACMetrics``). Each checks its protocol in ``setup`` with
-:func:`require`, which names the missing members, so any method that provides them works too.
+Every other callback depends only on ``embed`` / ``forward`` and the evaluation outputs. These four
+read more: :class:`ChromaModel` (``ChromaDiagnostics``), :class:`MaskingModel` (``CIMImages``),
+:class:`CropPolicyModel` (``CRLTACMetrics``) and :class:`PartitionModel` (``PartitionAlignment``).
+Each checks its protocol in ``setup`` with :func:`require`, which names the missing members, so any
+method that provides them works too.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ class CropPolicyModel(Protocol):
     def embed_variants(
         self, images: torch.Tensor, variants: Any
     ) -> dict[tuple[str, str], torch.Tensor]: ...
+
+
+@runtime_checkable
+class PartitionModel(Protocol):
+    """A method that keeps partitions of the training set (IP-IRM): ``partitions`` is P x N subset
+    ids by dataset index (-1 = none), ``partition_epochs`` the epoch each was made."""
+
+    partitions: torch.Tensor
+    partition_epochs: list[int]
 
 
 def _members(protocol: type) -> list[str]:

@@ -5,6 +5,7 @@ them."""
 from robustrep.evaluation.features import extract_features, fit_linear_probe
 from robustrep.evaluation.knn import cosine_knn_scores, euclidean_knn_votes, knn_indices, knn_votes
 from robustrep.evaluation.labels import symmetric_noise
+from robustrep.evaluation.partitions import partition_alignment
 from robustrep.evaluation.stage2 import Stage2
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "fit_linear_probe",
     "knn_indices",
     "knn_votes",
+    "partition_alignment",
     "symmetric_noise",
 ]
