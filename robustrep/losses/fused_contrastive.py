@@ -61,19 +61,24 @@ def _block_sums(e, blocks, s_pos, s_neg, log_denom, inv_denom, attract: bool) ->
     """Fill the per-row sums over the positives (one diagonal block of ``E`` per class, rows
     sorted by class); for attract also ``sum_n E_in``, ``sum_p log D_ip`` and ``sum_p 1 / D_ip``
     with ``D_ip = E_ip + sum_n E_in``. Returns attract's ``1 / D`` per block (0 on its diagonal)."""
-    per_pair = []
+    per_pair: list[torch.Tensor] = []
+    sums: dict[str, list[torch.Tensor]] = {"pos": [], "neg": [], "log": [], "inv": []}
     for a, b in blocks:
         block = e[a:b, a:b]
-        s_pos[a:b] = block.sum(1)
+        sums["pos"].append(block.sum(1))
         if attract:
             # the negatives summed directly (s_all - s_pos cancels when they are far away)
-            s_neg[a:b] = e[a:b, :a].sum(1) + e[a:b, b:].sum(1)
-            denom = block + s_neg[a:b, None]  # >= E_ip > 0 for tau >= MIN_TAU
+            neg = e[a:b, :a].sum(1).add_(e[a:b, b:].sum(1))
+            denom = block + neg[:, None]  # >= E_ip > 0 for tau >= MIN_TAU
             denom.diagonal().fill_(1.0)
-            log_denom[a:b] = torch.log(denom).sum(1)
+            sums["neg"].append(neg)
+            sums["log"].append(torch.log(denom).sum(1))
             per_pair.append(denom.reciprocal_())
             per_pair[-1].diagonal().zero_()
-            inv_denom[a:b] = per_pair[-1].sum(1)
+            sums["inv"].append(per_pair[-1].sum(1))
+    for out, key in ((s_pos, "pos"), (s_neg, "neg"), (log_denom, "log"), (inv_denom, "inv")):
+        if sums[key]:
+            torch.cat(sums[key], out=out)
     return per_pair
 
 
@@ -173,18 +178,21 @@ class FusedContrastive(torch.autograd.Function):
                 else per_pair.mul_(w[:, None]).add_(row_pos[:, None])
             )
             g = e.mul_(torch.where(same, on_pos, row_neg[:, None]))
+        elif not blocks:  # supcon / simclr: row_pos == row_neg, one coefficient per row
+            g = e.mul_(row_neg[:, None])
         else:
-            # the positives' blocks of G first (they need E), then every other entry in place
-            on_blocks = []
+            # in place, one class's rows at a time: its block of positives, then its negatives
             for i, (a, b) in enumerate(blocks):
                 coef = row_pos[a:b, None]
                 if w_attract:
                     coef = per_pair[i].mul_(w[a:b, None]).add_(coef)
-                on_blocks.append(e[a:b, a:b] * coef)
-            g = e.mul_(row_neg[:, None])
-            for (a, b), block in zip(blocks, on_blocks, strict=True):
-                g[a:b, a:b] = block
-        ctx.save_for_backward(z, g, label_group, inst_group, pos_coef, inst_coef, order)
+                e[a:b, a:b].mul_(coef)
+                e[a:b, :a].mul_(row_neg[a:b, None])
+                e[a:b, b:].mul_(row_neg[a:b, None])
+            g = e
+        ctx.save_for_backward(
+            z, g, label_group, inst_group, pos_coef, inst_coef, order, pos_z, inst_z
+        )
         ctx.inv_tau, ctx.done = inv_tau, False
         return loss
 
@@ -193,12 +201,15 @@ class FusedContrastive(torch.autograd.Function):
         if ctx.done:
             raise RuntimeError("the fused contrastive loss supports one backward pass per forward")
         ctx.done = True
-        z, g, label_group, inst_group, pos_coef, inst_coef, order = ctx.saved_tensors
+        z, g, label_group, inst_group, pos_coef, inst_coef, order, pos_z, inst_z = ctx.saved_tensors
         # (G + G^T) z: two GEMMs for the E part (faster than adding a transposed matrix), and the
         # constant terms on the positives / the instance through group sums (symmetric groups)
         sym = torch.mm(g, z).addmm_(g.T, z)
-        for group, coef in ((label_group, pos_coef), (inst_group, inst_coef)):
-            sym += coef[:, None] * _others_sum(z, group) + _others_sum(coef[:, None] * z, group)
+        for group, coef, others_z in (
+            (label_group, pos_coef, pos_z),
+            (inst_group, inst_coef, inst_z),
+        ):
+            sym += coef[:, None] * others_z + _others_sum(coef[:, None] * z, group)
         sym.mul_(grad * ctx.inv_tau)
         if order is not None:  # back to the caller's row order
             sym = torch.empty_like(sym).index_copy_(0, order, sym)
