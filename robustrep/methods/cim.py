@@ -70,7 +70,9 @@ class CIM(RobustMethod):
             ablation. The unused example is neither drawn nor read.
         printed_sign: False (default) = the loss the text describes (pull ``psi(x)`` toward ``x+``);
             True = Eq. 8 as printed, ``MS(psi(x), x+) - MS(psi(x), x-)`` minimised (pushes toward
-            ``x-``; METHODS.md section 1), for the ablation that checks which sign a result needs.
+            ``x-``; METHODS.md section 1; with a ``margin``, ``relu(MS+ - MS- + margin)``), for the
+            ablation that checks which sign a result needs. MS-SSIM variants only (``mask``,
+            ``feature``).
         transform_network: use the TN (False for the ERM, VIB and SCL-E2E baselines).
         tn_width, tn_depth, tn_skip, mask_bias_init: the TN's shape, see
             :class:`TransformationNetwork` (None = chosen from the image size).
@@ -130,6 +132,12 @@ class CIM(RobustMethod):
         if margin is not None and triplet_terms != "both":
             raise ConfigError(
                 "a triplet margin needs both terms: use triplet_terms: both or margin: null"
+            )
+        if printed_sign and variant not in ("mask", "feature"):
+            raise ConfigError(
+                "printed_sign reads Eq. 8's MS-SSIM triplet as printed; variant "
+                f"{variant!r} uses a distance loss that already pulls toward x+: use "
+                "printed_sign: false"
             )
         self.variant, self.lam, self.triplet_terms = variant, lam, triplet_terms
         self.printed_sign, self.margin, self.vib_beta = printed_sign, margin, vib_beta
@@ -267,8 +275,6 @@ class CIM(RobustMethod):
         if self.vib is not None:
             loss = loss + self.vib_beta * self.check_finite(kl, "VIB KL")
         if contrastive is not None:
-            if self.printed_sign:
-                contrastive = -contrastive
             loss = loss + self.lam * self.check_finite(contrastive, "triplet loss")
             logs["train/triplet"] = contrastive
         acc = (logits.argmax(1) == labels).float().mean()
@@ -284,5 +290,9 @@ class CIM(RobustMethod):
         if self.variant == "feature":
             others = [t for t in (positive, negative) if t is not None]
             positive, negative = split_like(self.morph(torch.cat(others)), positive, negative)
+        if self.printed_sign:
+            # Eq. 8 as printed, MS(psi, x+) - MS(psi, x-): the text's loss with x+ and x-
+            # exchanged, so a margin hinges the printed difference too
+            positive, negative = negative, positive
         scales = dict(win_size=self.msssim_win_size, levels=self.msssim_levels)
         return msssim_triplet(morphed, positive, negative, self.margin, **scales)

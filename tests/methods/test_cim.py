@@ -406,3 +406,61 @@ def test_printed_sign_flips_only_the_triplet_term():
     ce = torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])
     torch.testing.assert_close(losses[False] + losses[True], 2 * ce)
     assert not torch.isclose(losses[False], losses[True])
+
+
+@pytest.mark.parametrize("variant", ["mask", "feature"])
+@pytest.mark.parametrize("margin", [None, 0.3])
+@pytest.mark.parametrize("printed", [False, True])
+def test_triplet_sign_and_margin_against_a_hand_computation(variant, margin, printed):
+    from robustrep.losses.msssim import ms_ssim
+
+    g = torch.Generator().manual_seed(3)
+    anchor, pos, neg = (torch.rand(5, 1, 16, 16, generator=g) for _ in range(3))
+    model = CIM(
+        num_classes=2,
+        image_shape=(1, 16, 16),
+        backbone="tiny",
+        variant=variant,
+        margin=margin,
+        printed_sign=printed,
+    )
+    got = model._image_triplet(anchor, pos, neg)
+    if variant == "feature":  # CIMf compares with the morphed x+ / x-
+        pos, neg = model.morph(pos), model.morph(neg)
+    ms_pos, ms_neg = ms_ssim(anchor, pos), ms_ssim(anchor, neg)
+    # the text: minimise MS(psi, x-) - MS(psi, x+); Eq. 8 as printed: MS(psi, x+) - MS(psi, x-)
+    diff = ms_pos - ms_neg if printed else ms_neg - ms_pos
+    expected = (diff if margin is None else torch.relu(diff + margin)).mean()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_text_sign_pulls_the_morphed_image_toward_its_positive():
+    # structured images (MS-SSIM of pure noise is ~0 and clipped): stripes vs checks
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    pos = (0.5 + 0.4 * torch.sin(xx / 2)).expand(4, 1, 16, 16)
+    neg = (0.5 + 0.4 * torch.sin(xx / 2) * torch.sin(yy / 2)).expand(4, 1, 16, 16)
+    noise = 0.05 * torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    anchor = (0.5 * pos + 0.5 * neg + noise).requires_grad_()
+    model = CIM(num_classes=2, image_shape=(1, 16, 16), backbone="tiny")
+    loss = model._image_triplet(anchor, pos, neg)
+    (grad,) = torch.autograd.grad(loss, anchor)
+    # descending the loss moves psi(x) toward x+ and away from x-
+    assert (-grad * (pos - anchor.detach())).sum() > 0
+    assert (-grad * (neg - anchor.detach())).sum() < 0
+    with torch.no_grad():
+        toward_pos = model._image_triplet(0.7 * anchor + 0.3 * pos, pos, neg)
+        toward_neg = model._image_triplet(0.7 * anchor + 0.3 * neg, pos, neg)
+    assert toward_pos < loss < toward_neg
+
+
+@pytest.mark.parametrize("variant", ["scl", "gram"])
+def test_printed_sign_is_refused_for_the_distance_variants(variant):
+    with pytest.raises(ConfigError, match="printed_sign.*already pulls toward x\\+"):
+        CIM(
+            num_classes=2,
+            image_shape=(1, 16, 16),
+            backbone="tiny",
+            variant=variant,
+            printed_sign=True,
+            transform_network=variant != "scl",
+        )
