@@ -10,11 +10,13 @@ from robustrep.losses.contrastive import (
     spread,
     supcon,
 )
+from robustrep.losses.distillation import distillation_loss
 from robustrep.losses.msssim import ms_ssim
 from robustrep.losses.triplet import feature_triplet, gram_triplet, msssim_triplet
 from robustrep.losses.vae import gaussian_kl, reparameterize
 
 __all__ = [
+    "distillation_loss",
     "feature_triplet",
     "gaussian_kl",
     "reparameterize",

@@ -6,6 +6,9 @@ section 5. A student (backbone + linear head, any backbone) is trained on the la
 ``L = alpha * CE_smooth(student, y)``
 ``+ beta * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
 
+(``kl_form: hinton``, the default; ``kl_form: report`` reads the report's eqs. 4-5 literally:
+``beta * KL(softmax(student / T) || softmax(teacher / T))``, no ``T^2``)
+
 where ``CE_smooth`` is cross-entropy with label smoothing (paper 0.1) and the teacher is a frozen
 model whose ``forward`` returns logits over the same classes - typically a stage-I encoder that
 was fine-tuned on the labels (for instance by this module with ``teacher: null``, i.e. plain
@@ -27,36 +30,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustrep.checkpoints import load_checkpoint, load_model
 from robustrep.errors import ConfigError
+from robustrep.losses.distillation import KL_FORMS, distillation_loss
 from robustrep.methods.base import Classifier
-
-
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    labels: torch.Tensor,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    temperature: float = 4.0,
-    label_smoothing: float = 0.1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(total, ce, kl)`` with ``total = alpha * ce + beta * T^2 * kl``; ``kl`` is the batch-mean
-    ``KL(softmax(teacher / T) || softmax(student / T))`` (0 without a teacher). fp32, autocast
-    off."""
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        s = student_logits.float()
-        ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
-        if teacher_logits is None:
-            kl = s.new_zeros(())
-        else:
-            log_p_s = F.log_softmax(s / temperature, dim=1)
-            log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-            kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
-        return alpha * ce + beta * temperature**2 * kl, ce, kl
 
 
 def load_teacher(path: str, teacher_class: str | None = None) -> nn.Module:
@@ -83,6 +62,9 @@ class Distill(Classifier):
             1, 1 and 4 are the usual Hinton-style choice.
         temperature: softening temperature T of both logit sets.
         label_smoothing: label smoothing of the cross-entropy (paper 0.1).
+        kl_form: ``hinton`` (default): ``T^2 * KL(teacher || student)``, the standard distillation
+            term; ``report``: the report's eqs. 4-5 as written, ``KL(student || teacher)`` without
+            ``T^2`` (with it, the KL's gradient shrinks as ``1 / T^2``).
         *args, **kwargs: see ``RobustMethod`` (backbone, optimizer, metadata).
     """
 
@@ -96,6 +78,7 @@ class Distill(Classifier):
         beta: float = 1.0,
         temperature: float = 4.0,
         label_smoothing: float = 0.1,
+        kl_form: str = "hinton",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -103,11 +86,15 @@ class Distill(Classifier):
             raise ConfigError(f"Distill: temperature must be > 0, got {temperature}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"Distill: label_smoothing must be in [0, 1), got {label_smoothing}")
+        if kl_form not in KL_FORMS:
+            raise ConfigError(
+                f"Distill: kl_form must be one of {', '.join(KL_FORMS)}, got {kl_form!r}"
+            )
         if isinstance(teacher, nn.Module):
             # a module is not a hyperparameter; its weights are in the state dict
             self.hparams.pop("teacher", None)
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.kl_form = label_smoothing, kl_form
         self.teacher: nn.Module | None = (
             load_teacher(teacher, teacher_class) if isinstance(teacher, str) else teacher
         )
@@ -172,6 +159,7 @@ class Distill(Classifier):
             self.beta,
             self.temperature,
             self.label_smoothing,
+            self.kl_form,
         )
         self.check_finite(loss, "distillation loss")
         acc = (logits.argmax(1) == labels).float().mean()

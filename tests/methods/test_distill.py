@@ -30,6 +30,25 @@ def test_loss_matches_the_formula():
         assert distillation_loss(s.bfloat16(), t.bfloat16(), y)[0].dtype == torch.float32
 
 
+def test_the_reports_literal_kl_form_against_a_hand_computation():
+    torch.manual_seed(1)
+    s, t, y = torch.randn(5, 3), torch.randn(5, 3), torch.randint(0, 3, (5,))
+    total, ce, kl = distillation_loss(
+        s, t, y, alpha=0.5, beta=2.0, temperature=3.0, kl_form="report"
+    )
+    p_s, p_t = F.softmax(s / 3, 1), F.softmax(t / 3, 1)
+    kl_ref = (
+        sum(sum(p_s[i, j] * torch.log(p_s[i, j] / p_t[i, j]) for j in range(3)) for i in range(5))
+        / 5
+    )  # KL(student || teacher), no T^2
+    assert kl.item() == pytest.approx(kl_ref.item(), rel=1e-5)
+    assert total.item() == pytest.approx(0.5 * ce.item() + 2.0 * kl_ref.item(), rel=1e-5)
+    hinton = distillation_loss(s, t, y, alpha=0.5, beta=2.0, temperature=3.0)[2]
+    assert abs(hinton.item() - kl.item()) > 1e-4  # the two directions differ
+    with pytest.raises(ConfigError, match="kl_form"):
+        Distill(num_classes=3, image_shape=(3, 8, 8), backbone="tiny", kl_form="reverse")
+
+
 def _dm():
     return tiny_synthetic()
 
