@@ -175,18 +175,23 @@ def contrastive_loss(
             z = gather_with_grad(z)
         if labels is None or loss == "simclr":
             labels = instance
-        weights = {
-            "spread": (alpha, 1.0 - alpha, 0.0, 0.0),
-            "attract": (1.0, 0.0, 0.0, 0.0),
-            "repel": (0.0, 1.0, 0.0, 0.0),
-            "supcon": (0.0, 0.0, 1.0, 0.0),
-            "simclr": (0.0, 0.0, 0.0, 1.0),
-        }[loss]
+        weights = term_weights(loss, alpha)
         if (isinstance(tau, torch.Tensor) and tau.requires_grad) or float(tau) < MIN_TAU:
             # differentiated w.r.t. the temperature (IRM's dummy scale), maybe twice, or a
             # temperature too low for one exp pass: the composable autograd formulation
             return _autograd_contrastive(z, labels, instance, tau, weights)
         return FusedContrastive.apply(z, labels, instance, tau, *weights)
+
+
+def term_weights(loss: str, alpha: float = 0.5) -> tuple[float, float, float, float]:
+    """The weights of the (attract, repel, supcon, simclr) terms that make up ``loss``."""
+    return {
+        "spread": (alpha, 1.0 - alpha, 0.0, 0.0),
+        "attract": (1.0, 0.0, 0.0, 0.0),
+        "repel": (0.0, 1.0, 0.0, 0.0),
+        "supcon": (0.0, 0.0, 1.0, 0.0),
+        "simclr": (0.0, 0.0, 0.0, 1.0),
+    }[loss]
 
 
 def _autograd_contrastive(z, labels, instance, tau, weights) -> torch.Tensor:
@@ -288,6 +293,7 @@ __all__ = [
     "spread",
     "stack_views",
     "supcon",
+    "term_weights",
 ]
 
 

@@ -209,15 +209,9 @@ def test_unknown_loss_and_missing_labels_raise():
 
 def _reference(z, labels, instance, kind, tau, alpha=0.5):
     """The masked autograd formulation (the implementation before the fused pass), in fp32."""
-    from robustrep.losses.contrastive import _autograd_contrastive
+    from robustrep.losses.contrastive import _autograd_contrastive, term_weights
 
-    weights = {
-        "spread": (alpha, 1 - alpha, 0.0, 0.0),
-        "attract": (1.0, 0.0, 0.0, 0.0),
-        "repel": (0.0, 1.0, 0.0, 0.0),
-        "supcon": (0.0, 0.0, 1.0, 0.0),
-        "simclr": (0.0, 0.0, 0.0, 1.0),
-    }[kind]
+    weights = term_weights(kind, alpha)
     zn = F.normalize(z.float(), dim=1)
     return _autograd_contrastive(
         zn, instance if kind == "simclr" else labels, instance, tau, weights
