@@ -103,13 +103,19 @@ def _child_maximisation(n: int, mode: str) -> dict[str, float]:
     return {"seconds": elapsed, "extra_mib": (peak - base) / 1024.0}
 
 
-def maximisation_benchmark(sizes=(10_000, 50_000), rounds: int = 2) -> dict[str, list[dict]]:
-    """Each measurement in a fresh subprocess (so peak memory is its own); plain and maximisation
+def maximisation_benchmark(
+    sizes=(10_000, 50_000), rounds: int = 2, in_process: bool = False
+) -> dict[str, list[dict]]:
+    """Each measurement in a fresh subprocess (so peak memory is its own; ``in_process``: in this
+    one, a quick check whose memory numbers are only lower bounds); plain and maximisation
     alternate, ``rounds`` times at the first size and once at the others."""
     out: dict[str, list[dict]] = {}
     for i, n in enumerate(sizes):
         for _ in range(rounds if i == 0 else 1):
             for mode in ("plain", "max"):
+                if in_process:
+                    out.setdefault(f"{mode}_{n}", []).append(_child_maximisation(n, mode))
+                    continue
                 res = subprocess.run(
                     [sys.executable, __file__, "--child", str(n), mode],
                     capture_output=True,
@@ -130,9 +136,14 @@ def main() -> None:
     parser.add_argument(
         "--max-rounds", type=int, default=2, help="maximisation rounds at the first size"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure the maximisation in this process (quick check; memory only a lower bound)",
+    )
     args = parser.parse_args()
     first = args.sizes[0]
-    maxi = maximisation_benchmark(tuple(args.sizes), args.max_rounds)
+    maxi = maximisation_benchmark(tuple(args.sizes), args.max_rounds, args.in_process)
     for n in args.sizes:
         plain, ours = maxi[f"plain_{n}"], maxi[f"max_{n}"]
         print(

@@ -43,7 +43,8 @@ SMOKE = {
     "cim_step.py": ["--settings", "mlp28", "--rounds", "1", "--steps", "1"],
     "crltac_step.py": ["--batch", "4", "--steps", "1", "--repeats", "1"],
     "knn_stage2.py": ["--bank", "3000", "--queries", "50", "--rounds", "1"],
-    "ipirm_step.py": ["--sizes", "1000", "--rounds", "1", "--batch", "16", "--max-rounds", "1"],
+    "ipirm_step.py": ["--sizes", "1000", "--rounds", "1", "--batch", "16", "--max-rounds", "1"]
+    + ["--in-process"],
 }
 VERDICT = re.compile(r"\(target [<>]= [^)]*\) (met|MISSED)$")
 
