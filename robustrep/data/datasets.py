@@ -10,6 +10,26 @@ import torch
 from torch.utils.data import Dataset
 
 
+def annotations(
+    n: int, labels: Any, groups: Any, metadata: dict[str, Any], items: str
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``(labels, groups, metadata)`` of ``n`` examples as long tensors (groups -1 when None,
+    metadata fields that are None dropped); a ValueError names a field of another length."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    groups = (
+        torch.full((n,), -1, dtype=torch.long)
+        if groups is None
+        else torch.as_tensor(groups, dtype=torch.long)
+    )
+    metadata = {
+        k: torch.as_tensor(v, dtype=torch.long) for k, v in metadata.items() if v is not None
+    }
+    for name, t in [("labels", labels), ("groups", groups), *metadata.items()]:
+        if t.shape[0] != n:
+            raise ValueError(f"{name} has {t.shape[0]} entries but there are {n} {items}")
+    return labels, groups, metadata
+
+
 class TensorImageDataset(Dataset):
     """Images held in memory as a uint8 tensor N x C x H x W, plus per-example integer metadata.
 
@@ -37,20 +57,10 @@ class TensorImageDataset(Dataset):
                 "images must be a uint8 N x C x H x W tensor, got "
                 f"{images.dtype} {tuple(images.shape)}"
             )
-        n = images.shape[0]
         self.images = images
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.groups = (
-            torch.full((n,), -1, dtype=torch.long)
-            if groups is None
-            else torch.as_tensor(groups, dtype=torch.long)
+        self.labels, self.groups, self.metadata = annotations(
+            images.shape[0], labels, groups, metadata, "images"
         )
-        self.metadata = {
-            k: torch.as_tensor(v, dtype=torch.long) for k, v in metadata.items() if v is not None
-        }
-        for name, t in [("labels", self.labels), ("groups", self.groups), *self.metadata.items()]:
-            if t.shape[0] != n:
-                raise ValueError(f"{name} has {t.shape[0]} entries but there are {n} images")
         self.transform = transform
         self.num_views = num_views
 

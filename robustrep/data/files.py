@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from robustrep.data.datasets import annotations
 from robustrep.errors import CorruptDataError, DataNotFoundError
 
 
@@ -170,19 +171,9 @@ class ImageFileDataset(Dataset):
         **metadata: Any,
     ) -> None:
         self.paths = [str(p) for p in paths]
-        n = len(self.paths)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.groups = (
-            torch.full((n,), -1, dtype=torch.long)
-            if groups is None
-            else torch.as_tensor(groups, dtype=torch.long)
+        self.labels, self.groups, self.metadata = annotations(
+            len(self.paths), labels, groups, metadata, "image paths"
         )
-        self.metadata = {
-            k: torch.as_tensor(v, dtype=torch.long) for k, v in metadata.items() if v is not None
-        }
-        for name, t in [("labels", self.labels), ("groups", self.groups), *self.metadata.items()]:
-            if t.shape[0] != n:
-                raise ValueError(f"{name} has {t.shape[0]} entries but there are {n} image paths")
         self.size = size
         self.center_crop = center_crop
         self.final_crop = final_crop
