@@ -1,6 +1,6 @@
 """Triplets from a training set: for every anchor one positive (same class) and one negative
-(another class), drawn by index arithmetic on the device; only the drawn images are read (CIM's
-``x+``/``x-``)."""
+(another class), distinct within a batch, drawn by index arithmetic on the device; only the drawn
+images are read (CIM's ``x+``/``x-``)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,14 @@ class TripletSource:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dataset positions of one positive and one negative per anchor (vectorised).
 
+        As in the paper ("n distinct positive examples and n distinct negative examples"), the
+        positives of a batch are distinct examples, and so are its negatives: repeats are redrawn
+        (a few rounds of rejection, each one vectorised over the batch). Repeats are allowed only
+        where distinct draws are impossible: the positives of a class with fewer candidates than
+        anchors of that class in the batch; the negatives of a class's anchors when fewer examples
+        lie outside the class than it has anchors in the batch (or all negatives, when the batch
+        is larger than the training set).
+
         Args:
             labels: anchor labels (N).
             keys: the anchors' ``index`` values; the positive is never the anchor itself (unless it
@@ -111,20 +119,27 @@ class TripletSource:
             )
         exclude = (anchor_rank >= 0) & (count > 1)
         n_pos = torch.where(exclude, count - 1, count)
-        u = (
-            (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_pos)
-            .long()
-            .clamp_max(n_pos - 1)
-        )
-        u = torch.where(exclude & (u >= anchor_rank), u + 1, u)
         n_neg = self.size - count
-        v = (
-            (torch.rand(labels.shape, generator=self.generator, device=self.device) * n_neg)
-            .long()
-            .clamp_max(n_neg - 1)
+
+        def draw_positive() -> torch.Tensor:  # sorted position in the anchor's class
+            u = self._uniform(n_pos)
+            return offset + torch.where(exclude & (u >= anchor_rank), u + 1, u)
+
+        def draw_negative() -> torch.Tensor:  # sorted position outside the anchor's class
+            v = self._uniform(n_neg)
+            return torch.where(v >= offset, v + count, v)
+
+        in_batch = torch.bincount(labels, minlength=self.counts.shape[0])[labels]
+        pos = _distinct(draw_positive, repeats_allowed=in_batch > n_pos)
+        neg = _distinct(
+            draw_negative, repeats_allowed=(in_batch > n_neg) | (labels.shape[0] > self.size)
         )
-        v = torch.where(v >= offset, v + count, v)
-        return self.sorted_positions[offset + u], self.sorted_positions[v]
+        return self.sorted_positions[pos], self.sorted_positions[neg]
+
+    def _uniform(self, high: torch.Tensor) -> torch.Tensor:
+        """One integer in ``[0, high)`` per entry, from the source's generator."""
+        u = torch.rand(high.shape, generator=self.generator, device=self.device) * high
+        return u.long().clamp_max(high - 1)
 
     def images(self, positions: torch.Tensor, device: torch.device | str) -> torch.Tensor:
         """The (transformed) training images at ``positions`` as a float batch on ``device``."""
@@ -149,6 +164,32 @@ class TripletSource:
 
     def _load_one(self, position: int) -> torch.Tensor:
         return self.dataset[int(position)]["image"]
+
+
+#: Rounds of redrawing repeated positives / negatives before the rest are kept (only reached when
+#: distinct draws are nearly impossible, e.g. a tiny class; each round redraws the repeats only).
+MAX_REDRAW_ROUNDS = 64
+
+
+def repeated(values: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the entries equal to an earlier entry of ``values`` (1-D)."""
+    order = torch.argsort(values, stable=True)
+    ordered = values[order]
+    again = torch.zeros_like(values, dtype=torch.bool)
+    again[order[1:]] = ordered[1:] == ordered[:-1]
+    return again
+
+
+def _distinct(draw, repeats_allowed: torch.Tensor) -> torch.Tensor:
+    """``draw()`` (one value per anchor) with repeats redrawn until the values are distinct,
+    except where ``repeats_allowed``; redraws all entries and keeps only the repeated ones'."""
+    values = draw()
+    for _ in range(MAX_REDRAW_ROUNDS):
+        again = repeated(values) & ~repeats_allowed
+        if not bool(again.any()):
+            break
+        values = torch.where(again, draw(), values)
+    return values
 
 
 def _labels_and_keys(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,8 @@ ERM               ``transform_network: false, lam: 0, vib_beta: 0`` (identical t
 Triplets come from the *training set*, not the batch: in ``setup()`` the module builds a
 label-indexed view of ``datamodule.train_dataset()`` (labels read from the dataset's metadata, no
 image decoded) and, every step, draws for each anchor one positive (same class, never the anchor
-itself) and one negative (another class) with index arithmetic on the device. The draw uses a
+itself) and one negative (another class) with index arithmetic on the device; a batch's positives
+are distinct examples and so are its negatives (the paper's "n distinct"). The draw uses a
 generator seeded from ``triplet_seed``, the epoch, the batch and the process rank, so under DDP each
 rank draws for its own anchors, and a resumed run draws the same triplets. Only the
 ``2 * batch`` sampled images are read (directly from the uint8 tensor of in-memory benchmarks).

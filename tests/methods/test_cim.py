@@ -72,6 +72,45 @@ def test_triplet_sampling_respects_labels_excludes_the_anchor_and_is_seeded():
     torch.testing.assert_close(batch, torch.stack([ds[int(i)]["image"] for i in pos[:5]]))
 
 
+def test_the_positives_of_a_batch_are_distinct_and_so_are_its_negatives():
+    """The paper draws "n distinct positive examples and n distinct negative examples" per batch
+    of n anchors; with replacement, 128 draws from 200 candidates repeat almost surely."""
+    ds = _labelled_dataset(n=600, num_classes=3)
+    source = TripletSource(ds)
+    gen = torch.Generator().manual_seed(1)
+    for seed in range(20):
+        keys = torch.randperm(600, generator=gen)[:128]
+        labels = ds.labels[keys]
+        source.reseed(seed)
+        pos, neg = source.sample(labels, keys)
+        assert pos.unique().numel() == 128 and neg.unique().numel() == 128, seed
+        assert (ds.labels[pos] == labels).all() and (pos != keys).all()
+        assert (ds.labels[neg] != labels).all()
+
+
+def test_distinct_draws_where_just_possible_and_repeats_only_where_not():
+    # class 0 has 6 examples and 5 anchors (5 distinct positives, none the anchor itself, exist);
+    # class 1 has 5 examples and all 5 are anchors (only 4 candidates each: repeats allowed)
+    labels = torch.tensor([0] * 6 + [1] * 5)
+    images = torch.zeros(11, 1, 8, 8, dtype=torch.uint8)
+    source = TripletSource(TensorImageDataset(images, labels))
+    keys = torch.tensor([0, 1, 2, 3, 4, 6, 7, 8, 9, 10])
+    for seed in range(30):
+        source.reseed(seed)
+        pos, neg = source.sample(labels[keys], keys)
+        assert (pos != keys).all() and (labels[pos] == labels[keys]).all()
+        assert pos[:5].unique().numel() == 5, seed
+        assert neg[:5].unique().numel() == 5 and (labels[neg[:5]] == 1).all()
+
+
+def test_repeated_marks_every_later_copy():
+    from robustrep.data.triplets import repeated
+
+    values = torch.tensor([5, 3, 5, 1, 3, 5, 7])
+    naive = [v in values[:i].tolist() for i, v in enumerate(values.tolist())]
+    assert repeated(values).tolist() == naive
+
+
 def test_triplet_sampling_through_a_subset_maps_index_keys():
     ds = _labelled_dataset()
     # items report the inner index as `index`
