@@ -67,6 +67,11 @@ class ColoredMNISTCIM(DigitsModule):
     ``test_balanced`` (colour independent of the label) is always evaluated too, so every run
     reports how much shape was learned.
 
+    The text's test sentence is asymmetric ("color all the digits labeled 0-4 in yellow, while
+    coloring the 5-9 digits' backgrounds in blue"); ``test_colour_regions: [digit, background]``
+    reads it literally for the ``test`` set (yellow strokes on black for 0-4, white strokes on blue
+    for 5-9), while training, validation and ``test_balanced`` keep ``colour_region``.
+
     Measured here (sklearn digits, seed 0, the paper's MLP 1024-512-256, Adam 1e-3, batch 64,
     20 epochs), accuracy on ``test`` / ``test_balanced``: ``background`` and ``both`` 0.00 / 0.50 at
     alpha 1 and 2 (the colour decides everything); ``colour_region: digit`` 0.21 / 0.63 (alpha 1)
@@ -81,6 +86,9 @@ class ColoredMNISTCIM(DigitsModule):
         alpha: percent (0-100) of training digits per class coloured with their test colour.
         test_aligned: fraction (0-1) of test digits per class coloured with their test colour.
         colour_region: ``background`` (paper), ``digit`` or ``both``.
+        test_colour_regions: None (default: ``colour_region`` for every class) or one region per
+            class (``[0-4's, 5-9's]``) for the ``test`` set only; ``[digit, background]`` is the
+            paper's test sentence read literally.
         digits_source, val_fraction, **kwargs: as :class:`~robustrep.data.mnist.MNIST`.
     """
 
@@ -91,22 +99,32 @@ class ColoredMNISTCIM(DigitsModule):
         alpha: float = 1.0,
         test_aligned: float = 1.0,
         colour_region: str = "background",
+        test_colour_regions: list[str] | None = None,
         digits_source: str = "mnist",
         val_fraction: float = 1 / 12,
         **kwargs,
     ) -> None:
         super().__init__(digits_source, val_fraction, **kwargs)
+        regions = [colour_region, *(test_colour_regions or [])]
+        if test_colour_regions is not None and len(test_colour_regions) != 2:
+            raise ConfigError(
+                "test_colour_regions needs one region per class ([0-4's, 5-9's]), got "
+                f"{test_colour_regions!r}"
+            )
         if not 0.0 <= alpha <= 100.0:
             raise ConfigError(f"alpha is a percentage in [0, 100], got {alpha}")
         if not 0.0 <= test_aligned <= 1.0:
             raise ConfigError(f"test_aligned must be in [0, 1], got {test_aligned}")
-        if colour_region not in ("background", "digit", "both"):
-            raise ConfigError(
-                f"colour_region must be background, digit or both; got {colour_region!r}"
-            )
+        for region in regions:
+            if region not in ("background", "digit", "both"):
+                raise ConfigError(
+                    f"colour_region and test_colour_regions take background, digit or both; got "
+                    f"{region!r}"
+                )
         self.alpha = alpha
         self.test_aligned = test_aligned
         self.colour_region = colour_region
+        self.test_colour_regions = test_colour_regions
         self.num_classes = 2
         self.num_attributes = 2
         self.num_fine_classes = 10
@@ -125,10 +143,15 @@ class ColoredMNISTCIM(DigitsModule):
         return images.max(1, keepdim=True).values > 0.75  # both: c * (0.5 + 0.5 * ink)
 
     def make(
-        self, images: torch.Tensor, digits: torch.Tensor, aligned_fraction: float, stream: int
+        self,
+        images: torch.Tensor,
+        digits: torch.Tensor,
+        aligned_fraction: float,
+        stream: int,
+        regions: list[str] | None = None,
     ) -> TensorImageDataset:
         """Colour one split: per class exactly ``round(aligned_fraction * n_class)`` get the test
-        colour.
+        colour; ``regions`` = one colour region per class (None: ``colour_region``).
         """
         gen = torch.Generator().manual_seed(self.seed * 1000 + 100 + stream)
         labels = (digits >= 5).long()
@@ -137,7 +160,13 @@ class ColoredMNISTCIM(DigitsModule):
             idx = (labels == y).nonzero().squeeze(1)
             take = exact_mask(idx.numel(), aligned_fraction, gen)
             colours[idx[take]] = y
-        rgb = colour_digits(images, CIM_COLOURS[colours], self.colour_region)
+        if regions is None:
+            rgb = colour_digits(images, CIM_COLOURS[colours], self.colour_region)
+        else:
+            rgb = torch.empty(images.shape[0], 3, *images.shape[2:], dtype=torch.uint8)
+            for y, region in enumerate(regions):
+                rows = labels == y
+                rgb[rows] = colour_digits(images[rows], CIM_COLOURS[colours[rows]], region)
         return TensorImageDataset(
             rgb, labels, labels * 2 + colours, attribute=colours, fine_label=digits
         )
@@ -150,7 +179,7 @@ class ColoredMNISTCIM(DigitsModule):
             train=self.make(tx, ty, a, 0),
             val={"val": self.make(vx, vy, a, 1)},
             test={
-                "test": self.make(test_x, test_y, self.test_aligned, 2),
+                "test": self.make(test_x, test_y, self.test_aligned, 2, self.test_colour_regions),
                 "test_balanced": self.make(test_x, test_y, 0.5, 3),
             },
         )

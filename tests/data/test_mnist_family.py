@@ -10,7 +10,7 @@ from datafixtures import balanced_labels, write_mnist_raw
 from robustrep.data.colored_mnist import ColoredMNISTCIM, ColoredMNISTIRM
 from robustrep.data.digit_compositions import GridMNIST, MFDominoes, cell_box
 from robustrep.data.mnist import MNIST, FashionMNIST, MNISTCoarse
-from robustrep.errors import DataNotFoundError
+from robustrep.errors import ConfigError, DataNotFoundError
 
 
 @pytest.fixture
@@ -110,6 +110,32 @@ def test_colored_mnist_cim_construction():
         "test"
     ]
     assert (caption.metadata["attribute"] == caption.labels).float().mean().item() < 0.05
+
+
+def test_colored_mnist_cim_asymmetric_test_colouring():
+    """The paper's test sentence read literally: 0-4 yellow strokes on black, 5-9 on blue."""
+    plain = ColoredMNISTCIM(digits_source="sklearn", alpha=2.0, seed=0)
+    dm = ColoredMNISTCIM(
+        digits_source="sklearn", alpha=2.0, seed=0, test_colour_regions=["digit", "background"]
+    )
+    test, plain_test = dm.splits.test["test"], plain.splits.test["test"]
+    black, blue = torch.zeros(3, dtype=torch.uint8), torch.tensor([0, 0, 255], dtype=torch.uint8)
+    corner = test.images[:, :, 0, 0]
+    assert (corner[test.labels == 0] == black).all() and (corner[test.labels == 1] == blue).all()
+    # strokes of 0-4 are yellow: red = green, no blue anywhere
+    zero_to_four = test.images[test.labels == 0].int()
+    assert (zero_to_four[:, 2] == 0).all() and (zero_to_four[:, 0] == zero_to_four[:, 1]).all()
+    assert zero_to_four[:, 0].amax((1, 2)).min() > 200
+    # 5-9 and every other split are coloured as without the option
+    assert torch.equal(test.images[test.labels == 1], plain_test.images[plain_test.labels == 1])
+    assert torch.equal(dm.splits.train.images, plain.splits.train.images)
+    assert torch.equal(
+        dm.splits.test["test_balanced"].images, plain.splits.test["test_balanced"].images
+    )
+    with pytest.raises(ConfigError, match="one region per class"):
+        ColoredMNISTCIM(digits_source="sklearn", test_colour_regions=["digit"])
+    with pytest.raises(ConfigError, match="stroke"):
+        ColoredMNISTCIM(digits_source="sklearn", test_colour_regions=["digit", "stroke"])
 
 
 def test_colored_mnist_irm_rates_and_channels():
