@@ -23,6 +23,27 @@ def test_eval_sets_balanced_and_reversed():
     assert (rev.metadata["attribute"] != rev.labels % 2).all()
 
 
+def test_background_sets_pair_same_and_random_backgrounds_with_shape_masks():
+    dm = SyntheticSpurious(size=16, test_size=2000, noise=0.0, background_sets=True)
+    tests = dm.splits.test
+    assert list(tests) == ["test", "mixed_same", "mixed_rand"]
+    same, rand = tests["mixed_same"], tests["mixed_rand"]
+    assert (same.metadata["attribute"] == same.labels % 2).all()  # every shape on its colour
+    aligned = (rand.metadata["attribute"] == rand.labels % 2).float().mean()
+    assert abs(float(aligned) - 0.5) < 0.04
+    # the shape mask marks exactly the pixels that differ from the background colour (no noise)
+    images = same.images.float() / 255
+    differs = (images - images[:, :, :1, :1]).abs().amax(1) > 0.2
+    fg = same.metadata["foreground"].bool()
+    assert fg.any((1, 2)).all() and (~fg).any((1, 2)).all()
+    assert torch.equal(differs, fg)
+    assert "foreground" not in dm.splits.train.metadata  # training batches stay as they were
+    # the other splits are generated exactly as without the option
+    plain = SyntheticSpurious(size=16, test_size=2000, noise=0.0)
+    assert torch.equal(plain.splits.test["test"].images, tests["test"].images)
+    assert torch.equal(plain.splits.train.images, dm.splits.train.images)
+
+
 def test_groups_strata_and_shapes():
     dm = SyntheticSpurious(
         num_classes=3, num_attributes=2, strata_per_class=2, size=12, train_size=300

@@ -4,8 +4,10 @@ CIM's claim (fig. 2a of the paper) is that the Transformation Network keeps the 
 pixels (the digit) and suppresses the nuisance (the coloured background). This analysis measures
 it on an evaluation set: the mean of ``model.mask(x)`` over every pixel, per class and, when the
 datamodule can tell foreground pixels apart (a ``foreground(images)`` method, e.g.
-:class:`~robustrep.data.ColoredMNISTCIM`: the digit's strokes), over the foreground and the
-background separately. A mask that keeps the shortcut has ``background >= foreground``.
+:class:`~robustrep.data.ColoredMNISTCIM`: the digit's strokes, or a ``foreground`` mask in each
+example, e.g. :class:`~robustrep.data.SyntheticSpurious` with ``background_sets``: the shape), over
+the foreground and the background separately. A mask that keeps the shortcut has
+``background >= foreground``.
 
     robustrep analyze cim-mask --ckpt runs/cim_colored_mnist/<run>/checkpoints/last.ckpt \
         --set digits_source=sklearn
@@ -73,8 +75,11 @@ def mask_statistics(model, dm, eval_set: str | None = None) -> MaskResult:
         per_image = mask.flatten(1).mean(1).double()
         class_sum.index_add_(0, batch["label"], per_image)
         class_count.index_add_(0, batch["label"], torch.ones_like(per_image))
-        if split is not None:
-            fg = split(x.cpu())
+        if "foreground" in batch or split is not None:
+            if "foreground" in batch:  # the benchmark's own shape masks (N x H x W)
+                fg = batch["foreground"].bool().unsqueeze(1)
+            else:
+                fg = split(x.cpu())
             sums["fg"] += float(mask[fg].sum())
             counts["fg"] += int(fg.sum())
             sums["bg"] += float(mask[~fg].sum())

@@ -40,7 +40,8 @@ class TensorImageDataset(Dataset):
         transform: applied to the float image (C x H x W in [0, 1]); None = identity.
         num_views: number of independently transformed views to return under ``views``; 1 = none.
         **metadata: optional int tensors of length N, e.g. ``attribute``, ``fine_label``,
-            ``domain``.
+            ``domain`` (an item holds an int), or N x ... (an item holds the tensor, e.g. a
+            ``foreground`` mask).
     """
 
     def __init__(
@@ -106,7 +107,8 @@ class TensorImageDataset(Dataset):
             "index": int(index),
         }
         for key, values in self.metadata.items():
-            item[key] = int(values[index])
+            value = values[index]
+            item[key] = int(value) if value.dim() == 0 else value
         if self.num_views > 1:
             t = self.transform or (lambda x: x)
             item["views"] = [t(image) for _ in range(self.num_views)]

@@ -117,7 +117,7 @@ def render(
     gen: torch.Generator,
 ) -> torch.Tensor:
     """Draw the images (uint8 N x C x S x S): jittered shape over an attribute-coloured
-    background.
+    background. Returns the images and the jittered shape masks (N x S x S, float 0/1).
     """
     n, size = fine_labels.shape[0], templates.shape[-1]
     shapes = templates[fine_labels]  # N x S x S
@@ -137,7 +137,7 @@ def render(
     fg = (intensity * shapes)[:, None]
     images = bg * (1 - fg) + fg * 0.95
     images = images + noise * torch.randn(images.shape, generator=gen)
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), shapes
 
 
 class SyntheticSpurious(RobustDataModule):
@@ -156,6 +156,12 @@ class SyntheticSpurious(RobustDataModule):
         noise: standard deviation of the Gaussian pixel noise; larger makes the shape harder to
             read and the shortcut more attractive.
         train_size, val_size, test_size: examples per split.
+        background_sets: also evaluate on ``mixed_same`` (every shape on its class's aligned
+            colour) and ``mixed_rand`` (a uniformly random colour), ``test_size`` examples each,
+            the Background Challenge's pair in miniature (for :class:`~robustrep.callbacks.
+            BackgroundGap`). Default False: only ``test``. The test sets then also carry each
+            image's shape mask (``foreground``, S x S, 1 = shape pixel) for ``robustrep analyze
+            cim-mask``.
         **kwargs: the shared datamodule arguments (batch_size, num_workers, seed, ...).
     """
 
@@ -174,6 +180,7 @@ class SyntheticSpurious(RobustDataModule):
         train_size: int = 4000,
         val_size: int = 1000,
         test_size: int = 2000,
+        background_sets: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -193,27 +200,36 @@ class SyntheticSpurious(RobustDataModule):
         self.channels = channels
         self.noise = noise
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.sizes.update(mixed_same=test_size, mixed_rand=test_size)
+        self.background_sets = background_sets
         self.image_shape = (channels, size, size)
         self.class_names = [f"shape{c}" for c in range(num_classes)]
         self.attribute_names = [f"colour{a}" for a in range(num_attributes)]
 
     def make_split(self, split: str) -> TensorImageDataset:
         """Generate one split deterministically from ``seed`` and the split name."""
-        offset = {"train": 0, "val": 1, "test": 2}[split]
+        offset = {"train": 0, "val": 1, "test": 2, "mixed_same": 3, "mixed_rand": 4}[split]
         gen = torch.Generator().manual_seed(self.seed * 1000 + offset)
         n = self.sizes[split]
         fine = torch.randint(self.num_classes * self.strata_per_class, (n,), generator=gen)
         labels = fine // self.strata_per_class
-        correlation = self.correlation if split == "train" else self.eval_correlation
+        correlation = {"train": self.correlation, "mixed_same": 1.0, "mixed_rand": "balanced"}
+        correlation = correlation.get(split, self.eval_correlation)
         attributes = sample_attributes(labels, self.num_attributes, correlation, gen)
         templates = shape_templates(self.num_classes * self.strata_per_class, self.size)
-        images = render(fine, attributes, templates, self.channels, self.noise, gen)
+        images, shapes = render(fine, attributes, templates, self.channels, self.noise, gen)
         groups = labels * self.num_attributes + attributes
-        return TensorImageDataset(images, labels, groups, attribute=attributes, fine_label=fine)
+        extra = {}
+        if self.background_sets and split not in ("train", "val"):
+            extra["foreground"] = shapes > 0
+        return TensorImageDataset(
+            images, labels, groups, attribute=attributes, fine_label=fine, **extra
+        )
 
     def build_splits(self) -> Splits:
+        test_sets = ["test", "mixed_same", "mixed_rand"] if self.background_sets else ["test"]
         return Splits(
             train=self.make_split("train"),
             val={"val": self.make_split("val")},
-            test={"test": self.make_split("test")},
+            test={name: self.make_split(name) for name in test_sets},
         )

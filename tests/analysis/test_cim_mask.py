@@ -49,6 +49,20 @@ def test_mask_statistics_of_a_known_mask():
         mask_statistics(model, dm, "nope")
 
 
+def test_mask_statistics_use_the_shape_masks_a_benchmark_carries():
+    from robustrep.data import SyntheticSpurious
+
+    dm = SyntheticSpurious(size=16, test_size=64, background_sets=True, batch_size=32)
+    dm.setup("fit")
+    model = CIM(backbone="tiny", num_classes=2, image_shape=(3, 16, 16))
+    shapes = dm.splits.test["mixed_rand"].metadata["foreground"].float()
+    shown = iter(shapes.split(32))
+    model.mask = lambda x: next(shown).unsqueeze(1)  # the ideal mask: the shape, in loader order
+    ideal = mask_statistics(model, dm, "mixed_rand")
+    assert ideal.foreground == 1.0 and ideal.background == 0.0
+    assert ideal.mean == pytest.approx(float(shapes.mean()))
+
+
 def test_cim_mask_command_on_a_trained_run(tmp_path):
     args = [
         "fit",
