@@ -27,13 +27,24 @@ class TripletSource:
         device: where the index tensors live and the drawing happens.
         workers: threads that decode the drawn images of file-based datasets (0 = in the training
             loop's thread); image decoders release the GIL, so 4-8 threads hide most of the cost.
+        positives: ``class`` (default, the paper: any other example of the anchor's class) or
+            ``other_attribute`` (same class, another spurious attribute, e.g. the other
+            background; needs the dataset's ``attribute`` metadata, i.e. group labels: a
+            diagnostic of the mechanism, not the method).
     """
 
     def __init__(
-        self, dataset: Dataset, device: torch.device | str = "cpu", workers: int = 0
+        self,
+        dataset: Dataset,
+        device: torch.device | str = "cpu",
+        workers: int = 0,
+        positives: str = "class",
     ) -> None:
+        if positives not in ("class", "other_attribute"):
+            raise ConfigError(f"positives must be class or other_attribute, got {positives!r}")
         self.dataset = dataset
         self.workers = workers
+        self.positives = positives
         self._pool = None
         self.device = torch.device(device)
         labels, keys = _labels_and_keys(dataset)
@@ -43,7 +54,17 @@ class TripletSource:
         if int((counts > 0).sum()) < 2:
             raise ConfigError("CIM's triplets need at least two classes in the training set")
         offsets = torch.cumsum(counts, 0) - counts
-        order = torch.argsort(labels, stable=True)
+        sort_key = labels
+        if positives == "other_attribute":  # sorted by (label, attribute): classes stay contiguous
+            attributes = _attributes(dataset)
+            sort_key = labels * (int(attributes.max()) + 1) + attributes
+            group_counts = torch.bincount(sort_key)
+            self.group_counts = group_counts.to(self.device)
+            self.group_offsets = (torch.cumsum(group_counts, 0) - group_counts).to(self.device)
+            key_to_group = torch.full((int(keys.max()) + 1,), -1, dtype=torch.long)
+            key_to_group[keys] = sort_key
+            self.key_to_group = key_to_group.to(self.device)
+        order = torch.argsort(sort_key, stable=True)
         rank_in_class = torch.empty(n, dtype=torch.long)
         rank_in_class[order] = torch.arange(n) - offsets[labels[order]]
         key_to_rank = torch.full((int(keys.max()) + 1,), -1, dtype=torch.long)
@@ -62,7 +83,10 @@ class TripletSource:
         """Move the index tensors (and the generator) to ``device``; returns self."""
         device = torch.device(device)
         if device != self.device:
-            for name in ("sorted_positions", "counts", "offsets", "key_to_rank", "labels"):
+            names = ["sorted_positions", "counts", "offsets", "key_to_rank", "labels"]
+            if self.positives == "other_attribute":
+                names += ["group_counts", "group_offsets", "key_to_group"]
+            for name in names:
                 setattr(self, name, getattr(self, name).to(device))
             self.device = device
             self.generator = torch.Generator(device=device)
@@ -130,11 +154,36 @@ class TripletSource:
             return torch.where(v >= offset, v + count, v)
 
         in_batch = torch.bincount(labels, minlength=self.counts.shape[0])[labels]
-        pos = _distinct(draw_positive, repeats_allowed=in_batch > n_pos)
+        if self.positives == "other_attribute":
+            draw_positive, n_pos, in_batch_group = self._other_attribute_draw(keys, count, offset)
+            pos = _distinct(draw_positive, repeats_allowed=in_batch_group > n_pos)
+        else:
+            pos = _distinct(draw_positive, repeats_allowed=in_batch > n_pos)
         neg = _distinct(
             draw_negative, repeats_allowed=(in_batch > n_neg) | (labels.shape[0] > self.size)
         )
         return self.sorted_positions[pos], self.sorted_positions[neg]
+
+    def _other_attribute_draw(self, keys, count, offset):
+        """(draw, candidates, anchors of the same group in the batch) for positives of the
+        anchor's class with another attribute: the class's sorted range minus the anchor's group.
+        """
+        if keys is None:
+            raise ConfigError("positives: other_attribute needs the anchors' index keys")
+        group = self.key_to_group[keys.clamp(0, self.key_to_group.shape[0] - 1)]
+        g_count, g_offset = self.group_counts[group], self.group_offsets[group]
+        n_pos = count - g_count
+        if bool((n_pos == 0).any()):
+            raise ConfigError(
+                "positives: other_attribute: a class has no training example with another "
+                "attribute than its anchor's"
+            )
+
+        def draw() -> torch.Tensor:
+            p = offset + self._uniform(n_pos)
+            return torch.where(p >= g_offset, p + g_count, p)
+
+        return draw, n_pos, torch.bincount(group)[group]
 
     def _uniform(self, high: torch.Tensor) -> torch.Tensor:
         """One integer in ``[0, high)`` per entry, from the source's generator."""
@@ -214,6 +263,17 @@ def _labels_and_keys(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     )
     items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
     return torch.tensor([it["label"] for it in items]), torch.tensor([it["index"] for it in items])
+
+
+def _attributes(dataset: Dataset) -> torch.Tensor:
+    """The ``attribute`` metadata of every position (in-memory datasets, through ``Subset``)."""
+    if isinstance(dataset, TensorImageDataset) and "attribute" in dataset.metadata:
+        return dataset.metadata["attribute"].long()
+    if isinstance(dataset, Subset):
+        return _attributes(dataset.dataset)[torch.as_tensor(list(dataset.indices))]
+    raise ConfigError(
+        f"positives: other_attribute needs attribute labels; {type(dataset).__name__} has none"
+    )
 
 
 def _in_memory_images(dataset: Dataset) -> tuple[torch.Tensor | None, torch.Tensor | None, Any]:

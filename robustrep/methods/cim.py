@@ -25,14 +25,10 @@ ERM               ``transform_network: false, lam: 0, vib_beta: 0`` (identical t
                   :class:`~robustrep.methods.ERM` on the same seed)
 ================  ===========================================================================
 
-Triplets come from the *training set*, not the batch: in ``setup()`` the module builds a
-label-indexed view of ``datamodule.train_dataset()`` (labels read from the dataset's metadata, no
-image decoded) and, every step, draws for each anchor one positive (same class, never the anchor
-itself) and one negative (another class) with index arithmetic on the device; a batch's positives
-are distinct examples and so are its negatives (the paper's "n distinct"). The draw uses a
-generator seeded from ``triplet_seed``, the epoch, the batch and the process rank, so under DDP each
-rank draws for its own anchors, and a resumed run draws the same triplets. Only the
-``2 * batch`` sampled images are read (directly from the uint8 tensor of in-memory benchmarks).
+Triplets come from the *training set*, not the batch (:class:`~robustrep.data.triplets.
+TripletSource`: one positive and one negative per anchor, distinct within the batch, only the drawn
+images read), with a generator seeded from ``triplet_seed``, the epoch, the batch and the process
+rank: under DDP each rank draws for its own anchors, and a resumed run draws the same triplets.
 """
 
 from __future__ import annotations
@@ -85,6 +81,8 @@ class CIM(RobustMethod):
             (default; without a margin the raw loss is unbounded below) [ours].
         msssim_win_size, msssim_levels: override the MS-SSIM window / number of scales (None =
             chosen from the image size, see :mod:`robustrep.losses.msssim`).
+        positives: ``class`` (default, the paper) or ``other_attribute`` (same class, another
+            spurious attribute: a diagnostic that needs group labels; see :class:`TripletSource`).
         triplet_seed: seed of the triplet draw (combined with epoch, batch and rank).
         triplet_workers: threads decoding the drawn ``x+``/``x-`` of file-based benchmarks (JPEG
             datasets); in-memory benchmarks ignore it.
@@ -112,6 +110,7 @@ class CIM(RobustMethod):
         feature_normalize: bool = True,
         msssim_win_size: int | None = None,
         msssim_levels: int | None = None,
+        positives: Literal["class", "other_attribute"] = "class",
         triplet_seed: int = 0,
         triplet_workers: int = 0,
         **kwargs,
@@ -145,6 +144,7 @@ class CIM(RobustMethod):
         self.feature_normalize = feature_normalize
         self.msssim_win_size, self.msssim_levels = msssim_win_size, msssim_levels
         self.triplet_seed, self.triplet_workers = triplet_seed, triplet_workers
+        self.positives = positives
         # Creation order backbone -> head as in ERM: lam=0 without TN/VIB reproduces ERM exactly.
         self.vib = nn.Linear(self.feature_dim, 2 * vib_dim) if vib_beta > 0 else None
         self.head = nn.Linear(
@@ -169,14 +169,10 @@ class CIM(RobustMethod):
         """``psi(x) = m * x`` (the images themselves without a TN)."""
         return images if self.tn is None else self.tn(images) * images
 
-    def _bottleneck(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.vib(features).chunk(2, dim=1)  # type: ignore[misc]
-        return mu, logvar
-
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Features of the morphed images; with VIB, the bottleneck mean ``mu``."""
         features = self.backbone(self.morph(images)).flatten(1)
-        return self._bottleneck(features)[0] if self.vib is not None else features
+        return self.vib(features).chunk(2, dim=1)[0] if self.vib is not None else features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(images))
@@ -184,7 +180,9 @@ class CIM(RobustMethod):
     # ------------------------------------------------------------------ triplets
     def set_triplet_source(self, dataset: Dataset) -> None:
         """Draw triplets from ``dataset`` (done automatically from the datamodule in ``setup``)."""
-        self.triplets = TripletSource(dataset, self.device, workers=self.triplet_workers)
+        self.triplets = TripletSource(
+            dataset, self.device, workers=self.triplet_workers, positives=self.positives
+        )
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -265,7 +263,7 @@ class CIM(RobustMethod):
             if self.lam > 0:
                 contrastive = self._image_triplet(morphed, positive, negative)
         if self.vib is not None:
-            mu, logvar = self._bottleneck(features)
+            mu, logvar = self.vib(features).chunk(2, dim=1)
             logits = self.head(reparameterize(mu, logvar))
             kl = gaussian_kl(mu, logvar).mean()  # summed over dimensions, averaged over the batch
             logs["train/kl"] = kl

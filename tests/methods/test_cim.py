@@ -103,6 +103,27 @@ def test_distinct_draws_where_just_possible_and_repeats_only_where_not():
         assert neg[:5].unique().numel() == 5 and (labels[neg[:5]] == 1).all()
 
 
+def test_positives_of_another_attribute_for_the_mechanism_diagnostic():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 2
+    attribute = (torch.rand(400, generator=gen) < 0.2).long() ^ labels  # 80% aligned
+    images = torch.zeros(400, 1, 8, 8, dtype=torch.uint8)
+    ds = TensorImageDataset(images, labels, labels * 2 + attribute, attribute=attribute)
+    source = TripletSource(ds, positives="other_attribute")
+    keys = torch.randperm(400, generator=gen)[:64]
+    for seed in range(10):
+        source.reseed(seed)
+        pos, neg = source.sample(labels[keys], keys)
+        assert (labels[pos] == labels[keys]).all() and (attribute[pos] != attribute[keys]).all()
+        assert (labels[neg] != labels[keys]).all() and neg.unique().numel() == 64
+        assert pos.unique().numel() == 64
+    with pytest.raises(ConfigError, match="attribute labels"):
+        TripletSource(TensorImageDataset(images, labels), positives="other_attribute")
+    model = _cim(8, positives="other_attribute")
+    model.set_triplet_source(ds)
+    assert model.triplets.positives == "other_attribute"
+
+
 def test_repeated_marks_every_later_copy():
     from robustrep.data.triplets import repeated
 
