@@ -178,7 +178,8 @@ def choose_run_dir(
             if (run_dir / "results.json").exists() or (run_dir / "config.yaml").exists():
                 raise ConfigError(
                     f"{run_dir} already holds a record; give `robustrep {subcommand}` a new "
-                    "--run_dir (or none: evaluations go beside their run)"
+                    "--run_dir, or none (`--run_dir null` when --config is the run's own "
+                    "config.yaml): evaluations then go beside their run"
                 )
             return run_dir, "evaluation", None
         base = (

@@ -168,6 +168,20 @@ def test_test_subcommand_writes_an_evaluation_record_beside_the_run(tmp_path):
     )
 
 
+def test_test_with_the_runs_own_config_needs_run_dir_null_and_says_so(tmp_path, capsys):
+    """The run's config.yaml pins its run_dir: the refusal names the fix, and the fix works
+    (the way docs/reproductions/cim.md evaluates other test readings of a trained run)."""
+    assert fit(tmp_path) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    args = ["test", "--config", str(run_dir / "config.yaml"), "--ckpt_path"]
+    args += [str(run_dir / "checkpoints" / "last.ckpt")]
+    assert run_cli(args) == 2
+    assert "--run_dir null" in capsys.readouterr().err
+    assert run_cli([*args, "--run_dir", "null"]) == 0
+    (evaluation,) = (run_dir / "evaluations").iterdir()
+    assert json.loads((evaluation / "results.json").read_text())["evaluates"] == str(run_dir)
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
