@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import shlex
 import subprocess
 import sys
 import time
 
 from robustrep.errors import ConfigError
+from robustrep.table_runs import end_run, start_run, stop_child
 from robustrep.tables import REPO_ROOT, Job, load_table, plan, table_root, write_report
 
 
@@ -63,38 +62,23 @@ class _Stops:
 def run_job(
     job: Job, program: list[str], env: dict[str, str] | None = None, stops: _Stops | None = None
 ) -> int:
-    """Run one job in a subprocess, output appended to ``<run_dir>/reproduce.log``; returns its exit
-    status.
+    """Run one job in a subprocess, output appended to ``<run_dir>/reproduce.log``, its record in
+    ``reproduce.json``; returns its exit status.
     """
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    command = job.command(program)
-    (job.run_dir / "reproduce.json").write_text(
-        json.dumps(
-            {"args": job.args, "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
-            indent=2,
-        )
-    )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with open(job.run_dir / "reproduce.log", "a") as log:
-        log.write(f"\n$ {shlex.join(command)}\n")
-        log.flush()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = start_run(job, program, env=env)
+    if stops is not None:
+        stops.child = proc
+    try:
+        code = proc.wait()
+    except BaseException:
+        # a second Ctrl-C or an exception: stop the child too; its last.ckpt lets a re-run resume
+        end_run(job, stop_child(proc, timeout=30))
+        raise
+    finally:
         if stops is not None:
-            stops.child = proc
-        try:
-            return proc.wait()
-        except BaseException:
-            # a second Ctrl-C or an exception: stop the child too; its last.ckpt lets a re-run
-            # resume
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-        finally:
-            if stops is not None:
-                stops.child = None
+            stops.child = None
+    end_run(job, code)
+    return code
 
 
 @contextlib.contextmanager
