@@ -44,8 +44,17 @@ import subprocess
 import sys
 import time
 
+from robustrep import launch
 from robustrep.errors import ConfigError
-from robustrep.table_runs import end_run, start_run, stop_child
+from robustrep.resources import load_resources
+from robustrep.table_runs import (
+    end_run,
+    read_record,
+    run_state,
+    start_run,
+    status_command,
+    stop_child,
+)
 from robustrep.tables import REPO_ROOT, Job, load_table, plan, table_root, write_report
 
 
@@ -170,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not run anything; write the report from the finished runs",
     )
+    launch.add_arguments(parser)
     return parser
+
+
+#: The resource options of ``reproduce`` (``--resources`` file keys of the same names).
+RESOURCE_OPTIONS = ("partition", "account", "gpus", "nodes", "cpus", "mem", "time", "parallel")
 
 
 def _stopped(job: Job, signum: int | None, code: int | None) -> int:
@@ -196,6 +210,60 @@ def _stopped(job: Job, signum: int | None, code: int | None) -> int:
     return 130 if signum == signal.SIGINT else 143
 
 
+def _run_here(todo: list[Job], program: list[str]) -> tuple[list[Job], int | None]:
+    """Run the jobs one after another in subprocesses; ``(failed jobs, exit status of a stop)``."""
+    failed = []
+    stops = _Stops()
+    with _forward_stops(stops):
+        for i, job in enumerate(todo, 1):
+            what = f"[{i}/{len(todo)}] {job.row.label} seed {job.seed}" + (
+                " (resuming)" if job.status == "resume" else ""
+            )
+            print(what + " ...", flush=True)
+            start = time.time()
+            try:
+                code = run_job(job, program, stops=stops)
+            except KeyboardInterrupt:
+                code = None
+            if stops.signum is not None or code is None:
+                return failed, _stopped(job, stops.signum, code)
+            took = time.time() - start
+            if code != 0 or not (job.run_dir / "results.json").is_file():
+                failed.append(job)
+                tail = (job.run_dir / "reproduce.log").read_text().splitlines()[-15:]
+                print(
+                    (
+                        f"    FAILED (exit {code}) after {took:.0f} s; log: "
+                        f"{job.run_dir / 'reproduce.log'}\n      "
+                    )
+                    + "\n      ".join(tail),
+                    flush=True,
+                )
+            else:
+                print(f"    done in {took:.0f} s", flush=True)
+    return failed, None
+
+
+def _stopped_launched(todo: list[Job], signum: int) -> int:
+    """Say which runs a stop of ``--launcher local`` interrupted and how to resume them."""
+    import signal
+
+    stopped = [j for j in todo if run_state(j)[0] == "pending" and read_record(j.run_dir)]
+    print(
+        f"\nreproduce: stopped by {signal.Signals(signum).name}; "
+        + (
+            "stopped runs (each saved its checkpoint): "
+            + ", ".join(f"{j.row.label} seed {j.seed}" for j in stopped)
+            if stopped
+            else "no run was running"
+        )
+        + ". Run the same `robustrep reproduce` command again to resume them; finished runs are "
+        "kept.",
+        file=sys.stderr,
+    )
+    return 130 if signum == signal.SIGINT else 143
+
+
 def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
     """Entry point of ``robustrep reproduce``; returns the exit status (1 if a run failed)."""
     args, extra = build_parser().parse_known_args(argv)
@@ -208,14 +276,32 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
     seeds = list(range(args.seeds if args.seeds is not None else table.seeds))
     if not seeds:
         raise ConfigError("--seeds must be at least 1")
+    options = {k: getattr(args, k) for k in RESOURCE_OPTIONS}
+    resources = None
+    if args.launcher or args.resources or any(v is not None for v in options.values()):
+        if not args.launcher and not args.status:
+            raise ConfigError(
+                "--resources and resource options (--gpus, --time, ...) go with --launcher local "
+                "or --launcher slurm; without a launcher pass --trainer.devices etc. to the runs"
+            )
+        resources = load_resources(args.resources, options)
+        extra = [*launch.trainer_args(resources), *extra]
     jobs = plan(table, seeds, args.output_root, args.profile, extra, args.rows)
     root = table_root(table, args.output_root, args.profile)
+    if args.status:
+        return status_command(table, jobs, root, args.profile)
     if args.dry_run:
         for job in jobs:
             if job.status == "finished":
                 print(f"# finished: {job.run_dir}", file=sys.stderr)
             else:
                 print(shlex.join(job.command(["robustrep"])))
+        if args.launcher and resources is not None:
+            todo = sum(j.status != "finished" for j in jobs)
+            print(
+                f"# --launcher {args.launcher}: {todo} runs; {resources.describe()}",
+                file=sys.stderr,
+            )
         return 0
     for job in jobs:
         if job.stale:
@@ -225,41 +311,25 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
     program = program or [sys.executable, "-m", "robustrep.cli"]
-    failed = []
+    failed: list[Job] = []
     if not args.report_only:
         todo = [j for j in jobs if j.status != "finished"]
+        if args.launcher == "slurm" and resources is not None:
+            command = shlex.join(["robustrep", "reproduce", *argv])
+            return launch.submit_slurm(
+                table, jobs, todo, program, resources, root, args.profile, command
+            )
         print(
             f"{table.title}: {len(jobs)} runs, {len(jobs) - len(todo)} finished, "
             f"{len(todo)} to run -> {root}"
         )
-        stops = _Stops()
-        with _forward_stops(stops):
-            for i, job in enumerate(todo, 1):
-                what = f"[{i}/{len(todo)}] {job.row.label} seed {job.seed}" + (
-                    " (resuming)" if job.status == "resume" else ""
-                )
-                print(what + " ...", flush=True)
-                start = time.time()
-                try:
-                    code = run_job(job, program, stops=stops)
-                except KeyboardInterrupt:
-                    code = None
-                if stops.signum is not None or code is None:
-                    return _stopped(job, stops.signum, code)
-                took = time.time() - start
-                if code != 0 or not (job.run_dir / "results.json").is_file():
-                    failed.append(job)
-                    tail = (job.run_dir / "reproduce.log").read_text().splitlines()[-15:]
-                    print(
-                        (
-                            f"    FAILED (exit {code}) after {took:.0f} s; log: "
-                            f"{job.run_dir / 'reproduce.log'}\n      "
-                        )
-                        + "\n      ".join(tail),
-                        flush=True,
-                    )
-                else:
-                    print(f"    done in {took:.0f} s", flush=True)
+        if args.launcher == "local" and resources is not None:
+            failed, signum = launch.run_local(todo, program, resources, root)
+            stop = _stopped_launched(todo, signum) if signum is not None else None
+        else:
+            failed, stop = _run_here(todo, program)
+        if stop is not None:
+            return stop
     markdown = write_report(table, root, jobs, args.profile)
     print("\n" + markdown)
     print(

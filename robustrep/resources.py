@@ -138,9 +138,8 @@ def _count(value: Any, key: str, where: str) -> int:
     minimum = 0 if key == "gpus" else 1
     text = str(value).strip()
     if isinstance(value, bool) or not re.fullmatch(r"[+-]?\d+", text) or int(text) < minimum:
-        raise ConfigError(
-            f"{where} must be a whole number >= {minimum} ({KEYS[key].split(' (')[0]}), got {value!r}"
-        )
+        meaning = KEYS[key].split(" (")[0]
+        raise ConfigError(f"{where} must be a whole number >= {minimum} ({meaning}), got {value!r}")
     return int(text)
 
 

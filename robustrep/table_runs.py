@@ -5,7 +5,7 @@ job array).
 A run's ``<run_dir>/reproduce.json`` says which command it is (``args``, ``command``), where and
 when it runs (``host``, ``pid``, ``started``, the launcher's ``job`` id) and, once its process has
 ended, ``exit`` and ``ended`` (and ``requeued: true`` when a launcher stopped it to requeue it).
-``reproduce --status`` reads these records: :func:`run_state`.
+``reproduce --status`` reads these records: :func:`run_state`, :func:`status_command`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from robustrep.tables import Job
+from robustrep.tables import Job, Table, write_report
 
 RECORD = "reproduce.json"
 LOG = "reproduce.log"
@@ -29,6 +32,8 @@ LOG = "reproduce.log"
 #: SIGTERM; negative: killed by the signal before robustrep's handler was installed).
 STOPPED = (130, 143, -signal.SIGINT, -signal.SIGTERM)
 STATES = ("finished", "running", "failed", "pending")
+#: The submission record of a table's folder (which array task runs which run).
+LAUNCH_RECORD = "launch.json"
 
 
 def _now() -> str:
@@ -189,3 +194,96 @@ def run_state(job: Job, queued: str | None = None) -> tuple[str, str]:
         return "pending", f"stopped by a signal at {record.get('ended')}; {resumes}"
     reason = "exit 0 without results.json" if code == 0 else f"exit {code}"
     return "failed", f"{reason}{where}; log: {run_dir / LOG}"
+
+
+def wait_exit(pid: int, timeout: float) -> int | None:
+    """Wait for a child to exit without reaping it (the task's own ``poll`` does that; this runs
+    inside a signal handler); SIGKILL it after ``timeout`` seconds. Its exit status, or None."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # already reaped
+            return None
+        if info is not None:
+            return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        if time.time() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on ``path`` while inside (best effort: a file system without locks
+    does not stop anything)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def stop_flag():
+    """While inside, SIGTERM / SIGINT set ``flag.signum`` (the runs are asked to stop); a second
+    one raises KeyboardInterrupt."""
+    flag = SimpleNamespace(signum=None)
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.signum is not None:
+            raise KeyboardInterrupt
+        flag.signum = signum
+        print(
+            f"\nreproduce: {signal.Signals(signum).name} received; asking the running runs to save "
+            "and stop ...",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def launch_record(root: Path) -> dict[str, Any]:
+    """The table folder's ``launch.json`` (the last SLURM submission: its job id and which task runs
+    which run), or {}."""
+    try:
+        return json.loads((root / LAUNCH_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def status_command(table: Table, jobs: list[Job], root: Path, profile: str | None) -> int:
+    """Print each run's state (finished / running / failed / pending); write the report when all
+    are finished. Returns 1 if a run failed."""
+    launch = launch_record(root)
+    queued = launch.get("tasks", {})
+    states = [(job, *run_state(job, queued.get(str(job.run_dir)))) for job in jobs]
+    counts = {s: sum(state == s for _, state, _ in states) for s in STATES}
+    where = f"; SLURM job array {launch['job']} submitted {launch['submitted']}" if launch else ""
+    print(
+        f"{table.title}"
+        + (f" (profile: {profile})" if profile else "")
+        + f": {len(jobs)} runs, "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + where
+        + f"\n{root}\n"
+    )
+    width = max(len(job.row.label) for job in jobs)
+    print(f"{'row':<{width}}  seed  {'state':<8}  detail")
+    for job, state, detail in states:
+        print(f"{job.row.label:<{width}}  {job.seed:>4}  {state:<8}  {detail}".rstrip())
+    if counts["finished"] == len(jobs):
+        markdown = write_report(table, root, jobs, profile)
+        print(f"\nall finished; report written: {root / 'report.md'}\n\n{markdown}")
+    return 1 if counts["failed"] else 0
