@@ -372,11 +372,10 @@ def submit_slurm(
         "tasks": {**queued, **{str(j.run_dir): t.job_id for j, t in zip(todo, tasks)}},
     }
     (root / LAUNCH_RECORD).write_text(json.dumps(record, indent=2))
-    time_limit = format_minutes(resources.time or DEFAULT_SLURM_MINUTES)
+    default_time = f", time {format_minutes(DEFAULT_SLURM_MINUTES)}" if not resources.time else ""
     print(
         f"{table.title}: {len(jobs)} runs, {len(jobs) - len(todo) - len(busy)} finished; submitted "
-        f"{len(todo)} as SLURM job array {array} ({resources.describe()}; time limit {time_limit} "
-        f"per task) -> {root}\n"
+        f"{len(todo)} as SLURM job array {array} ({resources.describe()}{default_time}) -> {root}\n"
         f"follow it: {command} --status\n"
         f"the report is written to {root / 'report.md'} when the last run finishes"
     )

@@ -75,8 +75,8 @@ class WeightsLog(pl.Callback):
 class WaitAt(pl.Callback):
     """Hold the run at the end of training batch ``batch`` of epoch ``epoch`` until the file
     ``release`` exists or the run is asked to stop (SIGTERM / SIGINT), touching
-    ``<run dir>/at_gate`` when it gets there: a real run at a known point while a test signals it.
-    Waiting changes no number of the run."""
+    ``<run dir>/at_gate_e<epoch>`` when it gets there: a real run at a known point while a test
+    signals it. Waiting changes no number of the run."""
 
     def __init__(self, epoch: int, batch: int, release: str) -> None:
         self.epoch = epoch
@@ -90,6 +90,6 @@ class WaitAt(pl.Callback):
 
         if trainer.current_epoch != self.epoch or batch_idx != self.batch:
             return
-        Path(trainer.default_root_dir, "at_gate").touch()
+        Path(trainer.default_root_dir, f"at_gate_e{self.epoch}").touch()
         while not Path(self.release).exists() and stop_requested() is None:
             time.sleep(0.05)

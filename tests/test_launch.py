@@ -16,6 +16,7 @@ What runs for real and what does not:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -261,10 +262,10 @@ def test_local_launcher_runs_in_parallel_and_reports_failures(tmp_path, fake, mo
 @pytest.mark.slow
 def test_local_launcher_preempted_and_stopped_then_resumed_ends_as_uninterrupted(tmp_path, capsys):
     """A real smoke table, two runs at once through submitit's local executor. Both are held at a
-    known step; the pre-emption signal (USR2) to one run's task makes it stop its run (which saves
-    last.ckpt) and requeue itself; then SIGTERM to `reproduce` stops everything. The same command
-    again resumes the runs, and the report equals that of uninterrupted runs of the same
-    arguments."""
+    known step; the pre-emption signal (USR2) to run A's task makes it stop its run (which saves
+    last.ckpt) and requeue itself, and the requeued task resumes A to its end; then SIGTERM to
+    `reproduce` stops B (still held), which saves. The same command again resumes B, and the
+    report equals that of uninterrupted runs of the same arguments."""
     table = tmp_path / "one.yaml"
     table.write_text(
         textwrap.dedent(f"""
@@ -301,38 +302,48 @@ def test_local_launcher_preempted_and_stopped_then_resumed_ends_as_uninterrupted
         command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for(lambda: (run_a / "at_gate").exists() and (run_b / "at_gate").exists(), "the gate")
+        at_gate = [run_a / "at_gate_e1", run_b / "at_gate_e1"]
+        wait_for(lambda: all(p.exists() for p in at_gate), "both runs at the gate")
         record_a = json.loads((run_a / "reproduce.json").read_text())
         assert record_a["launcher"] == "local" and record_a["worker_pid"] != record_a["pid"]
         os.kill(record_a["worker_pid"], signal.SIGUSR2)  # submitit's pre-emption signal
-        task_log = root / "submitit" / f"{record_a['job']}_0_log.err"
-        wait_for(lambda: "Requeued job" in task_log.read_text(), "the requeue of A")
+        # the task requeues itself; submitit's controller starts it again; it resumes A
+        wait_for((run_a / "results.json").exists, "the requeued A to finish")
+        assert read_record(run_a)["worker_pid"] != record_a["worker_pid"]
         proc.send_signal(signal.SIGTERM)  # the user stops reproduce
         out, err = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # a failure above: stop the table's processes, then reproduce
+            release.touch()
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
             proc.kill()
     assert proc.returncode == 143, out[-2000:] + err[-3000:]
-    assert "stopped runs (each saved its checkpoint): " in err and "ERM seed 1" in err
+    assert "stopped runs (each saved its checkpoint): ERM seed 1." in err
     assert "Run the same `robustrep reproduce` command again" in err
-    for run in (run_a, run_b):  # each run saved at the gate's step (epoch 1, step 10 + 4)
-        stop = "robustrep: stopped by SIGTERM; checkpoint at epoch 1 step 14"
-        assert stop in (run / "reproduce.log").read_text()
-    assert not (run_a / "results.json").exists() and not (run_b / "results.json").exists()
-    # no process of the table is left running
-    assert not any(pid_alive(read_record(r)["pid"]) for r in (run_a, run_b))
+    # both stops saved at the gate's step (epoch 1, step 10 + 4)
+    stop = "robustrep: stopped by SIGTERM; checkpoint at epoch 1 step 14: "
+    log_a, log_b = ((run / "reproduce.log").read_text() for run in (run_a, run_b))
+    assert stop in log_a and stop in log_b
+
+    def resumed(log: str) -> int:
+        return sum(line.startswith("$ ") and "--ckpt_path" in line for line in log.splitlines())
+
+    assert resumed(log_a) == 1 and "Restored all states from the checkpoint" in log_a
+    assert resumed(log_b) == 0 and not (run_b / "results.json").exists()
+    assert not pid_alive(read_record(run_b)["pid"])  # no process of the table is left running
     assert reproduce([*common, "--output_root", tmp_path / "runs", "--status"]) == 0
     status = capsys.readouterr().out
-    assert "1 runs" not in status and "2 runs, 0 finished, 0 running, 0 failed, 2 pending" in status
-    assert status.count("resumes from ") == 2
+    assert "2 runs, 1 finished, 0 running, 0 failed, 1 pending" in status
+    assert "stopped by a signal at" in status and f"resumes from {run_b}" in status
 
     release.touch()
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("(resuming)") == 2
-    for run in (run_a, run_b):
-        log = (run / "reproduce.log").read_text()
-        assert "--ckpt_path" in log and "Restored all states from the checkpoint" in log
+    assert "2 runs, 1 finished, 1 to run" in done.stdout and "ERM seed 1 (resuming)" in done.stdout
+    log_b = (run_b / "reproduce.log").read_text()
+    assert resumed(log_b) == 1 and "Restored all states from the checkpoint" in log_b
 
     # the same arguments, never interrupted (in this process), written where a plain run goes
     ref_root = tmp_path / "reference" / "tables" / "one-smoke"
