@@ -38,12 +38,14 @@ from robustrep.table_runs import (
     LOG,
     STOPPED,
     end_run,
+    in_queue,
     launch_record,
     locked,
-    read_record,
+    mark_stopped,
     run_state,
     running_pids,
     start_run,
+    stop_child,
     stop_flag,
     wait_exit,
     wait_for_pids,
@@ -74,10 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     group.add_argument(
-        "--resources", default=None, help="a YAML file of the resources below (options win)"
+        "--resources",
+        default=None,
+        metavar="FILE",
+        help="a YAML file of the resources below (experiments/cluster/slurm.yaml); options win",
     )
+    metavars = {"partition": "NAME", "account": "NAME", "mem": "SIZE", "time": "LIMIT"}
     for key in ("partition", "account", "gpus", "nodes", "cpus", "mem", "time", "parallel"):
-        group.add_argument(f"--{key}", default=None, help=KEYS[key])
+        group.add_argument(f"--{key}", default=None, metavar=metavars.get(key, "N"), help=KEYS[key])
     group.add_argument(
         "--status",
         action="store_true",
@@ -172,6 +178,10 @@ class RunTask:
                 self._child.send_signal(signal.SIGTERM)
             while (code := self._child.poll()) is None:
                 time.sleep(0.2)
+        except KeyboardInterrupt:  # e.g. Ctrl-C in the terminal of `reproduce --launcher local`
+            if self._child is not None and rank == 0:
+                end_run(job, stop_child(self._child, timeout=30))
+            raise
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)
@@ -272,6 +282,8 @@ def run_local(todo: list[Job], program: list[str], resources: Resources, root: P
                 task.cancel(check=False)
             flag.signum = flag.signum or signal.SIGINT
         wait_for_pids(running_pids(todo))
+        if flag.signum is not None:
+            mark_stopped(todo, flag.signum)
     return failed, flag.signum
 
 
@@ -338,12 +350,7 @@ def submit_slurm(
             )
     previous = launch_record(root)
     queued = previous.get("tasks", {})
-    busy = [
-        j
-        for j in todo
-        if run_state(j, queued.get(str(j.run_dir)))[0] == "running"
-        or (str(j.run_dir) in queued and not read_record(j.run_dir))
-    ]
+    busy = [j for j in todo if in_queue(j, queued, previous.get("submitted", ""))]
     if busy:
         print(
             f"note: {len(busy)} run(s) are running or still queued in job {previous.get('job')} "

@@ -2,7 +2,8 @@
 compare.
 
 ``robustrep reproduce TABLE [--seeds N] [--rows GLOB] [--profile smoke] [--dry-run]
-[--report-only] [--trainer.* ...]``
+[--report-only] [--launcher local|slurm [--resources FILE] [--gpus N ...]] [--status]
+[--trainer.* ...]``
 
 A table file lists rows; each row is one experiment config plus overrides and the paper's numbers::
 
@@ -25,10 +26,16 @@ Every (row, seed) is one ``robustrep fit`` run in a subprocess, pinned to
 ``<output_root>/tables/<table>[-<profile>]/<row>/seed<s>`` (profiles get their own folder so a
 smoke run is never taken for a real one). A run with a ``results.json`` is skipped; a run with
 ``checkpoints/last.ckpt`` but no ``results.json`` (interrupted) is resumed with ``--ckpt_path``.
-Each run's command goes to ``reproduce.json`` and its output to ``reproduce.log`` in its directory.
-``--dry-run`` prints the commands (one per line, for a scheduler) instead of running them. At the
-end the report (ours as mean ± std over seeds, the paper's number and the difference) is printed
-and written to ``<table folder>/report.{md,csv,html}`` with a bar plot ``report.png``.
+Each run's record goes to ``reproduce.json`` (its command, host, process, exit status:
+:mod:`robustrep.table_runs`) and its output to ``reproduce.log`` in its directory. ``--dry-run``
+prints the commands (one per line, for a scheduler) instead of running them. At the end the report
+(ours as mean ± std over seeds, the paper's number and the difference) is printed and written to
+``<table folder>/report.{md,csv,html}`` with a bar plot ``report.png``.
+
+Without a launcher the runs go one after another in this process's subprocesses. ``--launcher
+local`` runs them ``--parallel`` at a time through submitit's local executor; ``--launcher slurm``
+submits them as one SLURM job array and returns (:mod:`robustrep.launch`), with resources from
+``--resources FILE`` and options (:mod:`robustrep.resources`). ``--status`` prints each run's state.
 
 The built-in ``smoke`` profile (``SMOKE``: one epoch, two batches per loop, batch 32, no progress
 bar) is extended by the table's and the row's ``profiles.smoke`` (embedded data, tiny images, few
@@ -138,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n  robustrep reproduce cim_table4 --dry-run > jobs.txt\n  robustrep "
             "reproduce chroma_table2 --profile smoke\n  robustrep reproduce spread_fig4 --rows "
-            "'MNIST*' --seeds 3 --trainer.accelerator gpu"
+            "'MNIST*' --seeds 3 --trainer.accelerator gpu\n"
+            "  robustrep reproduce quickstart --launcher local --parallel 4 --gpus 1\n"
+            "  robustrep reproduce cim_table4 --launcher slurm --resources "
+            "experiments/cluster/slurm.yaml\n"
+            "  robustrep reproduce cim_table4 --launcher slurm --resources "
+            "experiments/cluster/slurm.yaml --status"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -166,6 +166,28 @@ def running_pids(jobs: list[Job]) -> list[int]:
     return [p for p in pids if pid_alive(p)]
 
 
+def mark_stopped(jobs: list[Job], signum: int) -> None:
+    """Record as stopped the runs whose task was killed before it could record their exit (a run
+    stops on its own and saves, but a task ended by its controller cannot say so)."""
+    for job in jobs:
+        record = read_record(job.run_dir)
+        if record.get("args") == job.args and "exit" not in record and not running_pids([job]):
+            end_run(job, None, stopped=signal.Signals(signum).name)
+
+
+def in_queue(job: Job, queued: dict[str, str], submitted: str) -> bool:
+    """True if a previous submission still runs ``job`` or will: it runs, or it was queued and its
+    task has not started since (its record is older than the submission) or was requeued."""
+    if run_state(job)[0] == "running":
+        return True
+    record = read_record(job.run_dir)
+    return str(job.run_dir) in queued and (
+        record.get("args") != job.args
+        or record.get("started", "") < submitted
+        or bool(record.get("requeued"))
+    )
+
+
 def run_state(job: Job, queued: str | None = None) -> tuple[str, str]:
     """``(state, detail)`` of a run from its files: ``finished`` (results.json), ``running`` (its
     record names a live process, or one on another machine), ``failed`` (a non-zero exit that is
@@ -190,7 +212,7 @@ def run_state(job: Job, queued: str | None = None) -> tuple[str, str]:
     code = record["exit"]
     if record.get("requeued"):
         return "pending", f"pre-empted at {record.get('ended')}, requeued{where}; {resumes}"
-    if code in STOPPED:
+    if code in STOPPED or record.get("stopped"):
         return "pending", f"stopped by a signal at {record.get('ended')}; {resumes}"
     reason = "exit 0 without results.json" if code == 0 else f"exit {code}"
     return "failed", f"{reason}{where}; log: {run_dir / LOG}"

@@ -469,6 +469,9 @@ def test_slurm_array_tasks_run_are_preempted_requeued_and_resume(
     status = [table, "--output_root", tmp_path / "runs", "--status"]
     assert reproduce(status) == 0
     assert "pre-empted at" in capsys.readouterr().out
+    # submitting again while SLURM holds the requeued task (and the others) submits nothing
+    assert reproduce(argv, program) == 0 and len(list(scripts.iterdir())) == 1
+    assert "4 run(s) are running or still queued in job 4242" in capsys.readouterr().err
     # SLURM starts the requeued task again: it resumes; then the other tasks run
     for index in (0, 1, 2, 3):
         assert array_task(index).wait(timeout=60) == 0
