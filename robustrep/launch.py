@@ -221,11 +221,23 @@ class RunTask:
 
 
 def _gpu_slots(parallel: int, gpus: int) -> list[tuple[int, ...]]:
-    """The GPUs of each of ``parallel`` local slots: ``gpus`` each, in the order of
-    ``CUDA_VISIBLE_DEVICES`` (or 0, 1, ...)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    ids = [int(x) for x in visible.split(",")] if visible.replace(",", "").isdigit() else []
-    ids += list(range(max(ids, default=-1) + 1, max(ids, default=-1) + 1 + parallel * gpus))
+    """The GPUs of each of ``parallel`` local slots, ``gpus`` each: the GPUs
+    ``CUDA_VISIBLE_DEVICES`` lists, in its order, else 0, 1, ..."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if gpus and visible:
+        if not visible.replace(",", "").isdigit():
+            raise ConfigError(
+                f"--launcher local --gpus: CUDA_VISIBLE_DEVICES={visible!r} is not a list of GPU "
+                "numbers; unset it or list numbers (e.g. 0,1,2,3)"
+            )
+        ids = [int(x) for x in visible.split(",")]
+        if len(ids) < parallel * gpus:
+            raise ConfigError(
+                f"--parallel {parallel} x --gpus {gpus} needs {parallel * gpus} GPUs, but "
+                f"CUDA_VISIBLE_DEVICES lists {len(ids)}"
+            )
+    else:
+        ids = list(range(parallel * gpus))
     return [tuple(ids[s * gpus : (s + 1) * gpus]) for s in range(parallel)]
 
 
@@ -256,18 +268,15 @@ def run_local(todo: list[Job], program: list[str], resources: Resources, root: P
                             tasks_per_node=1,
                         )
                         task = executor.submit(RunTask(job, program, "local"))
-                        what = f"{job.row.label} seed {job.seed}"
-                        print(
-                            f"[{len(todo) - len(queue)}/{len(todo)}] {what}"
-                            + (" (resuming)" if job.status == "resume" else "")
-                            + " ...",
-                            flush=True,
-                        )
+                        resume = " (resuming)" if job.status == "resume" else ""
+                        n = f"[{len(todo) - len(queue)}/{len(todo)}]"
+                        print(f"{n} {job.row.label} seed {job.seed}{resume} ...", flush=True)
                         running[slot] = (job, task, time.time())
                 for slot, (job, task, start) in list(running.items()):
                     if task.done():
                         del running[slot]
-                        if not _report_local(job, task, time.time() - start):
+                        took, stopping = time.time() - start, flag.signum is not None
+                        if not _report_local(job, task, took, stopping):
                             failed.append(job)
                 if flag.signum is not None and running and time.time() > next_forward:
                     # the task passes it on to its run; again each second, for a task that was
@@ -287,14 +296,15 @@ def run_local(todo: list[Job], program: list[str], resources: Resources, root: P
     return failed, flag.signum
 
 
-def _report_local(job: Job, task, took: float) -> bool:
-    """Print how a local task ended; False if its run failed."""
+def _report_local(job: Job, task, took: float, stopping: bool) -> bool:
+    """Print how a local task ended; False if its run failed (or, unless the table is being
+    stopped, was not run to its end)."""
     state, detail = run_state(job)
     what = f"    {job.row.label} seed {job.seed}"
     if state == "finished":
         print(f"{what}: done in {took:.0f} s", flush=True)
         return True
-    if state == "pending":  # stopped by a signal; resumes
+    if state == "pending" and stopping:  # stopped by the signal; resumes
         print(f"{what}: stopped ({detail})", flush=True)
         return True
     log = job.run_dir / LOG if (job.run_dir / LOG).is_file() else task.paths.stderr
