@@ -326,7 +326,7 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
     failed: list[Job] = []
     if not args.report_only:
         todo = [j for j in jobs if j.status != "finished"]
-        if args.launcher == "slurm" and resources is not None:
+        if args.launcher == "slurm" and resources is not None and todo:
             command = shlex.join(["robustrep", "reproduce", *argv])
             return launch.submit_slurm(
                 table, jobs, todo, program, resources, root, args.profile, command

@@ -482,3 +482,8 @@ def test_slurm_array_tasks_run_are_preempted_requeued_and_resume(
     assert "| ERM |" in report and "51.00 ± 1.41" in report
     assert reproduce(status) == 0
     assert "4 runs, 4 finished, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
+    # the same submission once all are finished submits nothing and writes the report as today
+    (root / "report.md").unlink()
+    assert reproduce(argv, program) == 0 and len(list(scripts.iterdir())) == 1
+    assert "4 runs, 4 finished, 0 to run" in capsys.readouterr().out
+    assert (root / "report.md").read_text() == report
