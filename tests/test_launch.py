@@ -306,7 +306,10 @@ def test_local_launcher_preempted_and_stopped_then_resumed_ends_as_uninterrupted
         wait_for(lambda: all(p.exists() for p in at_gate), "both runs at the gate")
         record_a = json.loads((run_a / "reproduce.json").read_text())
         assert record_a["launcher"] == "local" and record_a["worker_pid"] != record_a["pid"]
-        os.kill(record_a["worker_pid"], signal.SIGUSR2)  # submitit's pre-emption signal
+        # submitit's pre-emption signal, to the task and (as SLURM signals a whole job step) to
+        # its run, which ignores it: the task stops the run
+        os.kill(record_a["pid"], signal.SIGUSR2)
+        os.kill(record_a["worker_pid"], signal.SIGUSR2)
         # the task requeues itself; submitit's controller starts it again; it resumes A
         wait_for((run_a / "results.json").exists, "the requeued A to finish")
         assert read_record(run_a)["worker_pid"] != record_a["worker_pid"]
