@@ -181,11 +181,11 @@ def test_launcher_errors_name_the_fix(tmp_path, monkeypatch, capsys, fake):
     table = write_table(tmp_path)
     argv = [table, "--output_root", tmp_path / "runs"]
     # the optional extra is missing: `import submitit` fails
-    monkeypatch.setitem(sys.modules, "submitit", None)
-    for launcher in ("local", "slurm"):
-        with pytest.raises(ConfigError, match=r"pip install 'robustrep\[cluster\]'"):
-            reproduce([*argv, "--launcher", launcher], program)
-    monkeypatch.delitem(sys.modules, "submitit")
+    with monkeypatch.context() as no_extra:
+        no_extra.setitem(sys.modules, "submitit", None)
+        for launcher in ("local", "slurm"):
+            with pytest.raises(ConfigError, match=r"pip install 'robustrep\[cluster\]'"):
+                reproduce([*argv, "--launcher", launcher], program)
     # no SLURM here: no sbatch on PATH
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="no `sbatch` on PATH"):
