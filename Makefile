@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e .
 	touch $(STAMP)
 
-# test tools (pytest, pytest-xdist, ruff) only for the targets that need them
+# test tools (pytest, pytest-xdist, ruff) and the launcher extra (submitit, which the tests use)
+# only for the targets that need them
 $(DEVSTAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,cluster]"
 	touch $(DEVSTAMP)
 
 install: $(DEVSTAMP)

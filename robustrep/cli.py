@@ -52,6 +52,8 @@ examples:
   robustrep methods                       every method, its paper and configs
   robustrep report runs/                  mean ± std over seeds per method and benchmark
   robustrep reproduce cim_table4 --dry-run   the commands of a paper table, one per line
+  robustrep reproduce cim_table4 --launcher slurm --resources experiments/cluster/slurm.yaml
+                                          the table as one SLURM job array (then --status)
 
 Runs go to runs/<config name>/<time>-s<seed>-<id>/ (override with --output_root or --run_dir).
 W&B logs offline unless WANDB_MODE=online; sync later with \

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -122,8 +123,16 @@ def config_differences(
     return out
 
 
+def _torchrun_id() -> str | None:
+    """The run id ``torchrun`` gave this process (``--rdzv-id``; ``--standalone`` draws one), or
+    None outside torchrun. ``"none"`` is torchrun's default: no id the processes agree on."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
 def new_run_name(seed: Any, kind: str = "") -> str:
-    """``<time>[-<kind>]-s<seed>-<id>`` (or ``slurm-<job>[_<task>]...`` inside a SLURM job)."""
+    """``<time>[-<kind>]-s<seed>-<id>``, or inside a SLURM job ``slurm-<job>[_<task>]-s<seed>`` and
+    under torchrun ``torchrun-<rdzv id>-s<seed>``: names every process of a multi-process (and
+    multi-node) run derives alike, so they all write to one run directory."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
     if job and not kind:
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -132,6 +141,9 @@ def new_run_name(seed: Any, kind: str = "") -> str:
             + (f"_{task}" if os.environ.get("SLURM_ARRAY_JOB_ID") and task else "")
             + f"-s{seed}"
         )
+    run = _torchrun_id()
+    if run not in (None, "none") and not kind:
+        return f"torchrun-{re.sub(r'[^A-Za-z0-9_.-]+', '_', run)}-s{seed}"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{stamp}{'-' + kind if kind else ''}-s{seed}-{secrets.token_hex(2)}"
 
@@ -161,8 +173,9 @@ def choose_run_dir(
 
     ``fit``: ``--run_dir``, else the run a ``--ckpt_path`` belongs to (a resume), else a new folder.
     A finished run (it has results.json) is refused; so is a run folder holding an interrupted run's
-    checkpoint when no ``--ckpt_path`` is given (except a SLURM job's own folder: it resumes from
-    its newest checkpoint), and a resume whose config differs from the run's config.yaml.
+    checkpoint when no ``--ckpt_path`` is given (except a SLURM job's or torchrun run id's own
+    folder: a requeued job or a restarted torchrun resumes from its newest checkpoint), and a resume
+    whose config differs from the run's config.yaml.
     ``test`` / ``validate`` / ``predict``: an evaluation record,
     ``<run>/evaluations/<time>-<sub>-<id>`` beside the run its checkpoint belongs to, or a new
     folder; never an existing record.
@@ -188,6 +201,14 @@ def choose_run_dir(
             else Path(config["output_root"]) / config["name"]
         )
         return base / new_run_name(seed, kind=subcommand), "evaluation", None
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not explicit and owner is None and _torchrun_id() == "none" and several:
+        raise ConfigError(
+            "under torchrun, the processes of a run need a run directory they agree on: give "
+            "torchrun a run id (--rdzv-id NAME; the run goes to <output_root>/<name>/"
+            "torchrun-NAME-s<seed>) or give robustrep one (--run_dir DIR, on a file system "
+            "every node sees)"
+        )
     run_dir = (
         Path(explicit)
         if explicit
@@ -203,7 +224,7 @@ def choose_run_dir(
         )
     resume_from = None
     if ckpt is None and (found := newest_checkpoint(run_dir)) is not None:
-        if not run_dir.name.startswith("slurm-"):
+        if not run_dir.name.startswith(("slurm-", "torchrun-")):
             raise ConfigError(
                 f"{run_dir} holds an interrupted run (checkpoint {found}); resume it with "
                 f"--ckpt_path {found}, or choose another --run_dir"

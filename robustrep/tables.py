@@ -274,19 +274,26 @@ def plan(
                 "--run_dir",
                 str(run_dir),
             ]
-            stale = False
-            if (run_dir / "results.json").is_file():
-                status = "finished"
-                stale = _recorded_args(run_dir) not in (None, args)
-            elif (run_dir / "checkpoints" / "last.ckpt").is_file() and _recorded_args(run_dir) in (
-                None,
-                args,
-            ):
-                status = "resume"
-            else:
-                status = "new"
-            jobs.append(Job(row, seed, run_dir, args, status, stale))
+            jobs.append(Job(row, seed, run_dir, args, *run_status(run_dir, args)))
     return jobs
+
+
+def run_status(run_dir: Path, args: list[str]) -> tuple[str, bool]:
+    """``(status, stale)`` of a run directory for a command's ``args``, from its files: "finished"
+    (it has results.json; stale if a command with other arguments made it), "resume" (an
+    interrupted run of the same arguments: it has ``checkpoints/last.ckpt``) or "new".
+
+    A launcher's task calls this again when it starts, so a requeued task resumes the checkpoint
+    its previous attempt saved.
+    """
+    if (run_dir / "results.json").is_file():
+        return "finished", _recorded_args(run_dir) not in (None, args)
+    if (run_dir / "checkpoints" / "last.ckpt").is_file() and _recorded_args(run_dir) in (
+        None,
+        args,
+    ):
+        return "resume", False
+    return "new", False
 
 
 def _recorded_args(run_dir: Path) -> list[str] | None:

@@ -70,3 +70,26 @@ class WeightsLog(pl.Callback):
     def on_test_start(self, trainer, pl_module) -> None:
         self.record["test"].append(weights_digest(pl_module))
         self._write()
+
+
+class WaitAt(pl.Callback):
+    """Hold the run at the end of training batch ``batch`` of epoch ``epoch`` until the file
+    ``release`` exists or the run is asked to stop (SIGTERM / SIGINT), touching
+    ``<run dir>/at_gate_e<epoch>`` when it gets there: a real run at a known point while a test
+    signals it. Waiting changes no number of the run."""
+
+    def __init__(self, epoch: int, batch: int, release: str) -> None:
+        self.epoch = epoch
+        self.batch = batch
+        self.release = release
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        import time
+
+        from robustrep.lifecycle import stop_requested
+
+        if trainer.current_epoch != self.epoch or batch_idx != self.batch:
+            return
+        Path(trainer.default_root_dir, f"at_gate_e{self.epoch}").touch()
+        while not Path(self.release).exists() and stop_requested() is None:
+            time.sleep(0.05)

@@ -140,3 +140,95 @@ def test_cli_fit_under_ddp_spawn_matches_a_one_process_test_of_its_checkpoint(tm
         assert {"test/acc", "test/worst_group_acc"} <= set(single)
         for key in single:
             assert distributed[prefix + key] == pytest.approx(single[key], abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_two_nodes_under_torchrun_write_one_run(tmp_path):
+    """`robustrep fit` as two "nodes" of one process each, started by two real torchrun agents
+    (--nnodes 2 --node_rank 0/1, rendezvous at 127.0.0.1) as on two machines, gloo on CPU: both
+    ranks finish, both use the run directory named by torchrun's run id, which holds one record;
+    its test metrics, gathered over the two processes, equal a one-process test of its weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import QUICKSTART, TINY_QUICKSTART, run_cli
+
+    fit = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        *TINY_QUICKSTART,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+    ]
+    nodes = ["--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1"]
+    nodes += ["--trainer.strategy", "ddp", "--output_root", str(tmp_path / "runs")]
+    port = str(free_port())
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"),
+                *("--nproc_per_node", "1", "--node_rank", str(rank), "--rdzv-id", "two-nodes"),
+                *("--master_addr", "127.0.0.1", "--master_port", port),
+                *("-m", "robustrep.cli", *fit, *nodes),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outs[1]
+    (run,) = (tmp_path / "runs" / "quickstart").iterdir()
+    assert run.name == "torchrun-two-nodes-s0"
+    assert sorted(p.name for p in run.iterdir() if p.suffix in (".json", ".yaml")) == [
+        "config.yaml",
+        "results.json",
+    ]
+    results = json.loads((run / "results.json").read_text())
+    assert results["config"]["trainer.num_nodes"] == 2
+    distributed = results["metrics"]
+    assert 0 <= distributed["test/worst_group_acc"] <= distributed["test/acc"] <= 1
+    best = run / results["selection"]["checkpoint"]
+    assert (
+        run_cli(["test", *fit[1:], "--ckpt_path", str(best), "--run_dir", str(tmp_path / "one")])
+        == 0
+    )
+    single = json.loads((tmp_path / "one" / "results.json").read_text())["metrics"]
+    for key in single:
+        assert distributed[key] == pytest.approx(single[key], abs=1e-5), key
+
+
+def test_several_processes_under_torchrun_need_a_run_id_or_dir(tmp_path, monkeypatch, capsys):
+    """torchrun's default run id ("none") names nothing the processes agree on: a clear error."""
+    from conftest import QUICKSTART, run_cli
+
+    for key, value in {"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2", "RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    args = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--output_root",
+        str(tmp_path),
+        "--trainer.logger",
+        "false",
+    ]
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err
+    assert "torchrun a run id (--rdzv-id NAME" in err and "--run_dir DIR" in err
+    assert not (tmp_path / "quickstart").exists()

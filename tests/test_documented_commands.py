@@ -72,6 +72,8 @@ def documented_commands() -> list[tuple[str, str]]:
                     i += 1
                     command = command.rstrip()[:-1] + " " + lines[i].strip()
                 command = re.sub(r"\s+#(?!\S*\{).*$", "", command).strip()  # trailing shell comment
+                # a launcher's `-m robustrep.cli ...` (torchrun) is the `robustrep ...` command
+                command = re.sub(r"(?<=\s)-m robustrep\.cli(?=\s)", "robustrep", command)
                 command = re.sub(r"^(\$ |.*?;\s*do\s+|for .*?;\s*do\s+)", "", command).strip()
                 match = (
                     re.search(r"(?:^|\s)(robustrep\s.*)$", command)
