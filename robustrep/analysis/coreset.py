@@ -156,6 +156,9 @@ def correctness_counts(
             overrides = None
             if k is not None and has_head:
                 overrides = {"ce_labelled_fraction": k / len(positions), "labelled_seed": run_seed}
+            # seeds first: the model's initial weights come from the run seed, not from whatever
+            # the process drew before
+            trainer = quiet_trainer(max_epochs, run_seed, **(trainer_kwargs or {}))
             model = build_model(config, dm, overrides)
             if k is not None and overrides is None and getattr(model, "has_classifier", False):
                 raise ConfigError(
@@ -163,7 +166,7 @@ def correctness_counts(
                     "ce_labelled_fraction to train it on a labelled fraction; use --protocol "
                     "full-labels"
                 )
-            quiet_trainer(max_epochs, run_seed, **(trainer_kwargs or {})).fit(model, dm)
+            trainer.fit(model, dm)
             full = extract_features(model, base.train_eval_dataloader(shard=False), ("label",))
             if getattr(model, "has_classifier", hasattr(model, "head")):
                 seen = getattr(model, "ce_labelled", None)
@@ -205,8 +208,9 @@ def evaluate_subset(
     spec = dict(config)
     if eval_model is not None:
         spec = {**config, "model": eval_model}
+    trainer = quiet_trainer(max_epochs, seed, **(trainer_kwargs or {}))  # seeds the model's init
     model = build_model(spec, dm)
-    quiet_trainer(max_epochs, seed, **(trainer_kwargs or {})).fit(model, dm)
+    trainer.fit(model, dm)
     test = embed_splits(model, dm, ("test",))["test"]
     with torch.no_grad():
         model.eval()

@@ -11,7 +11,8 @@ import torch
 from conftest import run_cli
 
 from robustrep.analysis.commands import analyze_command
-from robustrep.analysis.coreset import bucket_prune, random_subset
+from robustrep.analysis.common import load_config
+from robustrep.analysis.coreset import bucket_prune, correctness_counts, random_subset
 from robustrep.analysis.noisy_labels import detect_and_relabel, geometric_scores, run_noisy_labels
 from robustrep.analysis.strata import (
     cluster_within_classes,
@@ -286,6 +287,18 @@ def test_analyze_coreset_command(tmp_path, protocol, labelled):
     # read from the trained model's record of what its CE head saw
     assert result["labelled_per_run"] == labelled
     assert result["protocol"] == ("full-labels" if "full-labels" in protocol else "paper")
+
+
+def test_correctness_counts_do_not_depend_on_the_global_random_state():
+    """Each partial-training run draws its initial weights from its own seed: the counts are the
+    same whatever the process drew before (they differed between processes before)."""
+    config = load_config("experiments/spread_synthetic_strata.yaml")
+    data = {"train_size": 48, "test_size": 16, "batch_size": 16, "size": 8}
+    runs = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        runs.append(correctness_counts(config, [0.5], 1, 1, data, labelled_fraction=0.1)[0])
+    assert torch.equal(runs[0], runs[1])
 
 
 def test_analyze_errors(tmp_path):
