@@ -4,7 +4,8 @@ trained representation.
 Examples::
 
     robustrep analyze strata --ckpt runs/spread_x/<run>/checkpoints/last.ckpt
-    robustrep analyze noisy-labels --ckpt <ckpt> --noise-rate 0.2
+    robustrep analyze noisy-labels --ckpt <ckpt>
+    robustrep analyze noisy-labels --ckpt <ckpt> --protocol full-labels --noise-rate 0.2
     robustrep analyze coreset --config experiments/spread_synthetic_strata.yaml --target 0.3 \
         --max-epochs 3
     robustrep analyze cim-mask --ckpt runs/cim_colored_mnist/<run>/checkpoints/last.ckpt \
@@ -14,6 +15,11 @@ Examples::
 ``--config`` defaults to the ``config.yaml`` of the checkpoint's run directory; ``--set KEY=VALUE``
 overrides datamodule arguments (e.g. ``--set digits_source=sklearn``). Results are printed and,
 with ``--output FILE``, written as JSON.
+
+``noisy-labels`` and ``coreset`` follow the L_spread paper's label protocols by default
+(``--protocol paper``: the CE head trained on the clean labels of 20% of the training set in the
+noisy-label study, on 1% in the coreset runs; App. E.3) and keep the first-shipped variants as
+``--protocol full-labels`` (the head sees every label it is given).
 """
 
 from __future__ import annotations
@@ -92,8 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--step-size", type=float, default=0.01, help="Group DRO eta")
 
+    protocols = {
+        "choices": ["paper", "full-labels"],
+        "default": "paper",
+    }
     n = sub.add_parser("noisy-labels", help="geometric noisy-label detection and relabelling")
     common(n, True)
+    n.add_argument(
+        "--protocol",
+        **protocols,
+        help=(
+            "paper (default): the checkpoint's CE head was trained on the clean labels of "
+            "--labelled-fraction of the training set (SpreadSupCon ce_labelled_fraction, checked); "
+            "reports that head and a linear head on the labelled fraction too. full-labels: the "
+            "first-shipped study, any checkpoint (its CE head may have seen every clean label)"
+        ),
+    )
+    n.add_argument(
+        "--labelled-fraction",
+        type=float,
+        default=0.2,
+        help="paper protocol: fraction of clean labels the CE head was trained on (paper 0.2)",
+    )
     n.add_argument(
         "--noise-rate",
         type=float,
@@ -122,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="subset sizes t of the partial-training runs",
     )
     c.add_argument("--repeats", type=int, default=3, help="runs per subset size")
+    c.add_argument(
+        "--protocol",
+        **protocols,
+        help=(
+            "paper (default): in each partial-training run the CE head (or, without one, the "
+            "probe) is trained on the clean labels of --labelled-fraction of the full training "
+            "set, drawn from the run's subset; full-labels: on every label of the subset"
+        ),
+    )
+    c.add_argument(
+        "--labelled-fraction",
+        type=float,
+        default=0.01,
+        help="paper protocol: labelled examples per run as a fraction of the training set (1%%)",
+    )
     c.add_argument(
         "--max-epochs",
         type=int,
@@ -209,6 +250,7 @@ def _run(args, config: dict, overrides: dict):
             args.eval_epochs,
             data_overrides=overrides,
             seed=args.seed,
+            labelled_fraction=args.labelled_fraction if args.protocol == "paper" else None,
         )
     dm = common.build_datamodule(config, overrides)
     model = common.load_model(args.ckpt)
@@ -252,7 +294,7 @@ def _run(args, config: dict, overrides: dict):
             args.step_size,
             args.seed,
         )
-    from robustrep.analysis.noisy_labels import run_noisy_labels
+    from robustrep.analysis.noisy_labels import head_accuracy, run_noisy_labels
 
     stored = getattr(model, "noisy_labels", None)
     rate = (
@@ -270,6 +312,33 @@ def _run(args, config: dict, overrides: dict):
         and abs(args.noise_rate - model.contrastive_label_noise) > 1e-9
     ):
         stored = None  # a different rate than the one trained with: inject fresh noise
-    return run_noisy_labels(
-        feats["train"], feats["test"], dm.num_classes, rate, stored, args.batch_size, args.seed
+    labelled = None
+    if args.protocol == "paper":
+        trained = getattr(model, "ce_labelled_fraction", None)
+        if trained is None or abs(trained - args.labelled_fraction) > 1e-9:
+            raise ConfigError(
+                f"--protocol paper: the paper trains the CE head on the clean labels of "
+                f"{args.labelled_fraction:.0%} of the training set, but this checkpoint's CE head "
+                f"saw {'no such setting' if trained is None else f'{trained:.0%}'}; retrain with "
+                f"--model.init_args.ce_labelled_fraction {args.labelled_fraction} (SpreadSupCon) "
+                "or pass --protocol full-labels for the first-shipped study"
+            )
+        labelled = model.ce_labelled
+    result = run_noisy_labels(
+        feats["train"],
+        feats["test"],
+        dm.num_classes,
+        rate,
+        stored,
+        args.batch_size,
+        args.seed,
+        labelled=labelled,
     )
+    if getattr(model, "has_classifier", False):
+        result.test_acc["the model's CE head"] = head_accuracy(model, feats["test"])
+        if labelled is None and getattr(model, "ce_labelled", None) is None:
+            result.notes.append(
+                "the CE head was trained jointly on every clean training label: the encoder was "
+                "fully supervised whatever the contrastive labels"
+            )
+    return result

@@ -11,7 +11,8 @@ import torch
 from conftest import run_cli
 
 from robustrep.analysis.commands import analyze_command
-from robustrep.analysis.coreset import bucket_prune, random_subset
+from robustrep.analysis.common import load_config
+from robustrep.analysis.coreset import bucket_prune, correctness_counts, random_subset
 from robustrep.analysis.noisy_labels import detect_and_relabel, geometric_scores, run_noisy_labels
 from robustrep.analysis.strata import (
     cluster_within_classes,
@@ -20,6 +21,7 @@ from robustrep.analysis.strata import (
     train_linear_head,
 )
 from robustrep.errors import ConfigError
+from robustrep.evaluation.labels import labelled_subset
 
 
 def blobs(per: int = 30, seed: int = 0):
@@ -65,6 +67,24 @@ def test_noisy_label_pipeline_improves_labels():
     )
     assert result.label_acc_noisy == pytest.approx(0.8, abs=0.01)
     assert result.precision > 0.9 and result.recall > 0.9 and result.label_acc_corrected > 0.97
+    assert result.protocol == "full-labels" and result.ce_labelled is None
+
+
+def test_noisy_label_paper_protocol_reads_the_labelled_fraction():
+    """The paper's protocol: a head on the clean labels of the labelled 20% only (exactly
+    round(0.2 n) examples, given by dataset index), beside the three full-set heads."""
+    z, labels = blobs(per=30)
+    test_z, test_y = blobs(per=20, seed=1)
+    index = torch.arange(len(labels)) + 5  # dataset indices need not be positions
+    labelled = torch.zeros(len(labels) + 5, dtype=torch.bool)
+    labelled[index[labelled_subset(len(labels), 0.2, seed=2)]] = True
+    train = {"features": z, "label": labels, "index": index}
+    result = run_noisy_labels(
+        train, {"features": test_z, "label": test_y}, 3, 0.2, None, 90, 0, labelled=labelled
+    )
+    assert result.protocol == "paper" and result.ce_labelled == round(0.2 * 90) == 18
+    assert result.test_acc["clean labelled fraction only"] > 0.95
+    assert "18 of 90" in result.table()
 
 
 def test_strata_f1_and_clustering():
@@ -131,9 +151,7 @@ def test_bucket_prune_removes_from_the_largest_bucket():
     assert torch.bincount(two_classes[random_subset(30, 0.3, two_classes)]).tolist() == [3, 6]
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
+def fit_tiny(out, *extra: str):
     args = [
         "fit",
         "--config",
@@ -150,6 +168,7 @@ def trained_run(tmp_path_factory):
         "0.25",
         "--data.init_args.batch_size",
         "32",
+        *extra,
     ]
     args += [
         x
@@ -158,6 +177,12 @@ def trained_run(tmp_path_factory):
     ]
     # the experiment config runs end to end through the CLI (fit + test + probes)
     assert run_cli(args) == 0
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    fit_tiny(out)
     metrics = json.loads(next(out.rglob("results.json")).read_text())["metrics"]
     assert {"probe/acc", "c2f/acc", "test/worst_group_acc"} <= set(metrics)
     return next(out.rglob("last.ckpt"))
@@ -189,22 +214,54 @@ def test_analyze_strata_and_noisy_labels_commands(trained_run, tmp_path, capsys)
     )
     assert "umap-learn is not installed" in capsys.readouterr().out
     out = tmp_path / "noisy.json"
-    assert analyze_command(["noisy-labels", "--ckpt", str(trained_run), "--output", str(out)]) == 0
+    # the default (paper) protocol refuses an encoder whose CE head saw every clean label
+    with pytest.raises(ConfigError, match="ce_labelled_fraction 0.2"):
+        analyze_command(["noisy-labels", "--ckpt", str(trained_run)])
+    argv = ["noisy-labels", "--ckpt", str(trained_run), "--protocol", "full-labels"]
+    assert analyze_command([*argv, "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert (
         result["noise_rate"] == 0.25
         and "checkpoint" in result["noise_source"]
         and result["label_acc_noisy"] == pytest.approx(0.75)
+        and result["protocol"] == "full-labels"
+        and result["ce_labelled"] is None
+        and "fully supervised" in result["notes"][0]
     )
 
 
-def test_analyze_coreset_command(tmp_path, capsys):
+def test_analyze_noisy_labels_paper_protocol(tmp_path):
+    """Trained with the paper's protocol (CE head on 20% of the clean labels), the default
+    analysis reports exactly round(0.2 * 96) labelled examples and the model's own head."""
+    fit_tiny(tmp_path, "--model.init_args.ce_labelled_fraction", "0.2")
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    out = tmp_path / "noisy.json"
+    assert analyze_command(["noisy-labels", "--ckpt", str(ckpt), "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["protocol"] == "paper" and result["ce_labelled"] == round(0.2 * 96) == 19
+    assert result["train_size"] == 96 and result["notes"] == []
+    assert {"clean labelled fraction only", "the model's CE head"} <= set(result["test_acc"])
+    with pytest.raises(ConfigError, match="saw 20%"):
+        analyze_command(["noisy-labels", "--ckpt", str(ckpt), "--labelled-fraction", "0.1"])
+
+
+@pytest.mark.parametrize(
+    ("protocol", "labelled"),
+    [
+        # paper: round(1% of 200) = 2 labelled examples in the 100-example subset
+        ([], [2]),
+        (["--protocol", "full-labels"], [100]),
+        (["--labelled-fraction", "0.05"], [10]),
+    ],
+)
+def test_analyze_coreset_command(tmp_path, protocol, labelled):
     args = [
         "coreset",
         "--config",
         "experiments/spread_synthetic_strata.yaml",
+        *protocol,
         "--set",
-        "train_size=64",
+        "train_size=200",
         "test_size=32",
         "batch_size=32",
     ]
@@ -216,17 +273,32 @@ def test_analyze_coreset_command(tmp_path, capsys):
         "--max-epochs",
         "1",
         "--target",
-        "0.25",
+        "0.1",
         "--output",
         str(tmp_path / "c.json"),
     ]
     assert analyze_command(args) == 0
     result = json.loads((tmp_path / "c.json").read_text())
     assert (
-        result["size"] == 16
+        result["size"] == 20
         and result["runs"] == 1
         and set(result["test_acc"]) == {"coreset (bucket pruning)", "random subset, same size"}
     )
+    # read from the trained model's record of what its CE head saw
+    assert result["labelled_per_run"] == labelled
+    assert result["protocol"] == ("full-labels" if "full-labels" in protocol else "paper")
+
+
+def test_correctness_counts_do_not_depend_on_the_global_random_state():
+    """Each partial-training run draws its initial weights from its own seed: the counts are the
+    same whatever the process drew before (they differed between processes before)."""
+    config = load_config("experiments/spread_synthetic_strata.yaml")
+    data = {"train_size": 48, "test_size": 16, "batch_size": 16, "size": 8}
+    runs = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        runs.append(correctness_counts(config, [0.5], 1, 1, data, labelled_fraction=0.1)[0])
+    assert torch.equal(runs[0], runs[1])
 
 
 def test_analyze_errors(tmp_path):

@@ -15,6 +15,7 @@ from robustrep.backbones import BACKBONES, build_backbone
 from robustrep.callbacks import CoarseToFine, LinearProbe
 from robustrep.errors import ConfigError
 from robustrep.evaluation import symmetric_noise
+from robustrep.evaluation.labels import labelled_subset
 from robustrep.methods import SpreadSupCon
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -91,6 +92,77 @@ def test_noisy_contrastive_labels_are_stored_in_checkpoints(tmp_path):
     assert torch.equal(loaded.noisy_labels, model.noisy_labels)
 
 
+def test_ce_head_trains_on_exactly_the_labelled_fraction(tmp_path):
+    """The paper's noisy-label protocol: the CE head sees the clean labels of exactly
+    round(0.2 n) training examples (seeded, stored in checkpoints), the contrastive loss all."""
+    dm = two_view_data(train_size=50)
+    model = make(dm, ce_labelled_fraction=0.2, labelled_seed=5, contrastive_label_noise=0.2)
+    rows = []  # (training indices of the batch, CE weight of every view row)
+    step = model.training_step
+
+    def spy(batch, batch_idx):
+        weight = model.ce_labelled[batch["index"]].repeat(len(batch["views"]))
+        rows.append((batch["index"].clone(), weight))
+        return step(batch, batch_idx)
+
+    model.training_step = spy
+    trainer = quick_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, dm)
+    labelled = model.ce_labelled.nonzero().flatten()
+    assert len(labelled) == round(0.2 * 50) == 10
+    seen = torch.cat([i for i, _ in rows])
+    assert sorted(seen.tolist()) == list(range(50))  # one epoch: every example once
+    assert sum(w.sum().item() for _, w in rows) == 2 * 10  # two views of each labelled example
+    # the labelled set is not the set of flipped contrastive labels (distinct random streams)
+    flipped = (model.noisy_labels != dm.splits.train.labels).nonzero().flatten()
+    assert set(labelled.tolist()) != set(flipped.tolist())
+    again = make(dm, ce_labelled_fraction=0.2, labelled_seed=5)
+    quick_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(again, dm)
+    assert torch.equal(again.ce_labelled, model.ce_labelled)
+    other = make(dm, ce_labelled_fraction=0.2, labelled_seed=6)
+    quick_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(other, dm)
+    assert other.ce_labelled.sum() == 10 and not torch.equal(other.ce_labelled, model.ce_labelled)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    assert torch.equal(SpreadSupCon.load_from_checkpoint(path).ce_labelled, model.ce_labelled)
+
+
+def test_ce_loss_ignores_the_labels_of_unlabelled_examples():
+    """With the label-free SimCLR loss, the total loss depends on the labels of the labelled
+    examples only, and equals CE over those rows."""
+    dm = two_view_data(train_size=16, augment="none")
+    model = make(dm, loss="simclr", ce_labelled_fraction=0.25)
+    model.log_dict = lambda *a, **k: None
+    model.ce_labelled = torch.zeros(16, dtype=torch.bool)
+    model.ce_labelled[[1, 6, 11, 12]] = True
+    batch = next(iter(dm.train_dataloader()))
+    labelled = model.ce_labelled[batch["index"]]
+    assert labelled.sum() == 4  # batch_size 16: the whole training set
+    with torch.no_grad():
+        base = model.training_step(batch, 0)
+        flipped = {**batch, "label": torch.where(labelled, batch["label"], 1 - batch["label"])}
+        assert model.training_step(flipped, 0).item() == pytest.approx(base.item(), abs=1e-6)
+        changed = {**batch, "label": torch.where(labelled, 1 - batch["label"], batch["label"])}
+        assert abs(model.training_step(changed, 0).item() - base.item()) > 1e-3
+        from robustrep.losses.contrastive import contrastive_loss, stack_views
+
+        h = [model.embed(v) for v in batch["views"]]
+        con = contrastive_loss(*stack_views(h, batch["label"]), loss="simclr", tau=0.5)
+        rows = torch.cat(h)[labelled.repeat(2)]
+        ce = torch.nn.functional.cross_entropy(model.head(rows), batch["label"][labelled].repeat(2))
+        assert base.item() == pytest.approx((con + ce).item(), abs=1e-5)
+
+
+def test_labelled_subset_is_exact_and_seeded():
+    for n, fraction in [(50, 0.2), (2000, 0.01), (7, 1.0), (33, 0.5)]:
+        chosen = labelled_subset(n, fraction, seed=1)
+        assert len(chosen) == len(set(chosen.tolist())) == round(fraction * n)
+    assert torch.equal(labelled_subset(100, 0.2, 3), labelled_subset(100, 0.2, 3))
+    assert not torch.equal(labelled_subset(100, 0.2, 3), labelled_subset(100, 0.2, 4))
+    with pytest.raises(ValueError):
+        labelled_subset(10, 0.0)
+
+
 def test_symmetric_noise_never_keeps_a_flipped_label():
     labels = torch.arange(1000) % 4
     noisy = symmetric_noise(labels, 0.3, 4, seed=1)
@@ -108,6 +180,10 @@ def test_bad_arguments():
         SpreadSupCon(backbone="tiny", loss="nope")
     with pytest.raises(ConfigError):
         SpreadSupCon(backbone="tiny", alpha=1.5)
+    with pytest.raises(ConfigError, match="ce_labelled_fraction"):
+        SpreadSupCon(backbone="tiny", ce_labelled_fraction=0.0)
+    with pytest.raises(ConfigError, match="ce_head"):
+        SpreadSupCon(backbone="tiny", ce_head=False, ce_labelled_fraction=0.2)
 
 
 def test_vit_backbone_shapes_and_registry():
