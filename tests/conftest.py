@@ -66,6 +66,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fake_program(tmp_path, monkeypatch, source: str):
+    """A stand-in for ``robustrep fit`` (the Python ``source``, which appends one JSON line per
+    call to ``$FAKE_LOG``): returns ``(argv prefix, calls)``, ``calls()`` reading the log."""
+    import json
+    import sys
+
+    script = tmp_path / "fake_fit.py"
+    script.write_text(source)
+    log = tmp_path / "fake_calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+
+    def calls() -> list:
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return [sys.executable, str(script)], calls
+
+
 def run_cli(args: list[str]) -> int:
     """Run ``robustrep`` in-process; returns its exit status."""
     from robustrep.cli import main

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import fake_program, run_cli
 
 from robustrep.errors import ConfigError
 from robustrep.reproduce import reproduce_command
@@ -89,15 +89,7 @@ def write_table(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    script = tmp_path / "fake_fit.py"
-    script.write_text(FAKE_FIT)
-    log = tmp_path / "fake_calls.jsonl"
-    monkeypatch.setenv("FAKE_LOG", str(log))
-
-    def calls() -> list[dict]:
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    return [sys.executable, str(script)], calls
+    return fake_program(tmp_path, monkeypatch, FAKE_FIT)
 
 
 def reproduce(argv, program=None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import fake_program, run_cli
 
 from robustrep.cli import _build_cli_class
 from robustrep.errors import ConfigError
@@ -76,15 +76,7 @@ def write_table(tmp_path: Path, extra_row: str = "") -> Path:
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    script = tmp_path / "fake_fit.py"
-    script.write_text(FAKE_FIT)
-    log = tmp_path / "fake_calls.jsonl"
-    monkeypatch.setenv("FAKE_LOG", str(log))
-
-    def calls() -> list[list[str]]:
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    return [sys.executable, str(script)], calls
+    return fake_program(tmp_path, monkeypatch, FAKE_FIT)
 
 
 def reproduce(argv, program=None) -> int:
