@@ -4,6 +4,7 @@ evaluation), so several of them embed each set once."""
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from abc import ABC, abstractmethod
 from typing import Any
@@ -16,7 +17,7 @@ from robustrep.errors import ConfigError
 from robustrep.evaluation.features import extract_features
 
 #: The per-example keys kept beside the features.
-FEATURE_KEYS = ("label", "group", "fine_label")
+FEATURE_KEYS = ("label", "group", "fine_label", "attribute")
 #: trainer -> {"stamp": (stage, step, epoch), set name: features}
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -34,6 +35,16 @@ class FrozenFeatureEvaluation(pl.Callback, ABC):
 
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        """The class name, plus the metric prefix where it is not the default one, so several
+        evaluations of one kind (e.g. a label probe and a colour probe) keep separate states."""
+        prefix = getattr(self, "prefix", None)
+        default = inspect.signature(type(self)).parameters.get("prefix")
+        if prefix is None or default is None or prefix == default.default:
+            return super().state_key
+        return self._generate_state_key(prefix=prefix)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not callable(getattr(pl_module, "embed", None)):

@@ -5,7 +5,8 @@ newest partition is compared with each attribute the training set carries: the l
 and every metadata field (e.g. the synthetic benchmark's ``attribute``, the spurious colour, and
 ``fine_label``, the stratum), with :func:`robustrep.evaluation.partitions.partition_alignment`.
 Logged as ``partition/<k>/nmi_<attribute>`` and ``partition/<k>/match_<attribute>`` (``k`` = 1, 2,
-... in the order the partitions were made) and printed as one line per partition.
+... in the order the partitions were made) and printed as one line per partition; repeated at
+test time, so they are in ``results.json``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ class PartitionAlignment(pl.Callback):
                 epoch = pl_module.partition_epochs[k]
                 print(f"IP-IRM partition {k + 1} (epoch {epoch}) vs the training set: {shown}")
         self.done = len(pl_module.partition_epochs)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # repeated with the test metrics, so every partition's scores reach results.json and
+        # the reports (they are properties of training, the same in every test of the run)
+        for scores in self.scores:
+            for name, value in scores.items():
+                pl_module.log(name, value, add_dataloader_idx=False, rank_zero_only=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"done": self.done, "scores": self.scores}

@@ -59,7 +59,8 @@ class RobustDataModule(pl.LightningDataModule, ABC):
         image_size: side length images are resized to; None = the benchmark's native size.
         num_views: augmented views per training example (2 for contrastive methods).
         augment: training augmentation preset: ``none``, ``standard`` (crop + flip) or
-            ``contrastive`` (SimCLR-style: resized crop, flip, colour jitter, grayscale).
+            ``contrastive`` (SimCLR-style: resized crop, flip, colour jitter, grayscale) or
+            ``contrastive_no_colour`` (the same without the colour operations).
         train_fraction: use this random fraction of the training set (1.0 = all); seeded.
         seed: seed for every derived construction (splits, colouring, subsets).
         download: let torchvision fetch the files where a public source exists.

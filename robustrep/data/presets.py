@@ -21,7 +21,8 @@ recipe          ``standard`` training augmentation
 =============== ===================================================================
 
 ``contrastive`` keeps the generic SimCLR recipe but crops to the benchmark's (possibly non-square)
-shape; ``digits`` and ``xray`` drop the flip, 2-channel images get no colour jitter. When
+shape; ``digits`` and ``xray`` drop the flip, 2-channel images get no colour jitter;
+``contrastive_no_colour`` is the same without any colour operation. When
 ``image_size`` resizes the images the generic presets of :mod:`robustrep.data.transforms` apply
 unchanged.
 """
@@ -74,14 +75,18 @@ def standard_recipe(recipe: str, image_shape: tuple[int, int, int]) -> Callable:
     raise ValueError(f"unknown augmentation recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
 
 
-def contrastive_recipe(recipe: str, image_shape: tuple[int, int, int]) -> Callable:
+def contrastive_recipe(
+    recipe: str, image_shape: tuple[int, int, int], colour: bool = True
+) -> Callable:
     """SimCLR-style views (resized crop scale 0.2-1, flip, colour jitter, grayscale) at
-    ``image_shape``.
+    ``image_shape``; ``colour=False`` leaves out the colour operations.
     """
     channels, h, w = image_shape
     ops: list = [v2.RandomResizedCrop((h, w), scale=(0.2, 1.0), antialias=True)]
     if recipe not in ("digits", "xray"):
         ops.append(v2.RandomHorizontalFlip())
+    if not colour:
+        return v2.Compose(ops)
     if channels == 3:
         ops += [
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
@@ -98,8 +103,8 @@ def train_transform_for(dm, recipe: str) -> Callable | None:
         return build_transform(dm.augment, dm.image_shape, dm.image_size)
     if dm.augment == "standard":
         return standard_recipe(recipe, dm.image_shape)
-    if dm.augment == "contrastive":
-        return contrastive_recipe(recipe, dm.image_shape)
+    if dm.augment in ("contrastive", "contrastive_no_colour"):
+        return contrastive_recipe(recipe, dm.image_shape, colour=dm.augment == "contrastive")
     return build_transform(dm.augment, dm.image_shape, dm.image_size)
 
 

@@ -9,6 +9,9 @@ Presets:
     ``standard``: random crop with 1/8 padding + horizontal flip (supervised training).
     ``contrastive``: RandomResizedCrop(scale 0.2-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with
         p = 0.8 + grayscale with p = 0.2 (SimCLR / SupCon / L_spread papers).
+    ``contrastive_no_colour``: ``contrastive`` without its colour operations (resized crop + flip
+        only), for benchmarks where colour is the spurious feature the augmentations must leave
+        in (IP-IRM's self-supervised Colored MNIST); ``contrastive`` is the standard fix.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torchvision.transforms import v2
 
 from robustrep.errors import ConfigError
 
-PRESETS = ("none", "standard", "contrastive")
+PRESETS = ("none", "standard", "contrastive", "contrastive_no_colour")
 
 
 def build_transform(
@@ -48,6 +51,8 @@ def build_transform(
         v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
     ]
+    if preset == "contrastive_no_colour":
+        return v2.Compose(ops)
     if channels == 3:
         ops += [
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),

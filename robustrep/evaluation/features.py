@@ -115,26 +115,28 @@ def fit_linear_probe(
 
         return predict
 
-    xs = ((x - mean) / std).float().to(device)
-    yd = y.to(device)
-    torch.manual_seed(seed)
-    linear = torch.nn.Linear(xs.shape[1], k).to(device)
-    opt = torch.optim.LBFGS(
-        linear.parameters(),
-        lr=1.0,
-        max_iter=max_iter,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-    l2 = 1.0 / (2.0 * C * xs.shape[0])
+    # Lightning evaluates under inference mode; the solver needs autograd, on ordinary tensors
+    with torch.inference_mode(False), torch.enable_grad():
+        xs = ((x - mean) / std).float().to(device).clone()
+        yd = y.to(device).clone()
+        torch.manual_seed(seed)
+        linear = torch.nn.Linear(xs.shape[1], k).to(device)
+        opt = torch.optim.LBFGS(
+            linear.parameters(),
+            lr=1.0,
+            max_iter=max_iter,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+        l2 = 1.0 / (2.0 * C * xs.shape[0])
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(linear(xs), yd) + l2 * linear.weight.pow(2).sum()
-        loss.backward()
-        return loss
+        def closure():
+            opt.zero_grad()
+            logits = linear(xs)
+            loss = torch.nn.functional.cross_entropy(logits, yd) + l2 * linear.weight.pow(2).sum()
+            loss.backward()
+            return loss
 
-    with torch.enable_grad():
         opt.step(closure)
     linear = linear.cpu()
 

@@ -89,6 +89,11 @@ def test_callback_scores_every_partition_of_a_real_ipirm_fit_against_the_planted
         assert scores[f"partition/{k + 1}/match_attribute"] == pytest.approx(expected["match"])
         assert {f"partition/{k + 1}/nmi_label", f"partition/{k + 1}/match_group"} <= set(scores)
     assert "IP-IRM partition 2 (epoch 1) vs the training set: label NMI" in capsys.readouterr().out
+    # repeated with the test metrics (so results.json and the reports have them)
+    metrics = quick_trainer(tmp_path, callbacks=[callback]).test(model, dm, verbose=False)[0]
+    for scores in callback.scores:
+        for name, value in scores.items():
+            assert metrics[name] == pytest.approx(value)
 
 
 def test_callback_names_what_is_missing(tmp_path):

@@ -27,6 +27,15 @@ def test_probe_solvers_separate_separable_data(large):
     assert (predict(x[150:]) == y[150:]).float().mean() == 1.0
 
 
+def test_large_solver_works_under_lightning_inference_mode():
+    # Lightning's test loop runs callbacks under inference mode, where the on-device solver
+    # (used above sklearn_max_examples) once failed: its loss had no graph
+    x, y = separable(n=200, seed=2)
+    with torch.inference_mode():
+        predict = fit_linear_probe(x[:150], y[:150], 3, sklearn_max_examples=0)
+        assert (predict(x[150:]) == y[150:]).float().mean() == 1.0
+
+
 def test_both_solvers_agree():
     x, y = separable(n=300, seed=1)
     x = x + 2.0 * torch.randn_like(x)  # overlapping classes: predictions depend on the solution
@@ -74,6 +83,32 @@ def test_coarse_to_fine_reads_fine_labels(tmp_path):
     metrics = trainer.test(model, dm, verbose=False)[0]
     assert metrics["c2f/acc"] == 1.0 and metrics["probe/acc"] == 1.0
     assert {"probe/worst_group_acc", "probe/group_acc/shape0"} <= set(metrics)
+
+
+def test_a_label_probe_and_a_colour_probe_share_a_run_with_separate_states(tmp_path):
+    # issue 20's colour decodability: a second probe on the attribute, in the same trainer
+    dm = tiny_synthetic(num_attributes=2, noise=0.0, train_size=64, test_size=32)
+    dm.setup("fit")
+    model = Oracle(  # embeds the colour
+        num_classes=dm.num_classes, num_groups=dm.num_groups, image_shape=dm.image_shape
+    )
+    for ds in [dm.splits.train, *dm.splits.test.values()]:
+        for i in range(len(ds)):
+            model.lookup[key(ds[i]["image"])] = int(ds[i]["attribute"])
+    colour = LinearProbe(target="attribute", prefix="colour_probe", group_metrics=False)
+    probes = [LinearProbe(), colour]
+    assert probes[0].state_key == "LinearProbe"  # the default key: older checkpoints restore
+    assert len({p.state_key for p in probes}) == 2
+    trainer = quick_trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=probes)
+    trainer.fit(model, dm)
+    metrics = trainer.test(model, dm, verbose=False)[0]
+    assert metrics["colour_probe/acc"] == 1.0 and "colour_probe/worst_group_acc" not in metrics
+    # the balanced test set: a probe reading only the colour cannot tell every shape apart
+    assert metrics["probe/acc"] < 1.0 and metrics["probe/worst_group_acc"] < 0.5
+    trainer.save_checkpoint(tmp_path / "two_probes.ckpt")
+    states = torch.load(tmp_path / "two_probes.ckpt", weights_only=False)["callbacks"]
+    assert states[colour.state_key]["last"]["colour_probe/acc"] == 1.0
+    assert "colour_probe/acc" not in states["LinearProbe"]["last"]
 
 
 def test_extract_features_restores_train_mode():

@@ -171,6 +171,33 @@ def test_colored_mnist_irm_rates_and_channels():
     assert not torch.equal(other_seed.metadata["attribute"], train.metadata["attribute"])
 
 
+def test_contrastive_no_colour_views_keep_each_digits_colour_and_jitter_does_not():
+    # issue 20's self-supervised Colored MNIST: the colour must survive every view (no colour
+    # operation), while the standard contrastive recipe changes it in some views
+    def off_channel_ink(augment: str) -> torch.Tensor:
+        dm = ColoredMNISTIRM(
+            digits_source="sklearn",
+            size=14,
+            channels=3,
+            label_noise=0.0,
+            augment=augment,
+            num_views=2,
+            batch_size=64,
+            seed=0,
+        )
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        colour = batch["attribute"]  # 0 = red channel, 1 = green channel
+        views = torch.cat(batch["views"])
+        other = torch.cat([1 - colour, 1 - colour])
+        off = views[torch.arange(len(views)), other] + views[:, 2]  # the other channels' ink
+        return off.flatten(1).amax(1)
+
+    assert off_channel_ink("contrastive_no_colour").max() == 0
+    jittered = off_channel_ink("contrastive")
+    assert (jittered > 0.05).float().mean() > 0.3
+
+
 def test_grid_mnist_places_digit_in_its_cell():
     dm = GridMNIST(digits_source="sklearn", val_fraction=0.1)
     ds = dm.splits.test["test"]
