@@ -308,8 +308,9 @@ def _recorded_args(run_dir: Path) -> list[str] | None:
 
 def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(numeric frame, display frame): ours (mean ± std over seeds), the paper's number and the
-    difference per column.
+    difference per column (the display leaves out the last two where no row has paper numbers).
     """
+    has_paper = any(r.paper for r in table.rows)
     done = [j for j in jobs if (j.run_dir / "results.json").is_file()]
     labels = {j.row.slug: j.row.label for j in jobs}
     default = table.columns or {"worst_group_acc": "test/worst_group_acc", "acc": "test/acc"}
@@ -360,8 +361,10 @@ def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFram
             disp[f"{col} ours"] = format_cell(
                 mean / scale, std / scale, count, num["n"], scale=scale, digits=digits
             )
-            disp[f"{col} paper"] = "-" if math.isnan(paper) else f"{paper:g}"
-            disp[f"{col} diff"] = "-" if math.isnan(mean - paper) else f"{mean - paper:+.{digits}f}"
+            if has_paper:
+                disp[f"{col} paper"] = "-" if math.isnan(paper) else f"{paper:g}"
+                diff = mean - paper
+                disp[f"{col} diff"] = "-" if math.isnan(diff) else f"{diff:+.{digits}f}"
         disp["n"] = num["n"]
         numeric.append(num)
         display.append(disp)
@@ -377,7 +380,12 @@ def write_report(table: Table, root: Path, jobs: list[Job], profile: str | None)
     head = f"## {table.title}" + (f" (profile: {profile})" if profile else "")
     notes = [
         f"Source: {table.source}." if table.source else "",
-        "Ours: mean ± std over seeds (n runs); diff = ours - paper, in the paper's units.",
+        "Ours: mean ± std over seeds (n runs)"
+        + (
+            "; diff = ours - paper, in the paper's units."
+            if any(r.paper for r in table.rows)
+            else "; no paper numbers."
+        ),
     ]
     markdown = "\n\n".join([head, *[n for n in notes if n], render(display, "md")])
     (root / "report.md").write_text(markdown)

@@ -263,6 +263,25 @@ def test_runs_rows_skips_finished_and_reports_paper_column(tmp_path, fake, capsy
     assert capsys.readouterr().out.count("robustrep fit") == 0
 
 
+def test_a_table_without_paper_numbers_reports_only_ours(tmp_path, fake):
+    program, _ = fake
+    text = write_table(tmp_path).read_text()
+    table = tmp_path / "ours_only.yaml"
+    table.write_text(
+        text.replace("paper: {acc: 52.0, worst: 30.0}", "").replace("paper: {acc: 61.0}", "")
+    )
+    assert reproduce([table, "--output_root", tmp_path / "runs"], program) == 0
+    report = (tmp_path / "runs" / "tables" / "ours_only" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("|"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "row",
+        "acc ours",
+        "worst ours",
+        "n",
+    ]
+    assert "no paper numbers" in report
+
+
 def test_interrupted_run_resumes_from_last_checkpoint(tmp_path, fake):
     program, calls = fake
     table = write_table(tmp_path)
