@@ -265,3 +265,35 @@ def test_config_fits_and_tests_on_fixtures(name, fixture_root, tmp_path):
     metrics = json.loads(results.read_text())["metrics"]
     key = "test/acc" if name.startswith("distill") else "knn/acc"
     assert np.isfinite(metrics[key])
+
+
+def test_self_supervised_colored_mnist_config_reports_alignment_probe_and_colour(tmp_path):
+    # issue 20's benchmark end to end on the embedded digits (the research runs read MNIST's
+    # files): a partition, the digit probe with groups, the colour probe, partition scores in
+    # results.json
+    args = [
+        "fit",
+        "--config",
+        str(EXPERIMENTS / "ipirm_colored_mnist_ssl.yaml"),
+        "--data.init_args.digits_source",
+        "sklearn",
+        "--model.init_args.maximise_epochs",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--run_dir",
+        str(tmp_path / "run"),
+    ]
+    assert run_cli(args) == 0
+    metrics = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]
+    assert {"probe/worst_group_acc", "probe/test_iid/acc", "knn/acc"} <= set(metrics)
+    assert 0.0 <= metrics["colour_probe/acc"] <= 1.0
+    assert "colour_probe/worst_group_acc" not in metrics
+    assert 0.0 <= metrics["partition/1/nmi_attribute"] <= 1.0
+    assert 0.0 <= metrics["partition/1/match_label"] <= 1.0
