@@ -342,7 +342,9 @@ def reproduce_command(argv: list[str], program: list[str] | None = None) -> int:
             failed, stop = _run_here(todo, program)
         if stop is not None:
             return stop
-    markdown = write_report(table, root, jobs, args.profile)
+    # the report covers every row of the table, also when --rows ran only some of them
+    every_row = plan(table, seeds, args.output_root, args.profile, extra) if args.rows else jobs
+    markdown = write_report(table, root, every_row, args.profile)
     print("\n" + markdown)
     print(
         f"written: {root / 'report.md'}, report.csv, report.html"

@@ -282,6 +282,17 @@ def test_a_table_without_paper_numbers_reports_only_ours(tmp_path, fake):
     assert "no paper numbers" in report
 
 
+def test_rows_selects_what_runs_but_the_report_keeps_every_row(tmp_path, fake):
+    program, calls = fake
+    args = [write_table(tmp_path), "--output_root", tmp_path / "runs"]
+    assert reproduce(args, program) == 0
+    assert reproduce([*args, "--seeds", "3", "--rows", "JTT"], program) == 0
+    assert [c[c.index("--seed_everything") + 1] for c in calls()[4:]] == ["2"]
+    report = (tmp_path / "runs" / "tables" / "toy_table" / "report.md").read_text()
+    rows = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["ERM", "JTT"]
+
+
 def test_interrupted_run_resumes_from_last_checkpoint(tmp_path, fake):
     program, calls = fake
     table = write_table(tmp_path)
