@@ -119,15 +119,22 @@ def weighted_info_nce(
 def _weighted_terms(
     cos: torch.Tensor, pos: torch.Tensor, c: torch.Tensor, w_pos: torch.Tensor, tau: float
 ):
-    n = cos.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=cos.device)
     s = cos / tau
-    m = s.detach().masked_fill(eye, -torch.inf).amax(1, keepdim=True)
-    e = torch.exp(s - m).masked_fill(eye, 0.0)
+    # the row maximum over the other rows; the diagonal (each row with itself) is no term at all
+    off = s.detach().clone()
+    off.diagonal().fill_(-torch.inf)
+    m = off.amax(1, keepdim=True)
+    e = torch.exp(off.sub_(m)) if not s.requires_grad else _off_diagonal_exp(s, m)
     e_pos = e.gather(1, pos)
     denom = (e @ c + e_pos * (1.0 - w_pos)).clamp_min(_TINY)
     loss = torch.log(denom) + m - s.gather(1, pos)
     return loss, e, s, denom
+
+
+def _off_diagonal_exp(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``exp(s - m)`` with a zero diagonal, differentiable in ``s``."""
+    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    return torch.exp(s - m).masked_fill(eye, 0.0)
 
 
 def subset_means(

@@ -142,6 +142,23 @@ def test_weighted_info_nce_column_of_ones_is_nt_xent_per_anchor_and_works_under_
     )
 
 
+def test_weighted_info_nce_frozen_features_path_equals_the_differentiable_one():
+    # the maximisation step's features carry no gradient and take a leaner path (no R x R mask)
+    torch.manual_seed(7)
+    z = torch.randn(16, 6)
+    weights = torch.rand(16, 3)
+    pos = view_positive_index(8)
+    frozen = weighted_info_nce(z, pos, weights, 0.5, 0.3)
+    live = weighted_info_nce(z.clone().requires_grad_(True), pos, weights, 0.5, 0.3)
+    for a, b in zip(frozen, live):
+        assert torch.allclose(a, b.detach(), atol=1e-6)
+    # and with identical rows (every similarity equal: the row maximum is not the diagonal's)
+    same = torch.ones(16, 6)
+    loss, grad = weighted_info_nce(same, pos, weights, 0.5, 0.5)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    assert torch.allclose(loss, weighted_info_nce(same.requires_grad_(True), pos, weights)[0])
+
+
 def test_balance_targets():
     assert split_entropy(2, 2.0) == pytest.approx(0.6365, abs=1e-4)  # the public code's constant
     assert min_share(2, 2.0) == pytest.approx(1 / 3)
