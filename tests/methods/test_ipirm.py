@@ -5,6 +5,8 @@ config."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -297,3 +299,19 @@ def test_self_supervised_colored_mnist_config_reports_alignment_probe_and_colour
     assert "colour_probe/worst_group_acc" not in metrics
     assert 0.0 <= metrics["partition/1/nmi_attribute"] <= 1.0
     assert 0.0 <= metrics["partition/1/match_label"] <= 1.0
+    # the record's diagnostic runs on such a run (docs/reproductions/ipirm.md)
+    script = Path(__file__).resolve().parents[2] / "diagnostics" / "ipirm_partition_objective.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run"), "--chunk", "64", "--chunks", "2"]
+        + ["--epochs", "2", "--lambda2", "0.5", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:5]}
+    assert set(rows) == {"random", "attribute", "label"}
+    for loss, penalty, at_half, at_zero in rows.values():
+        # objective = loss + lambda2 x penalty, printed per lambda2
+        assert float(at_half) == pytest.approx(float(loss) + 0.5 * float(penalty), abs=2e-4)
+        assert float(at_zero) == pytest.approx(float(loss), abs=2e-4)
+    assert out.count("attribute NMI") == 2
