@@ -124,7 +124,7 @@ def _weighted_terms(
     off = s.detach().clone()
     off.diagonal().fill_(-torch.inf)
     m = off.amax(1, keepdim=True)
-    e = torch.exp(off.sub_(m)) if not s.requires_grad else _off_diagonal_exp(s, m)
+    e = off.sub_(m).exp_() if not s.requires_grad else _off_diagonal_exp(s, m)
     e_pos = e.gather(1, pos)
     denom = (e @ c + e_pos * (1.0 - w_pos)).clamp_min(_TINY)
     loss = torch.log(denom) + m - s.gather(1, pos)
