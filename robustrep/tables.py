@@ -67,6 +67,11 @@ class Table:
     profiles: dict[str, list[str]] = field(default_factory=dict)
     seed_keys: list[str] = field(default_factory=list)
 
+    @property
+    def has_paper(self) -> bool:
+        """Whether any row has paper numbers (reports show paper / diff columns only then)."""
+        return any(r.paper for r in self.rows)
+
 
 @dataclass
 class Job:
@@ -306,11 +311,15 @@ def _recorded_args(run_dir: Path) -> list[str] | None:
         return None
 
 
+def _scaled(rec: pd.Series | None, key: str, scale: float) -> float:
+    """``rec[key] * scale``, NaN where the record or its value is missing."""
+    return float(rec[key]) * scale if rec is not None and not pd.isna(rec[key]) else math.nan
+
+
 def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(numeric frame, display frame): ours (mean ± std over seeds), the paper's number and the
     difference per column (the display leaves out the last two where no row has paper numbers).
     """
-    has_paper = any(r.paper for r in table.rows)
     done = [j for j in jobs if (j.run_dir / "results.json").is_file()]
     labels = {j.row.slug: j.row.label for j in jobs}
     default = table.columns or {"worst_group_acc": "test/worst_group_acc", "acc": "test/acc"}
@@ -336,35 +345,21 @@ def table_report(table: Table, root: Path, jobs: list[Job]) -> tuple[pd.DataFram
         disp: dict[str, Any] = {"row": labels[slug]}
         rec = agg.loc[slug] if agg is not None and slug in agg.index else None
         num["n"] = int(rec["n"]) if rec is not None else 0
+
         for col, metric in row_columns[slug].items():
-            mean = (
-                float(rec[metric]) * scale
-                if rec is not None and not pd.isna(rec[metric])
-                else math.nan
-            )
-            std = (
-                float(rec[f"{metric}:std"]) * scale
-                if rec is not None and not pd.isna(rec[f"{metric}:std"])
-                else math.nan
-            )
+            mean, std = _scaled(rec, metric, scale), _scaled(rec, f"{metric}:std", scale)
             count = int(rec[f"{metric}:n"]) if rec is not None else 0
             paper = row.paper.get(col)
             paper = math.nan if paper is None else float(paper)
-            num.update(
-                {
-                    f"{col} ours": mean,
-                    f"{col} ours std": std,
-                    f"{col} paper": paper,
-                    f"{col} diff": mean - paper,
-                }
-            )
+            num.update({f"{col} ours": mean, f"{col} ours std": std, f"{col} paper": paper})
+            num[f"{col} diff"] = mean - paper
             disp[f"{col} ours"] = format_cell(
                 mean / scale, std / scale, count, num["n"], scale=scale, digits=digits
             )
-            if has_paper:
+            if table.has_paper:
                 disp[f"{col} paper"] = "-" if math.isnan(paper) else f"{paper:g}"
-                diff = mean - paper
-                disp[f"{col} diff"] = "-" if math.isnan(diff) else f"{diff:+.{digits}f}"
+                gap = mean - paper
+                disp[f"{col} diff"] = "-" if math.isnan(gap) else f"{gap:+.{digits}f}"
         disp["n"] = num["n"]
         numeric.append(num)
         display.append(disp)
@@ -378,14 +373,10 @@ def write_report(table: Table, root: Path, jobs: list[Job], profile: str | None)
     numeric, display = table_report(table, root, jobs)
     root.mkdir(parents=True, exist_ok=True)
     head = f"## {table.title}" + (f" (profile: {profile})" if profile else "")
+    diff = "diff = ours - paper, in the paper's units." if table.has_paper else "no paper numbers."
     notes = [
         f"Source: {table.source}." if table.source else "",
-        "Ours: mean ± std over seeds (n runs)"
-        + (
-            "; diff = ours - paper, in the paper's units."
-            if any(r.paper for r in table.rows)
-            else "; no paper numbers."
-        ),
+        f"Ours: mean ± std over seeds (n runs); {diff}",
     ]
     markdown = "\n\n".join([head, *[n for n in notes if n], render(display, "md")])
     (root / "report.md").write_text(markdown)
