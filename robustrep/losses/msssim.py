@@ -258,16 +258,17 @@ class _TripletLevelScores(torch.autograd.Function):
             stats = _gaussian_filter(stats, win)
             mu_a, e_aa, e_ao = stats[0], stats[1], stats[2 : 2 + k]
             mu_o, e_oo = stats[2 + k : 2 + 2 * k], stats[2 + 2 * k :]
-            mu_a2, mu_o2 = mu_a * mu_a, mu_o * mu_o
-            den = (e_oo - mu_o2).add_(e_aa - mu_a2 + c2)  # sigma_a^2 + sigma_o^2 + c2
-            cs = (e_ao - mu_a * mu_o).mul_(2).add_(c2).div_(den)
+            # in place where a statistic is not needed again (fewer passes over the maps)
+            mu_a2, mu_o2, mu_ao = mu_a * mu_a, mu_o * mu_o, mu_a * mu_o
+            den = e_oo.sub_(mu_o2).add_(e_aa.sub_(mu_a2).add_(c2))  # var_a + var_o + c2
+            cs = e_ao.sub_(mu_ao).mul_(2).add_(c2).div_(den)
             saved += [a, others, mu_a, mu_o, cs, den]
             if level < levels - 1:
                 scores.append(cs.mean((-2, -1)))
                 a, others = _pool2(a), _pool2(others)
             else:
-                lum_den = (mu_a2 + mu_o2).add_(c1)
-                lum = (mu_a * mu_o).mul_(2).add_(c1).div_(lum_den)
+                lum_den = mu_o2.add_(mu_a2).add_(c1)
+                lum = mu_ao.mul_(2).add_(c1).div_(lum_den)
                 scores.append((lum * cs).mean((-2, -1)))
                 saved += [lum, lum_den]
         ctx.save_for_backward(*saved)
@@ -282,17 +283,18 @@ class _TripletLevelScores(torch.autograd.Function):
         for level in reversed(range(levels)):
             a, others, mu_a, mu_o, cs, den = saved[6 * level : 6 * level + 6]
             per_pixel = grad[:, level, :, :, None, None] / (cs.shape[-2] * cs.shape[-1])
-            d_e_ao = 2 * per_pixel / den  # d map / d E[a o] (times lum at the last scale)
+            # back: the derivatives of the map with respect to mu_a, E[a^2] and E[a o_j]
+            back = cs.new_empty((2 + others.shape[0], *cs.shape[1:]))
+            d_e_ao = torch.div(2 * per_pixel, den, out=back[2:])
+            d_mu_a = (mu_a * cs).sub_(mu_o)
             if level == levels - 1:
                 lum, lum_den = saved[6 * levels :]
                 d_e_ao.mul_(lum)
-                d_mu_lum = 2 * per_pixel * cs * (mu_o - mu_a * lum) / lum_den
+                d_mu_a.mul_(d_e_ao).add_(2 * per_pixel * cs * (mu_o - mu_a * lum) / lum_den)
             else:
-                d_mu_lum = 0
-            back = cs.new_empty((2 + others.shape[0], *cs.shape[1:]))
-            torch.sum(d_e_ao * (mu_a * cs - mu_o) + d_mu_lum, 0, out=back[0])  # d / d mu_a
-            torch.sum(d_e_ao * cs, 0, out=back[1]).div_(-2)  # d / d E[a^2]
-            back[2:] = d_e_ao
+                d_mu_a.mul_(d_e_ao)
+            torch.sum(d_mu_a, 0, out=back[0])
+            torch.sum(torch.mul(d_e_ao, cs, out=d_mu_a), 0, out=back[1]).div_(-2)
             back = _gaussian_filter_transposed(back, ctx.win, *a.shape[-2:])
             grad_level = (others * back[2:]).sum(0).add_(back[0]).addcmul_(a, back[1], value=2)
             if grad_a is not None:
