@@ -22,6 +22,7 @@ QUICK = [
     "overhead.py",
     "contrastive_losses.py",
     "cim_step.py",
+    "msssim_triplet.py",
     "crltac_step.py",
     "knn_stage2.py",
     "ipirm_step.py",
@@ -41,6 +42,7 @@ SMOKE = {
         "16",
     ],
     "cim_step.py": ["--settings", "mlp28", "--rounds", "1", "--steps", "1"],
+    "msssim_triplet.py": ["--batch", "4", "--rounds", "1", "--calls", "1"],
     "crltac_step.py": ["--batch", "4", "--steps", "1", "--repeats", "1"],
     "knn_stage2.py": ["--bank", "3000", "--queries", "50", "--rounds", "1"],
     "ipirm_step.py": ["--sizes", "1000", "--rounds", "1", "--batch", "16", "--max-rounds", "1"]
