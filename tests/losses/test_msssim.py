@@ -66,6 +66,23 @@ def test_scale_rule_for_small_images():
     assert package_window(32) is None and package_window(64) == 3 and package_window(200) == 11
 
 
+def test_triplet_under_bf16_autocast_is_an_fp32_island_with_gradients():
+    """A bf16 anchor under autocast: fp32 scores equal to fp32 arithmetic on the bf16 values, and
+    the anchor's gradient comes back in bf16, equal to the fp32 gradient rounded."""
+    x, p = _pair(3, 3, 28, 0.2)
+    n = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
+    anchor = x.bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s_pos, s_neg = ms_ssim_triplet_scores(anchor, p.bfloat16(), n.bfloat16())
+    (s_neg - s_pos).sum().backward()
+    reference = x.bfloat16().float().requires_grad_(True)
+    r_pos, r_neg = ms_ssim_triplet_scores(reference, p.bfloat16().float(), n.bfloat16().float())
+    (r_neg - r_pos).sum().backward()
+    assert s_pos.dtype == torch.float32 and anchor.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(s_pos, r_pos)
+    torch.testing.assert_close(anchor.grad, reference.grad.bfloat16())
+
+
 @pytest.mark.parametrize("size", [8, 28, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_works_at_small_sizes(size, channels):
