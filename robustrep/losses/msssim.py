@@ -21,7 +21,12 @@ At 8 px this gives window 3 over 2 scales, at 16 px window 7 over 2, at 28 and 3
 (window 3, standard weights) where both run; the tests check it.
 
 Inputs must be in ``[0, data_range]`` (robustrep's images are in [0, 1]). The computation runs in
-fp32 with autocast disabled, whatever the caller's precision.
+fp32 with autocast disabled, whatever the caller's precision (``multiscale_ssim`` and the triplet
+keep fp64 inputs in fp64: the tests' precise references).
+
+CIM's triplet (:func:`ms_ssim_triplet_scores`) is one autograd function with its backward written
+out (:class:`_TripletLevelScores`); ``benchmarks/msssim_triplet.py`` times it against the same
+arithmetic recorded by autograd.
 """
 
 from __future__ import annotations
