@@ -159,6 +159,48 @@ def test_weighted_info_nce_frozen_features_path_equals_the_differentiable_one():
     assert torch.allclose(loss, weighted_info_nce(same.requires_grad_(True), pos, weights)[0])
 
 
+def _naive_weighted_info_nce(z, pos, c, tau, irm_tau):
+    # per anchor i and weighting k: the positive with weight 1, every other row j != i with c_jk
+    z = F.normalize(z, dim=1)
+    r = z.shape[0]
+    weight = c[None, :, :].expand(r, r, c.shape[1]).clone()  # anchor x row x k
+    weight[torch.arange(r), torch.arange(r)] = 0.0
+    weight[torch.arange(r), pos] = 1.0
+
+    def terms(t):
+        s = (z @ z.T / t)[:, :, None]
+        denom = (weight * s.exp()).sum(1)
+        return s, denom, s[torch.arange(r), pos]
+
+    s, denom, s_pos = terms(tau)
+    loss = denom.log() - s_pos
+    s, denom, s_pos = terms(irm_tau)
+    grad = (weight * s.exp() * s).sum(1) / denom - s_pos
+    return loss, grad
+
+
+@pytest.mark.parametrize("irm_tau", [0.5, 0.3])
+@pytest.mark.parametrize("frozen", [True, False])
+def test_weighted_info_nce_values_and_weight_gradients_equal_the_naive_formula(frozen, irm_tau):
+    # the maximisation differentiates in the weights with frozen features (its in-place path and
+    # the thin-matrix products); the minimisation in the features
+    torch.manual_seed(8)
+    z = torch.randn(24, 5, dtype=torch.float64)
+    pos = view_positive_index(12)
+    weights = torch.rand(24, 3, dtype=torch.float64)
+    upstream = torch.randn(2, 24, 3, dtype=torch.float64)
+    grads = []
+    for fn in (weighted_info_nce, _naive_weighted_info_nce):
+        zz = z.clone().requires_grad_(not frozen)
+        c = weights.clone().requires_grad_(True)
+        loss, grad = fn(zz, pos, c, 0.5, irm_tau)
+        ((loss * upstream[0]).sum() + (grad * upstream[1]).sum()).backward()
+        grads.append((loss.detach(), grad.detach(), c.grad, None if frozen else zz.grad))
+    for ours, naive in zip(*grads):
+        if ours is not None:
+            assert torch.allclose(ours.double(), naive, atol=1e-5), (ours - naive).abs().max()
+
+
 def test_balance_targets():
     assert split_entropy(2, 2.0) == pytest.approx(0.6365, abs=1e-4)  # the public code's constant
     assert min_share(2, 2.0) == pytest.approx(1 / 3)
