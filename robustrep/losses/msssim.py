@@ -170,21 +170,24 @@ def ms_ssim(
     return multiscale_ssim(x, y, win_size=win, levels=levels, data_range=data_range)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=128)
 def _cached_band(
-    size: int, taps: tuple[float, ...], device: torch.device, dtype: torch.dtype
+    size: int, taps: tuple[float, ...], device: torch.device, dtype: torch.dtype, transposed: bool
 ) -> torch.Tensor:
     k = len(taps)
     rows = torch.arange(size - k + 1, device=device)[:, None]
     band = torch.zeros(size - k + 1, size, device=device, dtype=dtype)
     band[rows, rows + torch.arange(k, device=device)] = torch.tensor(taps, dtype=dtype)
-    return band
+    return band.T.contiguous() if transposed else band
 
 
-def _band(size: int, win_1d: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The ``(size - k + 1) x size`` matrix of a 'valid' 1-D convolution with a ``k``-tap window
-    (built once per size, window, device and dtype)."""
-    return _cached_band(size, tuple(win_1d.flatten().tolist()), win_1d.device, dtype)
+def _band(
+    size: int, win_1d: torch.Tensor, dtype: torch.dtype = torch.float32, transposed: bool = False
+) -> torch.Tensor:
+    """The ``(size - k + 1) x size`` matrix of a 'valid' 1-D convolution with a ``k``-tap window,
+    or (``transposed``) its transpose stored contiguously: a transposed view as a matrix-product
+    operand takes a slower BLAS path on some CPUs. Built once per size, window, device and dtype."""
+    return _cached_band(size, tuple(win_1d.flatten().tolist()), win_1d.device, dtype, transposed)
 
 
 def _gaussian_filter(stack: torch.Tensor, win_1d: torch.Tensor) -> torch.Tensor:
@@ -196,7 +199,7 @@ def _gaussian_filter(stack: torch.Tensor, win_1d: torch.Tensor) -> torch.Tensor:
     if height >= k:
         stack = torch.matmul(_band(height, win_1d, stack.dtype), stack)
     if width >= k:
-        stack = torch.matmul(stack, _band(width, win_1d, stack.dtype).T)
+        stack = torch.matmul(stack, _band(width, win_1d, stack.dtype, transposed=True))
     return stack
 
 
@@ -207,7 +210,7 @@ def _gaussian_filter_transposed(
     back to the input grid (the backward pass of the filter)."""
     k = win_1d.numel()
     if height >= k:
-        stack = torch.matmul(_band(height, win_1d, stack.dtype).T, stack)
+        stack = torch.matmul(_band(height, win_1d, stack.dtype, transposed=True), stack)
     if width >= k:
         stack = torch.matmul(stack, _band(width, win_1d, stack.dtype))
     return stack
