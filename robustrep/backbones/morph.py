@@ -72,12 +72,25 @@ class TransformationNetwork(nn.Module):
         for block in self.down:
             h = block(h)
             features.append(h)
-        for block, feat in zip(self.up, reversed(features[:-1])):
-            h = F.interpolate(block(h), size=feat.shape[-2:], mode="bilinear", align_corners=False)
+        levels = list(zip(self.up, reversed(features[:-1])))
+        for block, feat in levels[:-1]:
+            h = _upsample(block(h), feat)
             if self.skip:
                 h = h + feat
-        return self.out(h)
+        # The last level, out(upsample(u) + feat): the 1x1 output conv and the bilinear upsampling
+        # are both linear, so the conv runs first and one channel is upsampled instead of `width`
+        # (the same function; ~3% of a CIM step at 28 px).
+        block, feat = levels[-1]
+        logits = _upsample(F.conv2d(block(h), self.out.weight), feat)
+        if self.skip:
+            logits = logits + F.conv2d(feat, self.out.weight)
+        return logits + self.out.bias.view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The mask ``sigmoid(logits)`` in fp32, N x 1 x H x W."""
         return torch.sigmoid(self.logits(x).float())
+
+
+def _upsample(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinear upsampling of ``h`` to the spatial size of ``like``."""
+    return F.interpolate(h, size=like.shape[-2:], mode="bilinear", align_corners=False)

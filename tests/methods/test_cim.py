@@ -42,6 +42,41 @@ def test_mask_lies_in_open_unit_interval_and_keeps_the_image_size(size):
     torch.testing.assert_close(model.morph(images), 0.5 * images)
 
 
+def _sequential_logits(tn: TransformationNetwork, x: torch.Tensor) -> torch.Tensor:
+    # the TN as its docstring describes it: every decoder level upsampled (and the skip added)
+    # before the 1x1 output conv
+    h = tn.stem(x)
+    features = [h]
+    for block in tn.down:
+        h = block(h)
+        features.append(h)
+    for block, feat in zip(tn.up, reversed(features[:-1])):
+        h = torch.nn.functional.interpolate(
+            block(h), size=feat.shape[-2:], mode="bilinear", align_corners=False
+        )
+        h = h + feat if tn.skip else h
+    return tn.out(h)
+
+
+@pytest.mark.parametrize("size, skip", [(8, True), (13, True), (28, True), (28, False), (64, True)])
+def test_tn_logits_and_gradients_equal_the_sequential_formulation(size, skip):
+    # the output conv runs before the last upsampling (both linear): the same function
+    torch.manual_seed(1)
+    tn = TransformationNetwork(3, size, skip=skip, mask_bias_init=0.3).double()
+    with torch.no_grad():
+        tn.out.weight.normal_(0, 1.0)
+    x = torch.rand(3, 3, size, size, dtype=torch.float64)
+    upstream = torch.randn(3, 1, size, size, dtype=torch.float64)
+    grads = []
+    for fn in (tn.logits, lambda images: _sequential_logits(tn, images)):
+        tn.zero_grad()
+        logits = fn(x)
+        (logits * upstream).sum().backward()
+        grads.append((logits.detach(), *[p.grad.clone() for p in tn.parameters()]))
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+
+
 def _labelled_dataset(n: int = 60, num_classes: int = 3) -> TensorImageDataset:
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % num_classes
