@@ -117,7 +117,7 @@ def weighted_info_nce(
         e_pos = e.gather(1, pos)
         # frozen features: s is not needed again, so e * s overwrites it (no R x R allocation)
         e_s = s.mul_(e) if frozen else e * s
-        numer = columns_product(e_s, c) + (e_pos * s_pos) * (1.0 - w_pos)
+        numer = _times_weights(e_s, c) + (e_pos * s_pos) * (1.0 - w_pos)
         return loss, numer / denom - s_pos
 
 
@@ -138,7 +138,7 @@ def _weighted_terms(
     m = off.amax(1, keepdim=True)
     e = off.sub_(m).exp_() if not s.requires_grad else _off_diagonal_exp(s, m)
     e_pos = e.gather(1, pos)
-    denom = (columns_product(e, c) + e_pos * (1.0 - w_pos)).clamp_min(_TINY)
+    denom = (_times_weights(e, c) + e_pos * (1.0 - w_pos)).clamp_min(_TINY)
     loss = torch.log(denom) + m - s.gather(1, pos)
     return loss, e, s, denom
 
@@ -171,6 +171,13 @@ def columns_product(big: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     """``big @ small`` (R x R times R x S with small S, e.g. the subset weights), differentiable in
     both, on BLAS's fast path whatever the CPU (see :class:`_ColumnsProduct`)."""
     return _ColumnsProduct.apply(big, small)
+
+
+def _times_weights(matrix: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``matrix @ c``: for frozen features (the maximisation, where ``R`` is in the thousands) on
+    the thin-product path; the minimisation step (differentiable ``matrix``, ``R`` = the batch)
+    keeps the plain product, so its training numbers are the same bit for bit as before."""
+    return matrix @ c if matrix.requires_grad else columns_product(matrix, c)
 
 
 def _off_diagonal_exp(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
