@@ -144,32 +144,30 @@ def _weighted_terms(
 
 
 class _ColumnsProduct(torch.autograd.Function):
-    """``big @ small`` for an ``R x R`` matrix and an ``R x S`` one with few columns, computed as
-    ``(small^T @ big^T)^T`` from a contiguous ``small^T``, and its gradient ``big^T @ grad`` as
-    ``(grad^T @ big)^T`` likewise: BLAS's path for a thin right operand (or a transposed big one)
-    is several times slower on some CPUs (measured on the 2-core AMD machine: R = 4096, S = 2,
-    25.6 -> 7.4 ms forward and 169 -> 7.1 ms for the gradient; ``benchmarks/ipirm_step.py``). The
-    same sums, so the same values to rounding."""
+    """``big @ small`` for a constant ``R x R`` matrix and an ``R x S`` one with few columns,
+    computed as ``(small^T @ big^T)^T`` from a contiguous ``small^T``, and the gradient
+    ``big^T @ grad`` as ``(grad^T @ big)^T`` likewise: BLAS's path for a thin right operand (or a
+    transposed big one) is several times slower on some CPUs (one-off timing on the 2-core AMD
+    machine, R = 4096, S = 2: 25.6 -> 7.4 ms forward, 169 -> 7.1 ms for the gradient; the epoch it
+    buys is in ``benchmarks/ipirm_step.py``). The same sums, so the same values to rounding."""
 
     @staticmethod
     def forward(ctx, big, small):
-        ctx.save_for_backward(big, small)
+        ctx.save_for_backward(big)
         return (small.T.contiguous() @ big.T).T
 
     @staticmethod
     def backward(ctx, grad):
-        big, small = ctx.saved_tensors
-        grad_big = grad_small = None
-        if ctx.needs_input_grad[0]:
-            grad_big = grad @ small.T
-        if ctx.needs_input_grad[1]:
-            grad_small = (grad.T.contiguous() @ big).T
-        return grad_big, grad_small
+        (big,) = ctx.saved_tensors
+        return None, (grad.T.contiguous() @ big).T
 
 
 def columns_product(big: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     """``big @ small`` (R x R times R x S with small S, e.g. the subset weights), differentiable in
-    both, on BLAS's fast path whatever the CPU (see :class:`_ColumnsProduct`)."""
+    ``small``, on BLAS's fast path whatever the CPU (see :class:`_ColumnsProduct`). ``big`` must be
+    a constant (frozen features): a ``big`` that needs a gradient is refused."""
+    if big.requires_grad:
+        raise ValueError("columns_product treats `big` as a constant; use big @ small instead")
     return _ColumnsProduct.apply(big, small)
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from robustrep.losses.contrastive import nt_xent
 from robustrep.losses.irm import (
     balance_penalty,
+    columns_product,
     irm_grad,
     irm_penalty,
     min_share,
@@ -199,6 +200,20 @@ def test_weighted_info_nce_values_and_weight_gradients_equal_the_naive_formula(f
     for ours, naive in zip(*grads):
         if ours is not None:
             assert torch.allclose(ours.double(), naive, atol=1e-5), (ours - naive).abs().max()
+
+
+def test_columns_product_is_the_matrix_product_with_its_gradient_and_refuses_a_live_matrix():
+    torch.manual_seed(9)
+    big, small = torch.randn(40, 40), torch.randn(40, 3, requires_grad=True)
+    upstream = torch.randn(40, 3)
+    (columns_product(big, small) * upstream).sum().backward()
+    ours = small.grad.clone()
+    small.grad = None
+    ((big @ small) * upstream).sum().backward()
+    torch.testing.assert_close(ours, small.grad)
+    torch.testing.assert_close(columns_product(big, small), big @ small)
+    with pytest.raises(ValueError, match="constant"):
+        columns_product(big.requires_grad_(True), small)
 
 
 def test_balance_targets():
