@@ -7,6 +7,11 @@ from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+# One thread here (below) and in every process a test starts (they inherit the environment): tests
+# compare subprocess runs with in-process references to 1e-6, and the kernels' summation order
+# depends on the thread count (on the 2-core AMD machine a 2-thread run's test loss differed from
+# the 1-thread one by 1e-5).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import lightning.pytorch as pl  # noqa: E402
 import pytest  # noqa: E402
