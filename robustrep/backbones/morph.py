@@ -79,7 +79,7 @@ class TransformationNetwork(nn.Module):
                 h = h + feat
         # The last level, out(upsample(u) + feat): the 1x1 output conv and the bilinear upsampling
         # are both linear, so the conv runs first and one channel is upsampled instead of `width`
-        # (the same function; ~3% of a CIM step at 28 px).
+        # (the same function; ~3% of a CIM step at 28 px in a one-off timing, docs/performance.md).
         block, feat = levels[-1]
         logits = _upsample(F.conv2d(block(h), self.out.weight), feat)
         if self.skip:
